@@ -24,6 +24,14 @@ inline const char* to_string(WeightTier tier) {
   return tier == WeightTier::device ? "device" : tier == WeightTier::host ? "host" : "disk";
 }
 
+/// "device" | "host" | "disk"; anything else is a ConfigError naming `path`.
+inline WeightTier weight_tier_from_string(const std::string& text, const std::string& path) {
+  if (text == "device") return WeightTier::device;
+  if (text == "host") return WeightTier::host;
+  if (text == "disk") return WeightTier::disk;
+  throw ConfigError(path + ": got \"" + text + "\", expected \"device\", \"host\" or \"disk\"");
+}
+
 /// One paging unit (a block, an embedding, the head, ...).
 struct PagedLayer {
   std::string name;
