@@ -109,12 +109,6 @@ inline void validate_pager_layout(const std::vector<PagedLayer>& layers, const O
   }
   if (policy.kind == OffloadPolicy::Kind::none) return;
   const std::uint64_t budget = policy.ram_bytes;
-  for (const auto& l : layers)
-    if (l.bytes > budget)
-      throw ConfigError("offload.ram_bytes: got " + std::to_string(budget) + " (" + format_bytes(budget) +
-                        "), smaller than the single layer \"" + l.name + "\" of " + std::to_string(l.bytes) + " (" +
-                        format_bytes(l.bytes) + "); a layer is paged whole, so ram_bytes must be at least " +
-                        std::to_string(l.bytes));
   const HotSet h = hot_set(layers, policy);
   if (h.pinned_bytes > budget)
     throw ConfigError("offload.ram_bytes: got " + std::to_string(budget) + " (" + format_bytes(budget) +
@@ -124,6 +118,16 @@ inline void validate_pager_layout(const std::vector<PagedLayer>& layers, const O
                       std::to_string(policy.pin_last_n_layers) + " layers " + format_bytes(h.last_layers_bytes) +
                       "); raise ram_bytes to at least " + std::to_string(min_ram_bytes(h)) +
                       " or pin less (pin_embeddings, pin_output_head, pin_last_n_layers)");
+  const PagedLayer* largest = nullptr;
+  for (const auto& l : layers)
+    if (!largest || l.bytes > largest->bytes) largest = &l;
+  if (largest && largest->bytes > budget) {
+    const PagedLayer& l = *largest;
+    throw ConfigError("offload.ram_bytes: got " + std::to_string(budget) + " (" + format_bytes(budget) +
+                      "), smaller than the single layer \"" + l.name + "\" of " + std::to_string(l.bytes) + " (" +
+                      format_bytes(l.bytes) + "); a layer is paged whole, so ram_bytes must be at least " +
+                      std::to_string(l.bytes));
+  }
   if (min_ram_bytes(h) > budget)
     throw ConfigError("offload.ram_bytes: got " + std::to_string(budget) + " (" + format_bytes(budget) +
                       "), but the pinned hot set (" + format_bytes(h.pinned_bytes) + ") plus the largest paged layer \"" +
