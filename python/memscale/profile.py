@@ -74,21 +74,16 @@ def profile_dict(model: nn.Module, example_inputs: Any, training: bool = True, o
         measured = measure_step(model, args, kwargs, specs, training, optimizer)
     graph = build_graph(model, (args, kwargs), specs, est.records, est.orphan_first_use, training=training,
                         optimizer=optimizer, mixed_precision=mixed_precision, measured=measured)
-    log.info("memscale: profiled %s: %d layers, %d activation bytes", graph["model_name"],
+    log.info("profiled %s: %d layers, %d activation bytes", graph["model_name"],
              len(graph["layers"]), sum(layer["activation_bytes"] for layer in graph["layers"]))
     return graph
 
 
 def profile(model: nn.Module, example_inputs: Any, training: bool = True, optimizer: str = "adamw",
             measure: bool = False, mixed_precision: bool = False) -> Any:
-    """Profile ``model``; return a ``memscale.ModelGraph`` (the plain dict if the extension is absent).
+    """Profile ``model``; return a ``memscale.ModelGraph`` (same arguments as :func:`profile_dict`)."""
+    from . import _C
 
-    Same arguments as :func:`profile_dict`.
-    """
     graph = profile_dict(model, example_inputs, training=training, optimizer=optimizer,
                          measure=measure, mixed_precision=mixed_precision)
-    try:
-        from . import _C  # type: ignore[attr-defined]
-    except ImportError:
-        return graph
     return _C.ModelGraph.from_json(json.dumps(graph, sort_keys=True))

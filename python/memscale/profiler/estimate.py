@@ -88,6 +88,10 @@ def estimate_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[Layer
     """Run ``model(*args, **kwargs)`` (and backward if ``training``) on fake tensors, per layer."""
     device = target_device(model, (args, kwargs))
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    # FakeTensorMode's dispatch cache is shared by all instances; a cache hit returns outputs
+    # with different aliasing/refcounts than a miss (it changes whether AccumulateGrad steals
+    # or clones a gradient), so a profile would depend on what ran before it. Off: determinism.
+    fake_mode.cache_enabled = False
     fakes: dict[int, torch.Tensor] = {}
 
     def fake_like(t: torch.Tensor, grad: bool) -> torch.Tensor:
@@ -132,5 +136,5 @@ def estimate_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[Layer
         restore_mode(flags)
         tracker.close()
     first_use = {id(t): recorder.first_use(fakes[id(t)]) for t in orphans if id(t) in fakes}
-    log.debug("memscale: estimated %d layers on fake %s tensors", len(specs), device)
+    log.debug("estimated %d layers on fake %s tensors", len(specs), device)
     return Estimate(recorder.records, first_use)

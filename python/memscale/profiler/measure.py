@@ -127,5 +127,5 @@ def measure_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[LayerS
             del opt
     finally:
         restore_mode(flags)
-    log.debug("memscale: measured one real step of %s on %s", type(model).__name__, device)
+    log.debug("measured one real step of %s on %s", type(model).__name__, device)
     return [(r.peak_abs, r.saved_bytes) for r in recorder.records]

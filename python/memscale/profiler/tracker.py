@@ -106,7 +106,7 @@ class LiveTracker(TorchDispatchMode):
         if sizes is None:
             in_bytes = sum(t.numel() * t.element_size() for t in tensors)
             if in_bytes > PROBE_LIMIT_BYTES:
-                log.warning("memscale: %s inputs are %d bytes (> %d): workspace size not probed, "
+                log.warning("%s inputs are %d bytes (> %d): workspace size not probed, "
                             "the activation estimate of this op is a lower bound", func, in_bytes, PROBE_LIMIT_BYTES)
                 return
             # grad mode stays as it is: oneDNN only returns a workspace when grad is enabled
@@ -118,7 +118,7 @@ class LiveTracker(TorchDispatchMode):
                          for t in tree_leaves(real_out)]
                 del real_out, real_args, real_kwargs
             self._probe_cache[sig] = sizes
-            log.debug("memscale: probed real output sizes of %s: %s", func, sizes)
+            log.debug("probed real output sizes of %s: %s", func, sizes)
         for t, n in zip(tree_leaves(out), sizes):
             if isinstance(t, torch.Tensor) and n > storage_nbytes(t):
                 self._size_override[storage_key(t)] = n
