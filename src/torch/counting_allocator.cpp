@@ -16,12 +16,16 @@
 namespace memscale::memory {
 namespace {
 
+// Each session keeps its own figures: a block counts in a session only if it was allocated
+// after the session began (blocks carry their allocation sequence number), so freeing an
+// older block -- even one an earlier session counted -- never lowers a later session's count.
 struct Session {
   std::int64_t id;
-  std::int64_t base;        // global current at start
-  std::int64_t peak;        // highest global current since start / reset
-  std::int64_t allocs_base;
-  std::int64_t frees_base;
+  std::uint64_t first_seq;  // sequence number of the first block this session counts
+  std::int64_t current = 0;
+  std::int64_t peak = 0;
+  std::int64_t allocations = 0;
+  std::int64_t frees = 0;
 };
 
 // Installed with the highest priority so that no registered allocator outranks it, and the
@@ -47,10 +51,12 @@ class CountingAllocator final : public c10::Allocator {
       std::lock_guard<std::mutex> lock(mu_);
       // The inner DataPtr (with its own context and deleter) is kept per pointer and
       // destroyed in free_block, which is what actually releases the memory.
-      blocks_.emplace(data, Block{std::move(block), n});
-      current_ += static_cast<std::int64_t>(n);
-      ++allocations_;
-      for (auto& s : sessions_) s.peak = std::max(s.peak, current_);
+      blocks_.emplace(data, Block{std::move(block), n, next_seq_++});
+      for (auto& s : sessions_) {
+        s.current += static_cast<std::int64_t>(n);
+        s.peak = std::max(s.peak, s.current);
+        ++s.allocations;
+      }
     }
     // data == context: a "simple" data pointer, so raw_allocate/raw_deallocate work too.
     return {data, data, &CountingAllocator::free_block, device};
@@ -78,7 +84,7 @@ class CountingAllocator final : public c10::Allocator {
       c10::SetAllocator(c10::DeviceType::CPU, this, kPriority);
     }
     const std::int64_t id = next_id_++;
-    sessions_.push_back(Session{id, current_, current_, allocations_, frees_});
+    sessions_.push_back(Session{id, next_seq_});
     return id;
   }
 
@@ -99,15 +105,14 @@ class CountingAllocator final : public c10::Allocator {
     std::lock_guard<std::mutex> lock(mu_);
     const Session* s = find(id);
     TORCH_CHECK(s != nullptr, "memscale: counting session ", id, " is closed");
-    return AllocationStats{current_ - s->base, s->peak - s->base, allocations_ - s->allocs_base,
-                           frees_ - s->frees_base};
+    return AllocationStats{s->current, s->peak, s->allocations, s->frees};
   }
 
   void reset_peak(std::int64_t id) {
     std::lock_guard<std::mutex> lock(mu_);
     Session* s = const_cast<Session*>(find(id));
     TORCH_CHECK(s != nullptr, "memscale: counting session ", id, " is closed");
-    s->peak = current_;
+    s->peak = s->current;
   }
 
   bool installed() const { return c10::GetAllocator(c10::DeviceType::CPU) == this; }
@@ -116,6 +121,7 @@ class CountingAllocator final : public c10::Allocator {
   struct Block {
     c10::DataPtr inner;
     size_t bytes;
+    std::uint64_t seq;  // allocation order, to tell which sessions counted this block
   };
 
   static void free_block(void* data) { instance().release(data); }
@@ -127,8 +133,12 @@ class CountingAllocator final : public c10::Allocator {
       auto it = blocks_.find(data);
       if (it == blocks_.end()) return;  // not ours: nothing was counted for it
       inner = std::move(it->second.inner);
-      current_ -= static_cast<std::int64_t>(it->second.bytes);
-      ++frees_;
+      for (auto& s : sessions_) {
+        if (it->second.seq >= s.first_seq) {
+          s.current -= static_cast<std::int64_t>(it->second.bytes);
+          ++s.frees;
+        }
+      }
       blocks_.erase(it);
     }
     // `inner` is destroyed here, outside the lock: its deleter returns the memory.
@@ -145,9 +155,7 @@ class CountingAllocator final : public c10::Allocator {
   c10::Allocator* inner_ = nullptr;
   std::unordered_map<void*, Block> blocks_;
   std::vector<Session> sessions_;
-  std::int64_t current_ = 0;
-  std::int64_t allocations_ = 0;
-  std::int64_t frees_ = 0;
+  std::uint64_t next_seq_ = 0;
   std::int64_t next_id_ = 0;
 };
 

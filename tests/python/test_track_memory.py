@@ -114,3 +114,15 @@ def test_cuda_peak_and_nesting() -> None:
         del a
     assert inner.peak_bytes >= 1 << 21
     assert outer.peak_bytes >= (1 << 20) + (1 << 21)
+
+
+def test_block_counted_by_an_earlier_session_does_not_lower_a_later_one() -> None:
+    with track_memory("cpu"):
+        old = torch.empty(5000, dtype=torch.uint8)  # allocated through the counting allocator
+    with track_memory("cpu") as outer:
+        with track_memory("cpu") as t:
+            del old
+            x = torch.empty(64, dtype=torch.uint8)
+            assert (t.current_bytes, t.peak_bytes) == (64, 64)
+        del x
+    assert (outer.current_bytes, outer.peak_bytes) == (0, 64)

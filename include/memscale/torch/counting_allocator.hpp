@@ -3,9 +3,10 @@
 //
 // Sessions nest: the first live CountingSession installs the counting allocator with
 // c10::SetAllocator (remembering the previous one), the last one to close restores it.
-// Each session reports bytes relative to its own start. Blocks allocated before
-// installation carry their original deleter and are never counted, so freeing them
-// cannot make a count go wrong; blocks allocated while counting are freed through the
+// Each session reports bytes relative to its own start and counts only blocks allocated
+// after it began: blocks allocated before installation carry their original deleter, and
+// counted blocks remember their allocation order, so freeing an older block never makes
+// a session's count go wrong (no underflow); blocks allocated while counting are freed through the
 // counting deleter even after uninstallation (the allocator object is never destroyed).
 //
 // No torch types appear here, so including this header costs nothing.
