@@ -203,3 +203,29 @@ def test_kwargs_inputs_and_deterministic_output() -> None:
     b = profile_dict(m, (ids, labels))
     assert a == b
     assert json.dumps(a, sort_keys=True) == json.dumps(profile_dict(copy.deepcopy(m), (ids, labels)), sort_keys=True)
+
+
+def test_ties_aliases_and_rnn_weight_lists_survive_profiling() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(10, 8)
+            self.alias = self.emb  # one module under two names
+            self.rnn = nn.LSTM(8, 8, batch_first=True)
+            self.out = nn.Linear(8, 10, bias=False)
+            self.out.weight = self.emb.weight  # tied
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.out(self.rnn(self.alias(ids))[0]).sum()
+
+    m = Tied()
+    named = [(n, p) for n, p in m.named_parameters(remove_duplicate=False)]
+    flat = list(m.rnn._flat_weights)
+    buffers = [(n, b) for n, b in m.named_buffers(remove_duplicate=False)]
+    for measure in (False, True):
+        profile_dict(m, torch.randint(0, 10, (2, 5)), measure=measure)
+        assert [(n, p) for n, p in m.named_parameters(remove_duplicate=False)] == named
+        assert all(a is b for (_, a), (_, b) in zip(m.named_parameters(remove_duplicate=False), named))
+        assert m.out.weight is m.emb.weight and m.alias is m.emb
+        assert all(a is b for a, b in zip(m.rnn._flat_weights, flat))
+        assert all(a is b for (_, a), (_, b) in zip(m.named_buffers(remove_duplicate=False), buffers))

@@ -1,19 +1,20 @@
 """Estimate one training (or inference) step without allocating: FakeTensorMode + live tracking.
 
-The user's module runs through ``torch.func.functional_call`` with fake stand-ins for its
-parameters and buffers, so no real parameter is read, moved or replaced; layer hooks are
-removed and ``train()``/``eval()`` flags restored afterwards.
+The user's module runs with fake stand-ins for its parameters and buffers, swapped in for
+the duration of the run and swapped back afterwards as the very same objects (ties,
+aliases and RNN weight lists included); no real parameter is read, moved or copied. Layer
+hooks are removed and ``train()``/``eval()`` flags restored afterwards.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.func import functional_call
 from torch.utils._pytree import tree_leaves, tree_map_only
 
 from .discovery import LayerSpec
@@ -74,6 +75,32 @@ def restore_mode(flags: dict[nn.Module, bool]) -> None:
         m.training = f
 
 
+@contextlib.contextmanager
+def swapped_state(model: nn.Module, stand_in: Callable[[torch.Tensor, bool], torch.Tensor]) -> Iterator[None]:
+    """Replace every parameter and buffer of ``model`` by ``stand_in(tensor, is_param)``.
+
+    Assignment goes through ``setattr`` so modules that mirror their weights elsewhere
+    (``nn.RNNBase._flat_weights``) see the stand-ins; the originals are put back, in
+    reverse order, as the same objects. (``torch.func.functional_call`` was not used: with
+    a module registered under two names plus tied weights it restored a different object.)
+    """
+    swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
+    try:
+        for module in model.modules():
+            for name, p in list(module._parameters.items()):
+                if p is not None:
+                    swapped.append((module, name, p))
+                    setattr(module, name, stand_in(p, True))
+            for name, b in list(module._buffers.items()):
+                if b is not None:
+                    swapped.append((module, name, b))
+                    setattr(module, name, stand_in(b, False))
+        yield
+    finally:
+        for module, name, original in reversed(swapped):
+            setattr(module, name, original)
+
+
 def run_backward(out: Any) -> None:
     """Backward from every float output that requires grad (ones as the upstream gradient)."""
     outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
@@ -101,14 +128,26 @@ def estimate_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[Layer
             fakes[id(t)] = f.requires_grad_(grad) if grad and f.is_floating_point() else f
         return fakes[id(t)]
 
-    state: dict[str, torch.Tensor] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        state[name] = fake_like(p, training and p.requires_grad)
-    for name, b in model.named_buffers(remove_duplicate=False):
-        state[name] = fake_like(b, False)
-    fargs, fkwargs = tree_map_only(torch.Tensor, lambda t: fake_like(t, t.requires_grad and training), (args, kwargs))
-    excluded = {storage_key(f) for f in fakes.values()}
+    params: dict[int, nn.Parameter] = {}
 
+    def stand_in(t: torch.Tensor, is_param: bool) -> torch.Tensor:
+        if not is_param:
+            return fake_like(t, False)
+        if id(t) not in params:  # one fake Parameter per real one: ties stay ties
+            grad = training and t.requires_grad
+            params[id(t)] = nn.Parameter(fake_like(t, grad), requires_grad=grad)
+            fakes[id(t)] = params[id(t)]
+        return params[id(t)]
+
+    fargs, fkwargs = tree_map_only(torch.Tensor, lambda t: fake_like(t, t.requires_grad and training), (args, kwargs))
+    with swapped_state(model, stand_in):
+        excluded = {storage_key(f) for f in fakes.values()}
+        return _run(model, fargs, fkwargs, specs, orphans, fakes, excluded, fake_mode, training, device)
+
+
+def _run(model: nn.Module, fargs: tuple, fkwargs: dict, specs: list[LayerSpec], orphans: list[torch.Tensor],
+         fakes: dict[int, torch.Tensor], excluded: set[int], fake_mode: FakeTensorMode, training: bool,
+         device: torch.device) -> Estimate:
     tracker = LiveTracker(fake=True)
     view = _TrackerView(tracker)
     recorder = StepRecorder([s.module for s in specs], view, excluded, training, nbytes=tracker.nbytes)
@@ -125,7 +164,7 @@ def estimate_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[Layer
     try:
         with fake_mode, tracker, recorder:
             with torch.set_grad_enabled(training):
-                out = functional_call(model, state, fargs, fkwargs, tie_weights=True, strict=False)
+                out = model(*fargs, **fkwargs)
             recorder.end_forward()
             if training:
                 recorder.begin_backward()

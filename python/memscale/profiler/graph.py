@@ -47,13 +47,13 @@ def execution_order(specs: list[LayerSpec], records: list[LayerRecord]) -> list[
     return sorted(range(len(specs)), key=lambda i: (records[i].order < 0, records[i].order, i))
 
 
-def assign_kinds(specs: list[LayerSpec], order: list[int]) -> dict[int, str]:
-    """Kind per spec index; the output head is the last Linear-bearing layer after every block."""
+def assign_kinds(specs: list[LayerSpec], order: list[int], records: list[LayerRecord]) -> dict[int, str]:
+    """Kind per spec index; the output head is the last executed Linear-bearing layer after every block."""
     kinds = {i: ins.classify(specs[i].module, specs[i].repeated) for i in order}
     last_block = max((p for p, i in enumerate(order) if kinds[i] == "block"), default=-1)
     for p in range(len(order) - 1, last_block, -1):
         i = order[p]
-        if kinds[i] in ("other", "mlp") and ins.has_linear(specs[i].module):
+        if records[i].order >= 0 and kinds[i] in ("other", "mlp") and ins.has_linear(specs[i].module):
             kinds[i] = "lm_head"
             break
     return kinds
@@ -94,7 +94,7 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
                 mixed_precision: bool, measured: list[tuple[int, int]] | None = None) -> dict[str, Any]:
     """The ModelGraph dict. ``measured``: (peak, saved) bytes per spec index, or None."""
     order = execution_order(specs, records)
-    kinds = assign_kinds(specs, order)
+    kinds = assign_kinds(specs, order, records)
     params, buffers = _owners(model, specs, order, orphan_first_use)
     g_batch, g_seq = batch_seq(inputs)
     dtype = graph_dtype(model)
