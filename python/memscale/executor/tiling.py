@@ -1,0 +1,128 @@
+"""Sequence-chunked computation of position-wise layers (MLPs).
+
+A tiled layer's forward is run on ``chunks`` slices of its input along the sequence
+axis (dim ``-2`` of a ``(..., seq, hidden)`` input; for a 2-D ``(tokens, hidden)``
+input that is the token axis), each slice under non-reentrant checkpointing, and the
+slice outputs are concatenated. Only one slice's intermediates (e.g. the 4×hidden MLP
+activations) exist at a time in forward, and again in backward, where each slice is
+recomputed just before its gradient is needed. Outputs and gradients equal the
+untiled layer's (up to float summation order of the weight gradients).
+
+Limits (checked, with a clear error):
+
+* the layer must be position-wise: every leaf submodule is one of
+  ``POSITIONWISE_LEAF_TYPES`` (Linear, normalisations over the last dim, activations,
+  dropout, identity). Attention, convolutions, recurrent cells and batch
+  normalisation mix positions and are refused. Functional code inside a custom
+  ``forward`` cannot be inspected: the plan's ``kind`` must also say ``mlp``.
+* the forward must take exactly one tensor (extra non-tensor arguments are passed
+  through) and return one tensor whose sequence axis matches the input's.
+* dropout inside a tiled layer draws its random mask per slice, so the mask (not its
+  distribution) differs from the untiled layer's; with dropout disabled, or in eval,
+  results match exactly.
+
+Example:
+    >>> import torch
+    >>> from memscale.executor.tiling import tile_module
+    >>> mlp = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
+    >>> x = torch.randn(2, 16, 8)
+    >>> ref = mlp(x)
+    >>> patch = tile_module(mlp, chunks=4)
+    >>> torch.allclose(mlp(x), ref)
+    True
+    >>> patch.remove()
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint as _torch_checkpoint
+
+from memscale.executor.errors import ExecutorError
+from memscale.executor.forward_patch import ForwardPatch
+
+#: Leaf module types that act on each position independently.
+POSITIONWISE_LEAF_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Bilinear, nn.Identity, nn.LayerNorm, nn.RMSNorm,
+    nn.Dropout, nn.AlphaDropout,
+    nn.GELU, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid, nn.LeakyReLU,
+    nn.ELU, nn.SELU, nn.CELU, nn.Softplus, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh,
+    nn.PReLU, nn.GLU, nn.Softsign, nn.Tanhshrink,
+)
+
+
+def check_tileable(module: nn.Module, name: str) -> None:
+    """Raise ExecutorError unless every leaf of ``module`` is position-wise."""
+    leaves = [(sub_name, sub) for sub_name, sub in module.named_modules()
+              if not any(True for _ in sub.children())]
+    for sub_name, sub in leaves:
+        if not isinstance(sub, POSITIONWISE_LEAF_TYPES):
+            where = f"{name}.{sub_name}" if sub_name and name else (sub_name or name)
+            raise ExecutorError(
+                f"layer {name!r}: cannot tile, submodule {where!r} is a "
+                f"{type(sub).__name__}, which may mix sequence positions; tiling takes only "
+                "position-wise layers (MLPs) made of "
+                f"{sorted(t.__name__ for t in POSITIONWISE_LEAF_TYPES)}")
+    for sub_name, sub in leaves:
+        if isinstance(sub, nn.GLU) and sub.dim != -1:
+            raise ExecutorError(f"layer {name!r}: cannot tile, GLU {sub_name or name!r} splits "
+                                f"dim={sub.dim}; only dim=-1 (the feature axis) is position-wise")
+
+
+def _seq_dim(x: torch.Tensor) -> int:
+    return x.dim() - 2
+
+
+def tiled(forward: Callable[..., Any], chunks: int, name: str = "") -> Callable[..., Any]:
+    """Return ``forward`` computed in ``chunks`` checkpointed slices along the sequence axis."""
+    if chunks < 1:
+        raise ExecutorError(f"layer {name!r}: tile_chunks={chunks}; expected an int >= 1")
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if len(tensors) != 1 or not args or not isinstance(args[0], torch.Tensor):
+            raise ExecutorError(
+                f"layer {name!r}: tiling needs forward(x, ...) with exactly one tensor "
+                f"argument, given first; got {len(tensors)} tensor argument(s)")
+        x = args[0]
+        if x.dim() < 2:
+            raise ExecutorError(f"layer {name!r}: tiling needs an input of at least 2 dims "
+                                f"(..., seq, hidden); got shape {tuple(x.shape)}")
+        dim = _seq_dim(x)
+        n = min(chunks, x.size(dim))
+        if n <= 1 or not torch.is_grad_enabled():
+            # Without autograd there is nothing to save: slices would only add copies.
+            return forward(*args, **kwargs) if n <= 1 else _chunked_no_grad(forward, x, dim, n, args, kwargs)
+        rest = args[1:]
+        parts = [
+            _torch_checkpoint(lambda piece: forward(piece, *rest, **kwargs), piece,
+                              use_reentrant=False, preserve_rng_state=True)
+            for piece in torch.tensor_split(x, n, dim=dim)
+        ]
+        _check_parts(parts, x, dim, name)
+        return torch.cat(parts, dim=dim)
+    return run
+
+
+def _chunked_no_grad(forward: Callable[..., Any], x: torch.Tensor, dim: int, n: int,
+                     args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    # Inference: the slices bound the intermediate workspace just the same.
+    parts = [forward(piece, *args[1:], **kwargs) for piece in torch.tensor_split(x, n, dim=dim)]
+    return torch.cat(parts, dim=dim)
+
+
+def _check_parts(parts: list[Any], x: torch.Tensor, dim: int, name: str) -> None:
+    for p in parts:
+        if not isinstance(p, torch.Tensor) or p.dim() != x.dim():
+            raise ExecutorError(
+                f"layer {name!r}: tiling needs forward to return one tensor with the input's "
+                f"{x.dim()} dims; got {type(p).__name__}"
+                + (f" with shape {tuple(p.shape)}" if isinstance(p, torch.Tensor) else ""))
+
+
+def tile_module(module: nn.Module, chunks: int, name: str = "") -> ForwardPatch:
+    """Tile ``module`` on its own (after ``check_tileable``); ``.remove()`` restores it."""
+    check_tileable(module, name)
+    return ForwardPatch(module, lambda fwd: tiled(fwd, chunks, name), name=name)
