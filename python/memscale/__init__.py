@@ -1,4 +1,33 @@
-"""MemScale: make a PyTorch model fit the memory it is given."""
-import torch  # noqa: F401  (loads libtorch before the extension module)
+"""MemScale: make a PyTorch model fit the memory it is given.
 
-__version__ = "0.1.0"
+Example:
+    >>> import memscale
+    >>> cfg = memscale.Config(memory_budget="4GiB")
+    >>> cfg.mode
+    'auto'
+"""
+import torch  # noqa: F401  (loads libtorch before the extension module links against it)
+
+from . import _C
+from ._logging import install as _install_logging
+from .config import Config
+from .errors import ConfigError, InfeasibleBudgetError, MemScaleError
+
+ModelGraph = _C.ModelGraph
+Hardware = _C.Hardware
+Plan = _C.Plan
+
+__version__ = _C.__version__
+
+_install_logging()
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Hardware",
+    "InfeasibleBudgetError",
+    "MemScaleError",
+    "ModelGraph",
+    "Plan",
+    "__version__",
+]

@@ -1,0 +1,17 @@
+#include "bindings.hpp"
+#include "memscale/core/config.hpp"
+
+namespace memscale::bindings {
+
+void bind_config(py::module_& m) {
+  py::class_<Config>(m, "Config", "Validated, immutable configuration (memscale.Config wraps it).")
+      .def_static(
+          "from_json", [](const std::string& text_or_path) { return Config::from_json_text(json_fields::load_json_document(text_or_path)); },
+          py::arg("text_or_path"))
+      .def("to_json", &Config::to_json_text)
+      .def("resolve_budget", &Config::resolve_budget, py::arg("device_bytes"),
+           "Budget in bytes for a device with `device_bytes` of memory.")
+      .def("__eq__", [](const Config& a, const Config& b) { return a == b; }, py::is_operator());
+}
+
+}  // namespace memscale::bindings

@@ -1,0 +1,165 @@
+// ModelGraph: what the profiler measured or estimated about a model, layer by layer in
+// execution order. The engine plans on this alone (docs/json-schema.md has every field).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "memscale/core/json_fields.hpp"
+
+namespace memscale {
+
+/// Model dimensions read from the layer; 0 means unknown.
+struct Dims {
+  std::int64_t hidden = 0, intermediate = 0, heads = 0, vocab = 0, seq = 0, batch = 0;
+  bool operator==(const Dims&) const = default;
+};
+
+/// One planning unit (a block, an embedding, the head, ...).
+struct Layer {
+  std::int64_t index = 0;
+  std::string name;            ///< module path as in named_modules(); "" for the root
+  std::string kind = "other";  ///< embedding|attention|mlp|block|norm|lm_head|conv|recurrent|other
+  std::uint64_t param_bytes = 0, buffer_bytes = 0, grad_bytes = 0, optimizer_bytes = 0;
+  std::uint64_t activation_bytes = 0;  ///< saved for backward, deduplicated by storage
+  std::uint64_t transient_bytes = 0;   ///< scratch peak inside the layer (forward or backward)
+  std::uint64_t input_bytes = 0, output_bytes = 0;
+  std::uint64_t kv_cache_bytes = 0;  ///< KV cache for batch x seq tokens (inference)
+  std::uint64_t flops = 0;           ///< forward FLOPs, 0 = unknown
+  Dims dims;
+  std::vector<std::string> tileable;  ///< axes it may be chunked over: "seq", "batch"
+  std::uint64_t measured_peak_bytes = 0, measured_activation_bytes = 0;  ///< 0 = not measured
+  bool operator==(const Layer&) const = default;
+};
+
+/// The whole model as profiled for one step.
+struct ModelGraph {
+  std::string model_name;
+  std::string dtype = "float32";
+  std::int64_t batch = 0, seq = 0;
+  bool training = true;
+  std::string optimizer = "adamw";  ///< none|sgd|sgd_momentum|adam|adamw
+  bool mixed_precision = false;
+  std::uint64_t input_bytes = 0;
+  std::vector<Layer> layers;
+  bool operator==(const ModelGraph&) const = default;
+
+  static ModelGraph from_json_text(const std::string& text);
+  std::string to_json_text() const;
+};
+
+inline const std::vector<std::string>& layer_kinds() {
+  static const std::vector<std::string> kinds = {"embedding", "attention", "mlp",       "block", "norm",
+                                                 "lm_head",   "conv",      "recurrent", "other"};
+  return kinds;
+}
+
+inline const std::vector<std::string>& optimizer_kinds() {
+  static const std::vector<std::string> kinds = {"none", "sgd", "sgd_momentum", "adam", "adamw"};
+  return kinds;
+}
+
+inline void to_json(nlohmann::json& j, const Dims& d) {
+  j = {{"hidden", d.hidden}, {"intermediate", d.intermediate}, {"heads", d.heads},
+       {"vocab", d.vocab},   {"seq", d.seq},                   {"batch", d.batch}};
+}
+
+inline Dims dims_from_json(const nlohmann::json& j, const std::string& path) {
+  namespace f = json_fields;
+  auto read = [&](const char* key) { return f::optional<std::int64_t>(j, key, path, 0, f::as_i64); };
+  if (!j.is_object()) f::wrong_type(path, j, "an object of dims");
+  return Dims{read("hidden"), read("intermediate"), read("heads"), read("vocab"), read("seq"), read("batch")};
+}
+
+inline void to_json(nlohmann::json& j, const Layer& l) {
+  j = {{"index", l.index},
+       {"name", l.name},
+       {"kind", l.kind},
+       {"param_bytes", l.param_bytes},
+       {"buffer_bytes", l.buffer_bytes},
+       {"grad_bytes", l.grad_bytes},
+       {"optimizer_bytes", l.optimizer_bytes},
+       {"activation_bytes", l.activation_bytes},
+       {"transient_bytes", l.transient_bytes},
+       {"input_bytes", l.input_bytes},
+       {"output_bytes", l.output_bytes},
+       {"kv_cache_bytes", l.kv_cache_bytes},
+       {"flops", l.flops},
+       {"dims", l.dims},
+       {"tileable", l.tileable},
+       {"measured_peak_bytes", l.measured_peak_bytes},
+       {"measured_activation_bytes", l.measured_activation_bytes}};
+}
+
+inline Layer layer_from_json(const nlohmann::json& j, const std::string& path) {
+  namespace f = json_fields;
+  Layer l;
+  l.index = f::i64(j, "index", path);
+  l.name = f::string(j, "name", path);
+  l.kind = f::one_of(f::string(j, "kind", path), layer_kinds(), path + ".kind");
+  l.param_bytes = f::u64(j, "param_bytes", path);
+  l.buffer_bytes = f::optional<std::uint64_t>(j, "buffer_bytes", path, 0, f::as_u64);
+  l.grad_bytes = f::optional<std::uint64_t>(j, "grad_bytes", path, 0, f::as_u64);
+  l.optimizer_bytes = f::optional<std::uint64_t>(j, "optimizer_bytes", path, 0, f::as_u64);
+  l.activation_bytes = f::u64(j, "activation_bytes", path);
+  l.transient_bytes = f::optional<std::uint64_t>(j, "transient_bytes", path, 0, f::as_u64);
+  l.input_bytes = f::optional<std::uint64_t>(j, "input_bytes", path, 0, f::as_u64);
+  l.output_bytes = f::optional<std::uint64_t>(j, "output_bytes", path, 0, f::as_u64);
+  l.kv_cache_bytes = f::optional<std::uint64_t>(j, "kv_cache_bytes", path, 0, f::as_u64);
+  l.flops = f::optional<std::uint64_t>(j, "flops", path, 0, f::as_u64);
+  if (j.contains("dims")) l.dims = dims_from_json(j.at("dims"), path + ".dims");
+  l.tileable = f::optional<std::vector<std::string>>(j, "tileable", path, {}, f::as_strings);
+  for (const auto& axis : l.tileable) f::one_of(axis, {"seq", "batch"}, path + ".tileable");
+  l.measured_peak_bytes = f::optional<std::uint64_t>(j, "measured_peak_bytes", path, 0, f::as_u64);
+  l.measured_activation_bytes = f::optional<std::uint64_t>(j, "measured_activation_bytes", path, 0, f::as_u64);
+  return l;
+}
+
+inline void to_json(nlohmann::json& j, const ModelGraph& g) {
+  j = {{"model_name", g.model_name}, {"dtype", g.dtype},         {"batch", g.batch},
+       {"seq", g.seq},               {"training", g.training},   {"optimizer", g.optimizer},
+       {"mixed_precision", g.mixed_precision}, {"input_bytes", g.input_bytes}, {"layers", g.layers}};
+}
+
+inline ModelGraph graph_from_json(const nlohmann::json& j) {
+  namespace f = json_fields;
+  const std::string path = "graph";
+  ModelGraph g;
+  g.model_name = f::optional<std::string>(j, "model_name", path, "", f::as_string);
+  g.dtype = f::one_of(f::optional<std::string>(j, "dtype", path, "float32", f::as_string),
+                      {"float32", "float16", "bfloat16", "float64", "int8"}, "graph.dtype");
+  g.batch = f::optional<std::int64_t>(j, "batch", path, 0, f::as_i64);
+  g.seq = f::optional<std::int64_t>(j, "seq", path, 0, f::as_i64);
+  g.training = f::optional<bool>(j, "training", path, true, f::as_bool);
+  g.optimizer = f::one_of(f::optional<std::string>(j, "optimizer", path, "adamw", f::as_string), optimizer_kinds(),
+                          "graph.optimizer");
+  g.mixed_precision = f::optional<bool>(j, "mixed_precision", path, false, f::as_bool);
+  g.input_bytes = f::optional<std::uint64_t>(j, "input_bytes", path, 0, f::as_u64);
+  const auto& layers = f::require(j, "layers", path);
+  if (!layers.is_array()) f::wrong_type("graph.layers", layers, "an array of layers");
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    Layer l = layer_from_json(layers[i], "graph.layers[" + std::to_string(i) + "]");
+    if (l.index != static_cast<std::int64_t>(i))
+      throw ConfigError("graph.layers[" + std::to_string(i) + "].index: got " + std::to_string(l.index) +
+                        ", expected " + std::to_string(i) + " (layers are listed in execution order)");
+    g.layers.push_back(std::move(l));
+  }
+  return g;
+}
+
+inline ModelGraph ModelGraph::from_json_text(const std::string& text) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw ConfigError(std::string("graph: not valid JSON: ") + e.what());
+  }
+  return graph_from_json(j);
+}
+
+inline std::string ModelGraph::to_json_text() const { return nlohmann::json(*this).dump(2); }
+
+}  // namespace memscale

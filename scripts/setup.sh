@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs whatever is missing (Debian packages, torch==2.13.0, Python deps) and builds
+# and installs memscale. Idempotent: when no build input changed it returns in seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+missing=()
+for pkg in g++ libgtest-dev nlohmann-json3-dev libspdlog-dev libfmt-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Never let pip resolve an unpinned torch (that downloads a multi-GB CUDA build).
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+  say "installing torch==2.13.0"
+  "$PY" -m pip install -q torch==2.13.0
+fi
+pydeps=()
+for mod in psutil:psutil safetensors:safetensors numpy:numpy pytest:pytest scikit_build_core:scikit-build-core \
+           cmake:cmake ninja:ninja; do
+  "$PY" -c "import ${mod%%:*}" >/dev/null 2>&1 || pydeps+=("${mod##*:}")
+done
+if [ ${#pydeps[@]} -gt 0 ]; then
+  say "installing Python packages: ${pydeps[*]}"
+  "$PY" -m pip install -q "${pydeps[@]}"
+fi
+
+# Rebuild only when a build input (or the torch it builds against) changed.
+stamp_dir=build
+mkdir -p "$stamp_dir"
+inputs=$( { "$PY" -c "import sys, torch; print(sys.executable, torch.__version__)";
+            git ls-files -co --exclude-standard -- CMakeLists.txt cmake include src bindings python pyproject.toml tests/cpp \
+              | LC_ALL=C sort | while read -r f; do [ -f "$f" ] && sha1sum "$f"; done; } | sha1sum | cut -d' ' -f1)
+if [ -f "$stamp_dir/install.stamp" ] && [ "$(cat "$stamp_dir/install.stamp")" = "$inputs" ] \
+   && "$PY" -c "import memscale" >/dev/null 2>&1; then
+  say "memscale is up to date"
+  exit 0
+fi
+say "building and installing memscale (incremental build in build/wheel)"
+MEMSCALE_BUILD_TESTS=ON CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+  "$PY" -m pip install -q --no-build-isolation --no-deps .
+echo "$inputs" > "$stamp_dir/install.stamp"
+say "memscale $("$PY" -c 'import memscale; print(memscale.__version__)') installed"
