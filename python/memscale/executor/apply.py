@@ -20,11 +20,11 @@ put back), no hooks and no attributes left; the offload files and threads are go
 
 Techniques and what they accept:
 
-* ``checkpoint``: any module.
+* ``checkpoint``: any module that does not overwrite its input (``inplace=True``).
 * ``offload_activations``: ``activation_tier`` ``disk`` (any device) or ``host``
   (CUDA tensors only; on a CPU model host memory is where activations already are).
 * ``tile``: plan kind ``mlp`` with position-wise leaves (see ``tiling``), or plan kind
-  ``lm_head`` on an ``nn.Linear`` head of a model whose forward takes ``labels``
+  ``lm_head`` whose logits come from an ``nn.Linear``, in a model whose forward takes ``labels``
   (see ``head_loss``).
 * ``offload_weights``: refused; weight paging belongs to the inference pager.
 
@@ -52,7 +52,7 @@ from typing import Any, Callable
 import torch
 
 from memscale.executor import head_loss, tiling
-from memscale.executor.checkpoint import checkpointed
+from memscale.executor.checkpoint import check_checkpointable, checkpointed
 from memscale.executor.errors import ExecutorError
 from memscale.executor.forward_patch import ForwardPatch, is_patched
 from memscale.executor.offload_activations import DEFAULT_MIN_OFFLOAD_BYTES, ActivationStore
@@ -113,6 +113,8 @@ class _Work:
     spec: LayerSpec
     module: torch.nn.Module
     head_signature: Any = None
+    logits_linear: torch.nn.Linear | None = None
+    logits_path: str = ""
 
 
 def _module_device(module: torch.nn.Module, model: torch.nn.Module) -> torch.device:
@@ -148,6 +150,8 @@ def _validate(model: torch.nn.Module, specs: list[LayerSpec]) -> list[_Work]:
             raise ExecutorError(f"plan layer {spec.name!r}: a MemScale plan is already applied "
                                 "to it; remove that first (handle.remove() or memscale.unwrap)")
         item = _Work(spec, module)
+        if "checkpoint" in spec.techniques:
+            check_checkpointable(module, spec.name)
         if "offload_weights" in spec.techniques:
             raise ExecutorError(f"plan layer {spec.name!r}: technique 'offload_weights' is not "
                                 "applied by the training executor (weights stay resident while "
@@ -164,7 +168,12 @@ def _validate(model: torch.nn.Module, specs: list[LayerSpec]) -> list[_Work]:
                                     "memory; use activation_tier 'disk' on a CPU-only machine")
         if "tile" in spec.techniques:
             if spec.kind == "lm_head":
-                item.head_signature = head_loss.check_head(model, module, spec.name)
+                item.head_signature, sub, item.logits_linear = head_loss.check_head(
+                    model, module, spec.name)
+                item.logits_path = f"{spec.name}.{sub}" if sub and spec.name else (sub or spec.name)
+                if item.logits_linear is not module and is_patched(item.logits_linear):
+                    raise ExecutorError(f"plan layer {spec.name!r}: its Linear "
+                                        f"{item.logits_path!r} is already patched by MemScale")
             elif spec.kind == "mlp":
                 tiling.check_tileable(module, spec.name)
             else:
@@ -203,13 +212,10 @@ def _wrappers(item: _Work, model: torch.nn.Module, store: ActivationStore | None
     """The wrappers of one module, innermost first."""
     spec, module = item.spec, item.module
     out: list[Wrapper] = []
-    if "tile" in spec.techniques:
-        if item.head_signature is not None:
-            out.append(lambda fwd: head_loss.deferred_head(fwd, module, spec.tile_chunks, spec.name))
-        else:
-            out.append(lambda fwd: tiling.tiled(fwd, spec.tile_chunks, spec.name))
+    if "tile" in spec.techniques and item.head_signature is None:
+        out.append(lambda fwd: tiling.tiled(fwd, spec.tile_chunks, spec.name))
     if "checkpoint" in spec.techniques:
-        out.append(lambda fwd: checkpointed(fwd, module))
+        out.append(lambda fwd: checkpointed(fwd, module, spec.name))
     if "offload_activations" in spec.techniques:
         assert store is not None
         tier = spec.activation_tier
@@ -282,6 +288,11 @@ def apply_plan(model: torch.nn.Module, plan: Any, *,
             per_module[id(item.module)] = (item.module, item.spec.name,
                                            _wrappers(item, model, handle.store))
         if head is not None:
+            linear = head.logits_linear
+            assert linear is not None
+            entry = per_module.setdefault(id(linear), (linear, head.logits_path, []))
+            entry[2].insert(0, lambda fwd: head_loss.deferred_head(
+                fwd, linear, head.spec.tile_chunks, head.logits_path))
             # Labels detection sits just outside the model's own forward (inside its
             # checkpoint/offload wrappers, when the root itself is planned).
             entry = per_module.setdefault(id(model), (model, "", []))

@@ -28,6 +28,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
+from memscale.executor.errors import ExecutorError
 from memscale.executor.forward_patch import ForwardPatch
 
 
@@ -116,7 +117,22 @@ class _BufferGuard:
                         obj.copy_(value)
 
 
-def checkpointed(forward: Callable[..., Any], module: torch.nn.Module) -> Callable[..., Any]:
+def check_checkpointable(module: torch.nn.Module, name: str) -> None:
+    """Refuse modules that overwrite their own input (``inplace=True``).
+
+    Checkpointing keeps a layer's input to recompute the layer; a module that writes
+    its result into its input destroys it, so the recompute would read the wrong values
+    (torch raises deep inside backward). Modules whose forward mutates the input in
+    some other way are caught at their first call by ``checkpointed``.
+    """
+    if getattr(module, "inplace", False) is True:
+        raise ExecutorError(f"layer {name!r}: {type(module).__name__}(inplace=True) overwrites its "
+                            "input, which checkpointing must keep to recompute it; turn "
+                            "checkpoint off for this layer")
+
+
+def checkpointed(forward: Callable[..., Any], module: torch.nn.Module,
+                 name: str = "") -> Callable[..., Any]:
     """Return ``forward`` wrapped in non-reentrant checkpointing of ``module``.
 
     Tensor keyword arguments are passed to checkpoint positionally so they take the
@@ -144,12 +160,23 @@ def checkpointed(forward: Callable[..., Any], module: torch.nn.Module) -> Callab
             def context_fn() -> tuple[Any, Any]:
                 return guard.forward(), guard.recompute()
 
-        return _torch_checkpoint(call, *args, *(kwargs[k] for k in tensor_keys),
-                                 use_reentrant=False, preserve_rng_state=True,
-                                 context_fn=context_fn)
+        inputs = [*args, *(kwargs[k] for k in tensor_keys)]
+        versions = [t._version if isinstance(t, torch.Tensor) else None for t in inputs]
+        out = _torch_checkpoint(call, *inputs, use_reentrant=False, preserve_rng_state=True,
+                                context_fn=context_fn)
+        for t, v in zip(inputs, versions):
+            if v is not None and t._version != v:
+                # Fail here, naming the layer, rather than with autograd's generic
+                # "modified by an inplace operation" error in the middle of backward.
+                raise ExecutorError(
+                    f"layer {name!r}: its forward modified an input tensor in place, which "
+                    "checkpointing must keep unchanged to recompute the layer; turn "
+                    "checkpoint off for this layer")
+        return out
     return run
 
 
 def checkpoint_module(module: torch.nn.Module, name: str = "") -> ForwardPatch:
     """Checkpoint ``module`` on its own; ``.remove()`` on the result restores it."""
-    return ForwardPatch(module, lambda fwd: checkpointed(fwd, module), name=name)
+    check_checkpointable(module, name)
+    return ForwardPatch(module, lambda fwd: checkpointed(fwd, module, name), name=name)

@@ -5,19 +5,16 @@ whole plan first, then applies it.
 
 Example:
     >>> from memscale.executor.errors import ExecutorError
-    >>> issubclass(ExecutorError, ValueError)
+    >>> from memscale.errors import MemScaleError
+    >>> issubclass(ExecutorError, MemScaleError) and issubclass(ExecutorError, ValueError)
     True
 """
 from __future__ import annotations
 
-try:  # the core's hierarchy, once the extension module provides it
-    from memscale._C import MemScaleError as _Base  # type: ignore[attr-defined]
-except ImportError:  # extension not built yet: executor errors still form their own tree
-    class _Base(Exception):  # type: ignore[no-redef]
-        """Local root used only when ``memscale._C`` is unavailable."""
+from memscale.errors import MemScaleError
 
 
-class ExecutorError(_Base, ValueError):
+class ExecutorError(MemScaleError, ValueError):
     """A plan cannot be applied to this model (names the layer, value and what is allowed)."""
 
 

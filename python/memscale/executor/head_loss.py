@@ -16,9 +16,11 @@ in the same forward. When a plan tiles such a model's ``lm_head`` layer (plan ki
    :func:`memscale.nn.linear_cross_entropy` on the matching hidden states, so the full
    logits never exist.
 
-Limits: the head must be an ``nn.Linear`` called with one tensor, and the model's
-forward must accept ``labels`` (by name or ``**kwargs``) — otherwise ``apply_plan``
-refuses. ``cross_entropy`` with ``weight`` or ``label_smoothing`` is not fused. Inside
+Limits: the logits must come from an ``nn.Linear`` (the head layer itself, or the
+widest Linear inside it, e.g. a BERT-style transform + decoder head; that Linear is the
+one deferred) called with one tensor, and the model's forward must accept ``labels``
+(by name or ``**kwargs``) — otherwise ``apply_plan`` refuses. Anything the head module
+does after that Linear (adding a separate bias, scaling) counts as a use of the logits. ``cross_entropy`` with ``weight`` or ``label_smoothing`` is not fused. Inside
 the model's forward, any other use of the logits (softmax, soft-capping, scaling,
 returning them through an op) raises :class:`ExecutorError` naming the operation,
 because the plan's memory saving would silently not happen; turn tiling off for the
@@ -275,13 +277,34 @@ def deferred_head(forward: Callable[..., Any], head: torch.nn.Linear, chunks: in
     return run
 
 
-def check_head(model: torch.nn.Module, head: torch.nn.Module, layer: str) -> inspect.Signature:
-    """Raise ExecutorError unless the head+loss of ``model`` can be tiled; return forward's signature."""
-    if not isinstance(head, torch.nn.Linear):
+def find_logits_linear(head: torch.nn.Module, layer: str) -> tuple[str, torch.nn.Linear]:
+    """The ``nn.Linear`` of a head layer that produces the logits: the head itself, or its
+    Linear with the most output features (a transform + decoder head such as BERT's)."""
+    if isinstance(head, torch.nn.Linear):
+        return "", head
+    linears = [(n, m) for n, m in head.named_modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
         raise ExecutorError(f"layer {layer!r}: the plan tiles it as the output head, but it is a "
-                            f"{type(head).__name__}; head+loss tiling needs an nn.Linear")
+                            f"{type(head).__name__} without an nn.Linear; head+loss tiling needs "
+                            "the logits to come from an nn.Linear")
+    widest = max(m.out_features for _, m in linears)
+    top = [(n, m) for n, m in linears if m.out_features == widest]
+    if len(top) > 1:
+        raise ExecutorError(f"layer {layer!r}: cannot tell which Linear makes the logits: "
+                            f"{[n for n, _ in top]} all have {widest} outputs")
+    return top[0]
+
+
+def check_head(model: torch.nn.Module, head: torch.nn.Module, layer: str
+               ) -> tuple[inspect.Signature, str, torch.nn.Linear]:
+    """Raise ExecutorError unless the head+loss of ``model`` can be tiled.
+
+    Returns the model forward's signature and the path (under the head) and module of
+    the Linear that makes the logits.
+    """
     if head is model:
         raise ExecutorError(f"layer {layer!r}: the output head cannot be the model itself")
+    sub, linear = find_logits_linear(head, layer)
     sig = labels_parameter(model.forward)
     if sig is None:
         raise ExecutorError(
@@ -289,4 +312,4 @@ def check_head(model: torch.nn.Module, head: torch.nn.Module, layer: str) -> ins
             f"{type(model).__name__}.forward takes no `labels`, so its loss is computed outside "
             "the model; call memscale.nn.linear_cross_entropy(hidden, head, targets) there "
             "and turn tiling off for this layer")
-    return sig
+    return sig, sub, linear
