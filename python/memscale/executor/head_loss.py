@@ -226,9 +226,34 @@ class DeferredLogits:
         self._refuse_inside_forward(f"Tensor.{name}")
         return getattr(self.materialize(), name)
 
+    def __bool__(self) -> bool:
+        self._refuse_inside_forward("Tensor.__bool__")
+        return bool(self.materialize())
+
     def __repr__(self) -> str:
         return (f"DeferredLogits(shape={tuple(self.shape)}, dtype={self._dtype}, "
                 f"layer={self._layer!r})")
+
+
+def _operator(name: str) -> Callable[..., Any]:
+    # Python looks operators up on the type, not through __getattr__: each one is
+    # spelled out, refuses inside a deferring forward, and otherwise runs on the
+    # materialised logits.
+    def op(self: DeferredLogits, *args: Any) -> Any:
+        self._refuse_inside_forward(f"Tensor.{name}")
+        real = tuple(a.materialize() if isinstance(a, DeferredLogits) else a for a in args)
+        return getattr(self.materialize(), name)(*real)
+    op.__name__ = name
+    return op
+
+
+for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
+              "__truediv__", "__rtruediv__", "__floordiv__", "__rfloordiv__", "__mod__",
+              "__pow__", "__rpow__", "__matmul__", "__rmatmul__", "__neg__", "__pos__",
+              "__abs__", "__lt__", "__le__", "__gt__", "__ge__", "__eq__", "__ne__",
+              "__and__", "__or__", "__xor__", "__invert__", "__iter__", "__array__"):
+    setattr(DeferredLogits, _name, _operator(_name))
+DeferredLogits.__hash__ = object.__hash__  # type: ignore[method-assign]  # __eq__ above resets it
 
 
 def labels_parameter(forward: Callable[..., Any]) -> inspect.Signature | None:

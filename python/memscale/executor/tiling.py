@@ -10,11 +10,12 @@ untiled layer's (up to float summation order of the weight gradients).
 
 Limits (checked, with a clear error):
 
-* the layer must be position-wise: every leaf submodule is one of
-  ``POSITIONWISE_LEAF_TYPES`` (Linear, normalisations over the last dim, activations,
-  dropout, identity). Attention, convolutions, recurrent cells and batch
-  normalisation mix positions and are refused. Functional code inside a custom
-  ``forward`` cannot be inspected: the plan's ``kind`` must also say ``mlp``.
+* the layer must be position-wise. Modules that mix positions or batch entries
+  (``POSITION_MIXING_TYPES``: convolutions, batch/group norms, recurrent cells,
+  attention, pooling) are refused from the module tree; then a probe runs the
+  layer once on a small random input, whole and in slices, and refuses it if the
+  results differ — this catches functional code (attention written with matmuls) that
+  the tree cannot show. The plan's ``kind`` must also say ``mlp``.
 * the forward must take exactly one tensor (extra non-tensor arguments are passed
   through) and return one tensor whose sequence axis matches the input's.
 * dropout inside a tiled layer draws its random mask per slice, so the mask (not its
@@ -43,32 +44,80 @@ from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 from memscale.executor.errors import ExecutorError
 from memscale.executor.forward_patch import ForwardPatch
 
-#: Leaf module types that act on each position independently.
-POSITIONWISE_LEAF_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Linear, nn.Bilinear, nn.Identity, nn.LayerNorm, nn.RMSNorm,
-    nn.Dropout, nn.AlphaDropout,
-    nn.GELU, nn.ReLU, nn.ReLU6, nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid, nn.LeakyReLU,
-    nn.ELU, nn.SELU, nn.CELU, nn.Softplus, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh,
-    nn.PReLU, nn.GLU, nn.Softsign, nn.Tanhshrink,
+#: Module types that combine several positions (or batch entries): never tiled.
+POSITION_MIXING_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LocalResponseNorm,
+    nn.RNNBase, nn.RNNCellBase, nn.MultiheadAttention, nn.Transformer,
+    nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
+    nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd, nn.Upsample,
 )
+
+#: Probe geometry: (batch, positions) of the random input; compared in this many slices.
+_PROBE_SHAPE = (2, 6)
+_PROBE_SLICES = 3
+
+
+def _probe_width(module: nn.Module) -> int | None:
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            return sub.in_features
+        if isinstance(sub, (nn.LayerNorm, nn.RMSNorm)) and sub.normalized_shape:
+            return int(sub.normalized_shape[-1])
+    return None
+
+
+def _probe(module: nn.Module, name: str) -> None:
+    """Run the module once on a random input, whole and in slices; refuse if they differ.
+
+    Functional code in a custom forward (attention written with matmuls, cumulative
+    ops) cannot be seen from the module tree; this check sees it. It runs in eval mode
+    (dropout off), under no_grad, with the RNG state forked, and restores every
+    submodule's training flag, so the model is left exactly as it was.
+    """
+    width = _probe_width(module)
+    ref = next(module.parameters(), None)
+    if width is None or ref is None or ref.device.type == "meta":
+        raise ExecutorError(f"layer {name!r}: cannot verify that it is position-wise (no Linear "
+                            "or norm to infer its input width from, or parameters on meta); "
+                            "tiling is refused for it")
+    modes = [(m, m.training) for m in module.modules()]
+    devices = [ref.device.index or 0] if ref.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            module.eval()
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            x = torch.randn(*_PROBE_SHAPE, width, generator=gen).to(device=ref.device, dtype=ref.dtype)
+            try:
+                whole = module(x)
+                parts = torch.cat([module(p) for p in torch.tensor_split(x, _PROBE_SLICES, dim=1)], 1)
+            except Exception as exc:  # the module's own error, reported with context
+                raise ExecutorError(f"layer {name!r}: cannot verify that it is position-wise: its "
+                                    f"forward failed on a ({', '.join(map(str, x.shape))}) input "
+                                    f"({type(exc).__name__}: {exc}); tiling is refused for it") from exc
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    if not isinstance(whole, torch.Tensor) or whole.shape != parts.shape or not torch.allclose(
+            whole.float(), parts.float(), rtol=1e-3, atol=1e-4):
+        raise ExecutorError(f"layer {name!r}: cannot tile, its output at one position depends on "
+                            "other positions (checked on a random input); tiling takes only "
+                            "position-wise layers (MLPs)")
 
 
 def check_tileable(module: nn.Module, name: str) -> None:
-    """Raise ExecutorError unless every leaf of ``module`` is position-wise."""
-    leaves = [(sub_name, sub) for sub_name, sub in module.named_modules()
-              if not any(True for _ in sub.children())]
-    for sub_name, sub in leaves:
-        if not isinstance(sub, POSITIONWISE_LEAF_TYPES):
+    """Raise ExecutorError unless ``module`` is position-wise (see module docstring)."""
+    for sub_name, sub in module.named_modules():
+        if isinstance(sub, POSITION_MIXING_TYPES):
             where = f"{name}.{sub_name}" if sub_name and name else (sub_name or name)
             raise ExecutorError(
-                f"layer {name!r}: cannot tile, submodule {where!r} is a "
-                f"{type(sub).__name__}, which may mix sequence positions; tiling takes only "
-                "position-wise layers (MLPs) made of "
-                f"{sorted(t.__name__ for t in POSITIONWISE_LEAF_TYPES)}")
-    for sub_name, sub in leaves:
+                f"layer {name!r}: cannot tile, submodule {where!r} is a {type(sub).__name__}, "
+                "which may mix sequence positions or batch entries; tiling takes only "
+                "position-wise layers (MLPs)")
         if isinstance(sub, nn.GLU) and sub.dim != -1:
             raise ExecutorError(f"layer {name!r}: cannot tile, GLU {sub_name or name!r} splits "
                                 f"dim={sub.dim}; only dim=-1 (the feature axis) is position-wise")
+    _probe(module, name)
 
 
 def _seq_dim(x: torch.Tensor) -> int:
