@@ -1,0 +1,140 @@
+"""Estimate one training (or inference) step without allocating: FakeTensorMode + live tracking.
+
+The user's module runs through ``torch.func.functional_call`` with fake stand-ins for its
+parameters and buffers, so no real parameter is read, moved or replaced; layer hooks are
+removed and ``train()``/``eval()`` flags restored afterwards.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.func import functional_call
+from torch.utils._pytree import tree_leaves, tree_map_only
+
+from .discovery import LayerSpec
+from .flops import op_flops
+from .recorder import LayerRecord, StepRecorder
+from .tracker import LiveTracker, storage_key
+
+log = logging.getLogger("memscale")
+
+
+class _TrackerView:
+    """MemoryView over a LiveTracker: the peak is sampled after every op."""
+
+    def __init__(self, tracker: LiveTracker) -> None:
+        self.tracker = tracker
+        self.peak = 0
+
+    def current(self) -> int:
+        return self.tracker.live
+
+    def start_span(self) -> None:
+        self.peak = self.tracker.live
+
+    def span_peak(self) -> int:
+        return max(self.peak, self.tracker.live)
+
+    def observe(self) -> None:
+        if self.tracker.live > self.peak:
+            self.peak = self.tracker.live
+
+
+@dataclass
+class Estimate:
+    """Per-layer records (same order as the specs) and the first user of each orphan tensor."""
+
+    records: list[LayerRecord]
+    orphan_first_use: dict[int, int | None]  # id(real tensor) -> layer index, -2 prelude, None unused
+
+
+def target_device(model: nn.Module, inputs: Any) -> torch.device:
+    """Device the step would run on: the parameters' (unless meta), else the inputs', else CPU."""
+    for t in list(model.parameters()) + list(model.buffers()) + [
+            x for x in tree_leaves(inputs) if isinstance(x, torch.Tensor)]:
+        if t.device.type != "meta":
+            return t.device
+    return torch.device("cpu")
+
+
+def set_mode(model: nn.Module, training: bool) -> dict[nn.Module, bool]:
+    """Put every submodule in train/eval mode; return the previous flags for :func:`restore_mode`."""
+    flags = {m: m.training for m in model.modules()}
+    model.train(training)
+    return flags
+
+
+def restore_mode(flags: dict[nn.Module, bool]) -> None:
+    for m, f in flags.items():
+        m.training = f
+
+
+def run_backward(out: Any) -> None:
+    """Backward from every float output that requires grad (ones as the upstream gradient)."""
+    outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
+    if not outs:
+        raise ValueError("training=True but the model's output has no tensor that requires grad; "
+                         "pass training=False or return a loss/logits that depend on parameters")
+    torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
+
+
+def estimate_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[LayerSpec],
+                  orphans: list[torch.Tensor], training: bool) -> Estimate:
+    """Run ``model(*args, **kwargs)`` (and backward if ``training``) on fake tensors, per layer."""
+    device = target_device(model, (args, kwargs))
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    # FakeTensorMode's dispatch cache is shared by all instances; a cache hit returns outputs
+    # with different aliasing/refcounts than a miss (it changes whether AccumulateGrad steals
+    # or clones a gradient), so a profile would depend on what ran before it. Off: determinism.
+    fake_mode.cache_enabled = False
+    fakes: dict[int, torch.Tensor] = {}
+
+    def fake_like(t: torch.Tensor, grad: bool) -> torch.Tensor:
+        if id(t) not in fakes:
+            with fake_mode:
+                f = torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype, device=device)
+            fakes[id(t)] = f.requires_grad_(grad) if grad and f.is_floating_point() else f
+        return fakes[id(t)]
+
+    state: dict[str, torch.Tensor] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        state[name] = fake_like(p, training and p.requires_grad)
+    for name, b in model.named_buffers(remove_duplicate=False):
+        state[name] = fake_like(b, False)
+    fargs, fkwargs = tree_map_only(torch.Tensor, lambda t: fake_like(t, t.requires_grad and training), (args, kwargs))
+    excluded = {storage_key(f) for f in fakes.values()}
+
+    tracker = LiveTracker(fake=True)
+    view = _TrackerView(tracker)
+    recorder = StepRecorder([s.module for s in specs], view, excluded, training, nbytes=tracker.nbytes)
+    recorder.watch_tensors(fakes[id(t)] for t in orphans if id(t) in fakes)
+
+    def on_op(func: Any, a: tuple, kw: dict, out: Any) -> None:
+        view.observe()
+        if not recorder.in_backward:
+            recorder.note_inputs((a, kw))
+            recorder.add_flops(op_flops(func, a, kw, out))
+
+    tracker._on_op = on_op
+    flags = set_mode(model, training)
+    try:
+        with fake_mode, tracker, recorder:
+            with torch.set_grad_enabled(training):
+                out = functional_call(model, state, fargs, fkwargs, tie_weights=True, strict=False)
+            recorder.end_forward()
+            if training:
+                recorder.begin_backward()
+                run_backward(out)
+                recorder.end_backward()
+            del out
+    finally:
+        restore_mode(flags)
+        tracker.close()
+    first_use = {id(t): recorder.first_use(fakes[id(t)]) for t in orphans if id(t) in fakes}
+    log.debug("estimated %d layers on fake %s tensors", len(specs), device)
+    return Estimate(recorder.records, first_use)
