@@ -50,19 +50,32 @@ DEFAULT_CHUNK_LOGITS_BYTES = 32 << 20
 _REDUCTIONS = ("mean", "sum", "none")
 
 
+def _slice_logits(h: torch.Tensor, t: torch.Tensor, weight: torch.Tensor,
+                  bias: torch.Tensor | None, ignore_index: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One slice: (softmax probabilities, computed in place in the logits buffer; per-token
+    loss; safe targets; valid mask). One slice-sized float32 array is all it allocates
+    (``torch.logsumexp`` would allocate a second one)."""
+    probs = F.linear(h, weight, bias).float()
+    valid = t != ignore_index
+    safe_t = torch.where(valid, t, torch.zeros_like(t))
+    picked = probs.gather(1, safe_t.unsqueeze(1)).squeeze(1)
+    top = probs.amax(dim=1)
+    probs.sub_(top.unsqueeze(1)).exp_()
+    total = probs.sum(dim=1)
+    probs.div_(total.unsqueeze(1))
+    lse = top + total.log()
+    loss = torch.where(valid, lse - picked, torch.zeros_like(lse))
+    return probs, loss, safe_t, valid
+
+
 def _slice_grad(h: torch.Tensor, t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 ignore_index: int, row_scale: torch.Tensor | float
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token loss of one slice and d(loss·row_scale)/d(logits) (float32, in place)."""
-    logits = F.linear(h, weight, bias).float()
-    lse = torch.logsumexp(logits, dim=-1)
-    valid = t != ignore_index
-    safe_t = torch.where(valid, t, torch.zeros_like(t))
-    picked = logits.gather(1, safe_t.unsqueeze(1)).squeeze(1)
-    loss = torch.where(valid, lse - picked, torch.zeros_like(lse))
-    # softmax(logits) - onehot(t), reusing the logits buffer: one slice-sized array.
-    grad = logits.sub_(lse.unsqueeze(1)).exp_()
-    grad.scatter_add_(1, safe_t.unsqueeze(1), torch.full_like(picked, -1.0).unsqueeze(1))
+    grad, loss, safe_t, valid = _slice_logits(h, t, weight, bias, ignore_index)
+    # softmax(logits) - onehot(t), scaled per row; ignored rows become zero.
+    grad.scatter_add_(1, safe_t.unsqueeze(1), torch.full_like(loss, -1.0).unsqueeze(1))
     scale = valid.to(grad.dtype) * row_scale
     grad.mul_(scale.unsqueeze(1))
     return loss, grad
@@ -94,17 +107,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for rows in _slices(n, chunks):
             h, t = hidden[rows], targets[rows]
             if not grads_now:
-                logits = F.linear(h, weight, bias).float()
-                lse = torch.logsumexp(logits, dim=-1)
-                valid = t != ignore_index
-                safe_t = torch.where(valid, t, torch.zeros_like(t))
-                picked = logits.gather(1, safe_t.unsqueeze(1)).squeeze(1)
-                losses[rows] = torch.where(valid, lse - picked, torch.zeros_like(lse))
-                del logits
+                losses[rows] = _slice_logits(h, t, weight, bias, ignore_index)[1]
                 continue
             loss, grad = _slice_grad(h, t, weight, bias, ignore_index, row_scale)
             losses[rows] = loss
             _accumulate(grad, h, weight, rows, grad_h, grad_w, grad_b)
+            del grad  # else it lives on while the next slice's logits are allocated
         if reduction == "none":
             ctx.save_for_backward(hidden, weight, bias, targets)
             return losses.to(out_dtype)
@@ -147,6 +155,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             _, grad = _slice_grad(hidden[rows], targets[rows], weight, bias, ctx.ignore_index,
                                   g_rows[rows])
             _accumulate(grad, hidden[rows], weight, rows, grad_h, grad_w, grad_b)
+            del grad
         return (grad_h,
                 None if grad_w is None else grad_w.to(weight.dtype),
                 None if grad_b is None else grad_b.to(bias.dtype)) + none8

@@ -186,3 +186,25 @@ def test_other_use_inside_forward_is_refused_clearly() -> None:
         with pytest.raises(ExecutorError, match=r"LM\.forward uses its logits in 'Tensor\.__truediv__'"):
             model(ids, labels=torch.randint(0, 64, (2, 9)))
         model(ids)  # without labels the model still works
+
+
+def test_measured_peak_far_below_untiled() -> None:
+    """Counting allocator: the full logits (and their softmax/grad copies) never exist."""
+    import memscale
+
+    torch.manual_seed(0)
+    n, d, vocab = 512, 32, 8000
+    hidden = torch.randn(n, d, requires_grad=True)
+    weight = torch.randn(vocab, d, requires_grad=True)
+    targets = torch.randint(0, vocab, (n,))
+    with memscale.track_memory("cpu") as untiled:
+        torch.autograd.grad(F.cross_entropy(F.linear(hidden, weight), targets), [hidden, weight])
+    with memscale.track_memory("cpu") as tiled:
+        torch.autograd.grad(mnn.linear_cross_entropy(hidden, weight, targets, chunks=16),
+                            [hidden, weight])
+    logits = n * vocab * 4
+    assert untiled.peak_bytes >= 2 * logits
+    # weight grad + hidden grad + one slice of logits, plus small per-row vectors
+    bound = weight.numel() * 4 + hidden.numel() * 4 + logits // 16 + 64 * n
+    assert tiled.peak_bytes <= bound, (tiled.peak_bytes, bound)
+    assert tiled.peak_bytes < 0.25 * untiled.peak_bytes
