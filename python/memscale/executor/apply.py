@@ -225,8 +225,12 @@ def _wrappers(item: _Work, model: torch.nn.Module, store: ActivationStore | None
 
 def _offloaded(forward: Callable[..., Any], store: ActivationStore, name: str,
                tier: str) -> Callable[..., Any]:
+    # torch.compile cannot trace saved-tensor hooks correctly (the compiled backward
+    # sees wrong strides), so an offloaded layer always runs eagerly: dynamo breaks the
+    # graph around it and compiles the rest of the model.
+    @torch.compiler.disable
     def run(*args: Any, **kwargs: Any) -> Any:
-        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if not torch.is_grad_enabled():
             return forward(*args, **kwargs)
         with store.layer(name, tier):
             return forward(*args, **kwargs)

@@ -150,17 +150,17 @@ def checkpointed(forward: Callable[..., Any], module: torch.nn.Module,
         def call(*flat: Any) -> Any:
             return forward(*flat[:n_pos], **static, **dict(zip(tensor_keys, flat[n_pos:])))
 
-        if torch.compiler.is_compiling():
-            # Under torch.compile, checkpoint's context_fn must be TorchDispatchModes;
-            # the buffer guard is a plain context, so compiled graphs go without it.
-            context_fn = torch.utils.checkpoint.noop_context_fn
-        else:
-            guard = _BufferGuard(module)
-
-            def context_fn() -> tuple[Any, Any]:
-                return guard.forward(), guard.recompute()
-
         inputs = [*args, *(kwargs[k] for k in tensor_keys)]
+        if torch.compiler.is_compiling():
+            # Under torch.compile, checkpoint's context_fn must be TorchDispatchModes and
+            # version counters are not traced: compiled graphs go without the buffer
+            # guard and the in-place check (documented limit of wrap + torch.compile).
+            return _torch_checkpoint(call, *inputs, use_reentrant=False, preserve_rng_state=True)
+        guard = _BufferGuard(module)
+
+        def context_fn() -> tuple[Any, Any]:
+            return guard.forward(), guard.recompute()
+
         versions = [t._version if isinstance(t, torch.Tensor) else None for t in inputs]
         out = _torch_checkpoint(call, *inputs, use_reentrant=False, preserve_rng_state=True,
                                 context_fn=context_fn)
