@@ -114,3 +114,26 @@ def test_many_steps_with_sgd(tmp_path) -> None:
             opt_ref.step()
     for (n, p), q in zip(model.named_parameters(), ref.parameters()):
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-6), n
+
+
+@pytest.mark.parametrize("name", ["gpt", "vit", "resnet", "t5"])
+def test_profiled_layers_every_technique(name: str, tmp_path) -> None:
+    """Layers, kinds and tileable axes from memscale.profile: checkpoint + disk offload on
+    every layer that takes them, tile on every layer the profiler marks tileable."""
+    from memscale.profile import profile_dict
+
+    model, inputs = build(name, dropout=0.1)
+    ref = twin(model)
+    graph = profile_dict(model, inputs)
+    layers = []
+    for g in graph["layers"]:
+        techniques = ["offload_activations"]
+        if g["name"] in checkpointable(model, [g["name"]]):
+            techniques.append("checkpoint")
+        if g["tileable"]:
+            techniques.append("tile")
+        layers.append({**layer(g["name"], techniques, kind=g["kind"], chunks=2, tier="disk"),
+                       "index": g["index"]})
+    assert any("tile" in entry["techniques"] for entry in layers)
+    with apply_plan(model, {"layers": layers}, offload_dir=tmp_path, min_offload_bytes=0):
+        assert_same_step(model, ref, inputs)

@@ -201,3 +201,27 @@ def test_skipped_and_empty_plans_change_nothing() -> None:
     before = module_state(model)
     with apply_plan(model, {"skipped": True, "layers": [layer("0", [])]}):
         assert module_state(model) == before
+
+
+def test_core_plan_object_is_accepted() -> None:
+    """The bound memscale.Plan (from its JSON) drives the executor like the dict does."""
+    import memscale
+
+    def lp(index: int, name: str, techniques: list, kind: str = "block", chunks: int = 1) -> dict:
+        return {"index": index, "name": name, "kind": kind, "techniques": techniques,
+                "tile_chunks": chunks, "weight_tier": "device", "activation_tier": "device",
+                "pinned": False, "bytes_before": 0, "bytes_after": 0, "rules": [], "reasons": []}
+    doc = {"mode": "auto", "training": True, "budget_bytes": 1, "device_count": 1,
+           "unoptimized_peak_bytes": 1, "predicted_peak_bytes": 1, "pressure": 1.0,
+           "skipped": False, "skip_reason": "", "rejected": [], "trace": [], "reservation": {},
+           "tier_policy": {}, "offload": {"policy": "none", "ram_bytes": 0, "hot_set": [],
+                                          "prefetch_n_ahead": 0},
+           "layers": [lp(0, "blocks.0", ["checkpoint"]), lp(1, "blocks.1", []),
+                      lp(2, "head", ["tile"], kind="lm_head", chunks=2)]}
+    plan = memscale.Plan.from_json(json.dumps(doc))
+    model, inputs = build("gpt")
+    before = module_state(model)
+    with apply_plan(model, plan) as handle:
+        assert [p.name for p in handle.patches] == ["blocks.0", "head", ""]
+        step(model, inputs)
+    assert module_state(model) == before
