@@ -199,7 +199,12 @@ def test_failure_while_installing_rolls_back(monkeypatch) -> None:
 def test_skipped_and_empty_plans_change_nothing() -> None:
     model = nn.Sequential(nn.Linear(3, 3))
     before = module_state(model)
-    with apply_plan(model, {"skipped": True, "layers": [layer("0", [])]}):
+    with apply_plan(model, {"skipped": True, "skip_reason": "tiny", "layers": [layer("0", [])]}):
+        assert module_state(model) == before
+    # a skipped plan is not applied even if it lists techniques
+    with apply_plan(model, {"skipped": True, "layers": [layer("0", ["checkpoint"])]}):
+        assert module_state(model) == before
+    with apply_plan(model, {"layers": [layer("0", [])]}):
         assert module_state(model) == before
 
 

@@ -57,7 +57,7 @@ from memscale.executor.errors import ExecutorError
 from memscale.executor.forward_patch import ForwardPatch, is_patched
 from memscale.executor.offload_activations import DEFAULT_MIN_OFFLOAD_BYTES, ActivationStore
 from memscale.executor.offload_dir import check_offload_dir
-from memscale.executor.plan_view import LayerSpec, read_plan
+from memscale.executor.plan_view import LayerSpec, plan_is_skipped, plan_skip_reason, read_plan
 
 log = logging.getLogger("memscale")
 
@@ -270,6 +270,13 @@ def apply_plan(model: torch.nn.Module, plan: Any, *,
             or min_offload_bytes < 0:
         raise ExecutorError(f"min_offload_bytes: {min_offload_bytes!r}; expected an int >= 0")
     specs = read_plan(plan)
+    if plan_is_skipped(plan):
+        # The engine decided nothing is needed (tiny model, mode off): change nothing.
+        log.info("memscale: plan for %s is skipped (%s); the model is left as it is",
+                 type(model).__name__, plan_skip_reason(plan) or "no reason given")
+        handle = PlanHandle(model=model, plan=plan, layers=specs)
+        _ACTIVE[model] = handle
+        return handle
     work = _validate(model, specs)
     disk = [w.spec for w in work if "offload_activations" in w.spec.techniques
             and w.spec.activation_tier == "disk"]

@@ -111,3 +111,8 @@ def read_plan(plan: Any) -> list[LayerSpec]:
 def plan_is_skipped(plan: Any) -> bool:
     """True when the plan says nothing is to be done (``skipped``)."""
     return bool(_get(_plan_root(plan), "skipped", False))
+
+
+def plan_skip_reason(plan: Any) -> str:
+    """The plan's ``skip_reason`` (empty when absent)."""
+    return str(_get(_plan_root(plan), "skip_reason", "") or "")
