@@ -14,7 +14,12 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensorMode,
+    UnsupportedOperatorException,
+)
 from torch.utils._pytree import tree_leaves, tree_map_only
 
 from .discovery import LayerSpec
@@ -140,9 +145,17 @@ def estimate_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[Layer
         return params[id(t)]
 
     fargs, fkwargs = tree_map_only(torch.Tensor, lambda t: fake_like(t, t.requires_grad and training), (args, kwargs))
-    with swapped_state(model, stand_in):
-        excluded = {storage_key(f) for f in fakes.values()}
-        return _run(model, fargs, fkwargs, specs, orphans, fakes, excluded, fake_mode, training, device)
+    try:
+        with swapped_state(model, stand_in):
+            excluded = {storage_key(f) for f in fakes.values()}
+            return _run(model, fargs, fkwargs, specs, orphans, fakes, excluded, fake_mode, training, device)
+    except (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException) as error:
+        from ..errors import MemScaleError
+
+        raise MemScaleError(
+            f"profile: {type(model).__name__}.forward cannot run on fake tensors ({type(error).__name__}: "
+            f"{error}); estimation needs shapes that do not depend on tensor values (no .item(), "
+            f"nonzero() or value-dependent control flow in forward)") from error
 
 
 def _run(model: nn.Module, fargs: tuple, fkwargs: dict, specs: list[LayerSpec], orphans: list[torch.Tensor],
