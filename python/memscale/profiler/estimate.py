@@ -106,15 +106,6 @@ def swapped_state(model: nn.Module, stand_in: Callable[[torch.Tensor, bool], tor
             setattr(module, name, original)
 
 
-def run_backward(out: Any) -> None:
-    """Backward from every float output that requires grad (ones as the upstream gradient)."""
-    outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
-    if not outs:
-        raise ValueError("training=True but the model's output has no tensor that requires grad; "
-                         "pass training=False or return a loss/logits that depend on parameters")
-    torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
-
-
 def estimate_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[LayerSpec],
                   orphans: list[torch.Tensor], training: bool) -> Estimate:
     """Run ``model(*args, **kwargs)`` (and backward if ``training``) on fake tensors, per layer."""
@@ -175,15 +166,8 @@ def _run(model: nn.Module, fargs: tuple, fkwargs: dict, specs: list[LayerSpec], 
     tracker._on_op = on_op
     flags = set_mode(model, training)
     try:
-        with fake_mode, tracker, recorder:
-            with torch.set_grad_enabled(training):
-                out = model(*fargs, **fkwargs)
-            recorder.end_forward()
-            if training:
-                recorder.begin_backward()
-                run_backward(out)
-                recorder.end_backward()
-            del out
+        with fake_mode, tracker:
+            recorder.record_step(model, fargs, fkwargs)
     finally:
         restore_mode(flags)
         tracker.close()
