@@ -1,5 +1,34 @@
 """``memscale.profile``: turn any ``nn.Module`` plus example inputs into a ModelGraph.
 
+What the per-layer figures mean (the engine's memory model relies on exactly this):
+
+* Layers: repeated composite blocks of a ``ModuleList``/``Sequential``, and every other
+  child of the root or of a container holding blocks (embeddings, norms, the head...),
+  in execution order; layers that never ran follow in definition order.
+* Ops run between layers ("glue": a loss after the head, ``x + pos_embed`` after a patch
+  embedding) belong to the layer that ran before them; ops before the first layer to the
+  first layer. Parameters owned by no layer (e.g. a root's ``cls_token``) go to the layer
+  whose span first uses them.
+* ``activation_bytes``: storages saved for backward by ops in the layer's forward span,
+  deduplicated by storage, excluding parameters, buffers and the example inputs (those
+  are counted in ``param_bytes``/``buffer_bytes``/graph ``input_bytes``).
+* ``transient_bytes`` = max(forward scratch, backward scratch). Forward scratch = peak
+  live bytes in the forward span - live bytes at entry - the span's saved bytes (>= 0);
+  it includes the layer's output. Backward scratch = peak live bytes in the backward span
+  - live bytes when it starts (when the gradient of the layer's output is ready; for the
+  layer the forward ended in, when backward starts, so a loss's backward is in the head's
+  figure); it includes the parameter gradients the layer creates and the gradient it
+  passes on.
+* ``measured_peak_bytes`` (``measure=True``): bytes resident when the measured step began
+  (parameters, buffers, optimizer state, inputs) + the counting allocator's peak during
+  the layer's spans; ``measured_activation_bytes``: saved bytes as above, on the real step.
+* ``kv_cache_bytes`` (inference only): 2 x batch x seq x K/V width x dtype bytes for each
+  attention module (``nn.MultiheadAttention`` or a module with ``num_heads``/``n_heads``/
+  ``num_attention_heads``; ``num_key_value_heads`` and ``head_dim``/``d_kv`` honoured).
+* ``tileable``: ``seq``/``batch`` only for position-wise MLPs and heads (Linear,
+  pointwise activations, dropout, LayerNorm/RMSNorm); never for blocks with attention,
+  BatchNorm or recurrence.
+
 Example:
     >>> from memscale import models
     >>> from memscale.profile import profile_dict

@@ -229,3 +229,19 @@ def test_ties_aliases_and_rnn_weight_lists_survive_profiling() -> None:
         assert m.out.weight is m.emb.weight and m.alias is m.emb
         assert all(a is b for a, b in zip(m.rnn._flat_weights, flat))
         assert all(a is b for (_, a), (_, b) in zip(m.named_buffers(remove_duplicate=False), buffers))
+
+
+def test_value_dependent_forward_is_a_clear_error() -> None:
+    class ValueDependent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x[x > 0].view(-1, 4)).sum()  # boolean mask: shape depends on values
+
+    m = ValueDependent()
+    before = [p for p in m.parameters()]
+    with pytest.raises(memscale.MemScaleError, match="ValueDependent.forward cannot run on fake tensors"):
+        profile_dict(m, torch.ones(2, 4))
+    assert all(a is b for a, b in zip(m.parameters(), before)) and not m.lin._forward_hooks

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from . import encoder, gpt, llama, lstm, resnet, t5, vit

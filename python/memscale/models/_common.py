@@ -59,3 +59,27 @@ def randn(shape: tuple[int, ...], seed: int, device: torch.device | str | None,
     """Standard-normal tensor drawn on CPU (deterministic), then moved to ``device``."""
     t = torch.randn(shape, generator=input_generator(seed), dtype=dtype)
     return t if device is None else t.to(device)
+
+
+def token_inputs(vocab: int, batch: int, seq: int, labels: bool, seed: int,
+                 device: torch.device | str | None) -> tuple[torch.Tensor, ...]:
+    """``(input_ids,)`` or ``(input_ids, labels)``, each ``(batch, seq)`` ids below ``vocab``."""
+    check_positive("batch", batch)
+    check_positive("seq", seq)
+    ids = randint(vocab, (batch, seq), seed, device)
+    if not labels:
+        return (ids,)
+    return (ids, randint(vocab, (batch, seq), seed + 1, device))
+
+
+def image_inputs(model_name: str, in_chans: int, image_size: int, num_classes: int, batch: int,
+                 seq: int | None, labels: bool, seed: int,
+                 device: torch.device | str | None) -> tuple[torch.Tensor, ...]:
+    """``(images,)`` or ``(images, class labels)``; images have no sequence axis, so ``seq`` must be None."""
+    if seq is not None:
+        raise ValueError(f"seq must be None for {model_name} (image inputs have no sequence axis), got {seq!r}")
+    check_positive("batch", batch)
+    images = randn((batch, in_chans, image_size, image_size), seed, device)
+    if not labels:
+        return (images,)
+    return (images, randint(num_classes, (batch,), seed + 1, device))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import apply_overrides, check_positive, randint, seeded
+from ._common import apply_overrides, check_positive, seeded, token_inputs
 
 
 @dataclass(frozen=True)
@@ -128,10 +128,4 @@ def example_inputs(model: GPT, batch: int = 2, seq: int | None = None, labels: b
                    seed: int = 0, device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:
     """``(input_ids,)`` or ``(input_ids, labels)`` of shape ``(batch, seq)``; seq defaults to max_seq/2."""
     cfg = model.config
-    seq = cfg.max_seq // 2 if seq is None else seq
-    check_positive("batch", batch)
-    check_positive("seq", seq)
-    ids = randint(cfg.vocab, (batch, seq), seed, device)
-    if not labels:
-        return (ids,)
-    return (ids, randint(cfg.vocab, (batch, seq), seed + 1, device))
+    return token_inputs(cfg.vocab, batch, cfg.max_seq // 2 if seq is None else seq, labels, seed, device)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import apply_overrides, check_positive, randint, seeded
+from ._common import apply_overrides, check_positive, seeded, token_inputs
 
 
 @dataclass(frozen=True)
@@ -172,9 +172,4 @@ def example_inputs(model: Llama, batch: int = 2, seq: int | None = None, labels:
     """``(input_ids, labels)`` of shape ``(batch, seq)``; seq defaults to min(64, max positions)."""
     cfg = model.config
     seq = min(64, cfg.max_position_embeddings) if seq is None else seq
-    check_positive("batch", batch)
-    check_positive("seq", seq)
-    ids = randint(cfg.vocab_size, (batch, seq), seed, device)
-    if not labels:
-        return (ids,)
-    return (ids, randint(cfg.vocab_size, (batch, seq), seed + 1, device))
+    return token_inputs(cfg.vocab_size, batch, seq, labels, seed, device)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import apply_overrides, check_positive, randint, randn, seeded
+from ._common import apply_overrides, check_positive, image_inputs, seeded
 
 
 @dataclass(frozen=True)
@@ -131,11 +131,5 @@ def build(seed: int = 0, **overrides: Any) -> ResNet:
 def example_inputs(model: ResNet, batch: int = 2, seq: int | None = None, labels: bool = True,
                    seed: int = 0, device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:
     """``(images, labels)`` with images ``(batch, in_chans, image_size, image_size)``; seq must be None."""
-    if seq is not None:
-        raise ValueError(f"seq must be None for resnet (images have no sequence axis), got {seq!r}")
     cfg = model.config
-    check_positive("batch", batch)
-    images = randn((batch, cfg.in_chans, cfg.image_size, cfg.image_size), seed, device)
-    if not labels:
-        return (images,)
-    return (images, randint(cfg.num_classes, (batch,), seed + 1, device))
+    return image_inputs("resnet", cfg.in_chans, cfg.image_size, cfg.num_classes, batch, seq, labels, seed, device)

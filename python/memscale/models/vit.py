@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import apply_overrides, check_positive, randint, randn, seeded
+from ._common import apply_overrides, check_positive, image_inputs, seeded
 
 
 @dataclass(frozen=True)
@@ -109,11 +109,5 @@ def example_inputs(model: ViT, batch: int = 2, seq: int | None = None, labels: b
 
     ``seq`` must be None: the token count follows from the image and patch sizes.
     """
-    if seq is not None:
-        raise ValueError(f"seq must be None for vit (tokens follow from image_size), got {seq!r}")
     cfg = model.config
-    check_positive("batch", batch)
-    images = randn((batch, cfg.in_chans, cfg.image_size, cfg.image_size), seed, device)
-    if not labels:
-        return (images,)
-    return (images, randint(cfg.num_classes, (batch,), seed + 1, device))
+    return image_inputs("vit", cfg.in_chans, cfg.image_size, cfg.num_classes, batch, seq, labels, seed, device)

@@ -14,7 +14,12 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensorMode,
+    UnsupportedOperatorException,
+)
 from torch.utils._pytree import tree_leaves, tree_map_only
 
 from .discovery import LayerSpec
@@ -101,15 +106,6 @@ def swapped_state(model: nn.Module, stand_in: Callable[[torch.Tensor, bool], tor
             setattr(module, name, original)
 
 
-def run_backward(out: Any) -> None:
-    """Backward from every float output that requires grad (ones as the upstream gradient)."""
-    outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
-    if not outs:
-        raise ValueError("training=True but the model's output has no tensor that requires grad; "
-                         "pass training=False or return a loss/logits that depend on parameters")
-    torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
-
-
 def estimate_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[LayerSpec],
                   orphans: list[torch.Tensor], training: bool) -> Estimate:
     """Run ``model(*args, **kwargs)`` (and backward if ``training``) on fake tensors, per layer."""
@@ -140,9 +136,17 @@ def estimate_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[Layer
         return params[id(t)]
 
     fargs, fkwargs = tree_map_only(torch.Tensor, lambda t: fake_like(t, t.requires_grad and training), (args, kwargs))
-    with swapped_state(model, stand_in):
-        excluded = {storage_key(f) for f in fakes.values()}
-        return _run(model, fargs, fkwargs, specs, orphans, fakes, excluded, fake_mode, training, device)
+    try:
+        with swapped_state(model, stand_in):
+            excluded = {storage_key(f) for f in fakes.values()}
+            return _run(model, fargs, fkwargs, specs, orphans, fakes, excluded, fake_mode, training, device)
+    except (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException) as error:
+        from ..errors import MemScaleError
+
+        raise MemScaleError(
+            f"profile: {type(model).__name__}.forward cannot run on fake tensors ({type(error).__name__}: "
+            f"{error}); estimation needs shapes that do not depend on tensor values (no .item(), "
+            f"nonzero() or value-dependent control flow in forward)") from error
 
 
 def _run(model: nn.Module, fargs: tuple, fkwargs: dict, specs: list[LayerSpec], orphans: list[torch.Tensor],
@@ -162,15 +166,8 @@ def _run(model: nn.Module, fargs: tuple, fkwargs: dict, specs: list[LayerSpec], 
     tracker._on_op = on_op
     flags = set_mode(model, training)
     try:
-        with fake_mode, tracker, recorder:
-            with torch.set_grad_enabled(training):
-                out = model(*fargs, **fkwargs)
-            recorder.end_forward()
-            if training:
-                recorder.begin_backward()
-                run_backward(out)
-                recorder.end_backward()
-            del out
+        with fake_mode, tracker:
+            recorder.record_step(model, fargs, fkwargs)
     finally:
         restore_mode(flags)
         tracker.close()

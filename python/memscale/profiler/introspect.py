@@ -178,14 +178,17 @@ def hidden_of(module: nn.Module, geom: InputGeometry | None) -> int:
     return lin[0].in_features if lin else 0
 
 
+def _first_attr(modules: Iterable[nn.Module], names: Iterable[str]) -> int:
+    names = tuple(names)
+    return next((v for v in (_int_attr(m, names) for m in modules) if v), 0)
+
+
 def heads_of(module: nn.Module, config: Any) -> int:
-    for m in attention_modules(module):
-        h = _int_attr(m, HEAD_ATTRS)
-        if h:
-            return h
-    if attention_modules(module):
-        return _int_attr(config, HEAD_ATTRS)
-    return 0
+    """Head count of the layer's attention (its modules' attributes, else the model config)."""
+    attn = attention_modules(module)
+    if not attn:
+        return 0
+    return _first_attr(attn, HEAD_ATTRS) or _int_attr(config, HEAD_ATTRS)
 
 
 def intermediate_of(module: nn.Module, hidden: int, config: Any) -> int:
@@ -194,13 +197,10 @@ def intermediate_of(module: nn.Module, hidden: int, config: Any) -> int:
               if lin.in_features == hidden and lin.out_features > hidden]
     if widths:
         return max(widths)
-    for m in module.modules():
-        v = _int_attr(m, INTERMEDIATE_ATTRS)
-        if v:
-            return v
-    if attention_modules(module):
-        return _int_attr(config, INTERMEDIATE_ATTRS)
-    return 0
+    declared = _first_attr(module.modules(), INTERMEDIATE_ATTRS)
+    if declared or not attention_modules(module):
+        return declared
+    return _int_attr(config, INTERMEDIATE_ATTRS)
 
 
 def vocab_of(module: nn.Module, kind: str) -> int:

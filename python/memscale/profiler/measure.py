@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -18,8 +18,8 @@ from torch.utils._pytree import tree_leaves
 
 from ..memory import MemoryTracker, track_memory
 from .discovery import LayerSpec
-from .estimate import restore_mode, run_backward, set_mode, target_device
-from .recorder import StepRecorder
+from .estimate import restore_mode, set_mode, target_device
+from .recorder import StepRecorder, run_backward
 from .tracker import storage_key
 
 log = logging.getLogger("memscale")
@@ -114,14 +114,7 @@ def measure_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[LayerS
             with track_memory(device) as tracker:
                 view = _TrackerView(tracker, resident)
                 recorder = StepRecorder([s.module for s in specs], view, excluded, training)
-                with torch.set_grad_enabled(training), recorder:
-                    out = model(*args, **kwargs)
-                    recorder.end_forward()
-                    if training:
-                        recorder.begin_backward()
-                        run_backward(out)
-                        recorder.end_backward()
-                    del out
+                recorder.record_step(model, args, kwargs)
                 if opt is not None:
                     opt.step()
             del opt

@@ -70,6 +70,15 @@ def tensor_bytes(obj: Any) -> int:
     return total
 
 
+def run_backward(out: Any) -> None:
+    """Backward from every output that requires grad (ones as the upstream gradient)."""
+    outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
+    if not outs:
+        raise ValueError("training=True but the model's output has no tensor that requires grad; "
+                         "pass training=False or return a loss/logits that depend on parameters")
+    torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
+
+
 def _first_tensor(obj: Any) -> torch.Tensor | None:
     return next((t for t in tree_leaves(obj) if isinstance(t, torch.Tensor)), None)
 
@@ -101,6 +110,17 @@ class StepRecorder:
 
     def __post_init__(self) -> None:
         self.records = [LayerRecord() for _ in self.modules]
+
+    def record_step(self, model: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Run and record one forward (and, when training, backward) of ``model``."""
+        with torch.set_grad_enabled(self.training), self:
+            out = model(*args, **kwargs)
+            self.end_forward()
+            if self.training:
+                self.begin_backward()
+                run_backward(out)
+                self.end_backward()
+            del out
 
     # ---- lifecycle -------------------------------------------------------------------
     def __enter__(self) -> "StepRecorder":
