@@ -11,5 +11,6 @@ PYBIND11_MODULE(_C, m) {
   bind_graph(m);
   bind_hardware(m);
   bind_plan(m);
+  bind_memory(m);
   bind_pager(m);
 }

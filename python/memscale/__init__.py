@@ -12,6 +12,9 @@ from . import _C
 from ._logging import install as _install_logging
 from .config import Config
 from .errors import ConfigError, InfeasibleBudgetError, MemScaleError
+from .hardware import detect_hardware
+from .memory import track_memory
+from .profile import profile
 
 ModelGraph = _C.ModelGraph
 Hardware = _C.Hardware
@@ -30,4 +33,7 @@ __all__ = [
     "ModelGraph",
     "Plan",
     "__version__",
+    "detect_hardware",
+    "profile",
+    "track_memory",
 ]
