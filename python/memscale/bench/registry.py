@@ -5,6 +5,10 @@ from __future__ import annotations
 SCENARIOS: dict[str, tuple[str, str]] = {
     "estimate_accuracy": ("benchmarks.estimate_accuracy", "predicted vs measured unoptimized training peak, 6 models x 2 batches"),
     "profile_1b": ("benchmarks.profile_1b", "time and extra RAM of profiling a 1.1B Llama defined on meta"),
+    "offload_inference": ("memscale.bench.scenarios.offload_inference",
+                          "generation with weights 2.5x the budget: pager vs Accelerate disk offload"),
+    "scheduler": ("memscale.bench.scenarios.scheduler",
+                  "memory-aware scheduler vs fixed worst-case batch on a request stream, two models"),
 }
 
 
