@@ -77,6 +77,7 @@ class OffloadHandle:
         self.hooks: list[Any] = []
         self._unit_of = {id(m): i for i, u in enumerate(units) for m in u.modules}
         self._held = threading.local()
+        self._io_base: dict[str, float] = {}
         self.closed = False
 
     # -- hooks ------------------------------------------------------------------
@@ -120,7 +121,9 @@ class OffloadHandle:
     def stats(self) -> dict[str, Any]:
         """Pager and storage counters (bytes, seconds) and the prefetch hiding fraction."""
         s = self.pager.stats()
-        io = self.storage.io_stats()
+        now = self.storage.io_stats()
+        io = {k: getattr(now, k) - self._io_base.get(k, 0) for k in
+              ("read_seconds", "bytes_read", "bytes_written", "write_seconds")}
         return {
             "budget_bytes": s.budget_bytes, "pinned_bytes": s.pinned_bytes, "unpaged_bytes": self.unpaged_bytes,
             "resident_weight_bytes": s.physical_bytes, "peak_resident_weight_bytes": s.peak_physical_bytes,
@@ -129,13 +132,16 @@ class OffloadHandle:
             "demand_loads": s.demand_loads, "evictions": s.evictions, "prefetch_dropped": s.prefetch_dropped,
             "bytes_loaded": s.bytes_loaded, "load_seconds": s.load_seconds,
             "prefetch_load_seconds": s.prefetch_load_seconds, "acquire_wait_seconds": s.acquire_wait_seconds,
-            "hidden_fraction": s.hidden_fraction, "disk_read_seconds": io.read_seconds,
-            "disk_bytes_read": io.bytes_read, "disk_bytes_written": io.bytes_written,
-            "disk_write_seconds": io.write_seconds, "files": len(self.storage.files()),
+            "hidden_fraction": s.hidden_fraction, "disk_read_seconds": io["read_seconds"],
+            "disk_bytes_read": io["bytes_read"], "disk_bytes_written": io["bytes_written"],
+            "disk_write_seconds": io["write_seconds"], "files": len(self.storage.files()),
         }
 
     def reset_stats(self) -> None:
+        """Zeroes the pager's counters and the storage's I/O figures reported by stats()."""
         self.pager.reset_stats()
+        io = self.storage.io_stats()
+        self._io_base = {k: getattr(io, k) for k in ("read_seconds", "bytes_read", "bytes_written", "write_seconds")}
 
     def files(self) -> list[str]:
         return list(self.storage.files())

@@ -84,7 +84,11 @@ def run(quick: bool, threads: int | None = None) -> list[dict[str, Any]]:
         }
 
     ours, base = summary(adaptive_runs), summary(fixed_runs)
-    under = [b.measured_peak_bytes / b.predicted["total"] for x in adaptive_runs for b in x.batches]
+    # Measured over predicted for what the batch adds on top of the resident weights
+    # (the weights are the same known bytes in both and would hide a poor estimate).
+    under = [(b.measured_peak_bytes - b.predicted["weights"] - b.predicted["other_weights"])
+             / (b.predicted["total"] - b.predicted["weights"] - b.predicted["other_weights"])
+             for x in adaptive_runs for b in x.batches]
     return [{
         "scenario": "scheduler",
         "model": "gpt small d256 L4 + gpt large d384 L6",
@@ -103,7 +107,7 @@ def run(quick: bool, threads: int | None = None) -> list[dict[str, Any]]:
         "ratios": {
             "throughput_vs_fixed_batch": ours["tokens_per_s"] / base["tokens_per_s"],
             "peak_over_budget": ours["measured_peak_bytes"] / budget,
-            "max_measured_over_predicted": max(under),
+            "max_measured_over_predicted_batch_bytes": max(under),
         },
         "measurement": "memscale.track_memory('cpu') per batch + the models' resident weights; "
                        "median throughput over interleaved runs",
