@@ -16,7 +16,7 @@ Example:
     >>> import torch, memscale
     >>> from memscale.models import gpt
     >>> sched = memscale.Scheduler("64MB")
-    >>> sched.add_model("gpt", gpt.build(n_layers=2).eval())
+    >>> _ = sched.add_model("gpt", gpt.build(n_layers=2).eval())
     >>> for n in (4, 8):
     ...     _ = sched.submit("gpt", torch.randint(0, 512, (16,)), max_new_tokens=n)
     >>> report = sched.run()

@@ -12,7 +12,6 @@ import textwrap
 
 import pytest
 import torch
-from torch import nn
 
 import memscale
 from memscale.offload import generate, handle_of, unwrap_inference, wrap_for_inference

@@ -38,7 +38,6 @@ import weakref
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-import torch
 from torch import nn
 
 from .. import _C
