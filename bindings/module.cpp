@@ -11,4 +11,5 @@ PYBIND11_MODULE(_C, m) {
   bind_graph(m);
   bind_hardware(m);
   bind_plan(m);
+  bind_engine(m);
 }

@@ -12,16 +12,23 @@ from . import _C
 from ._logging import install as _install_logging
 from .config import Config
 from .errors import ConfigError, InfeasibleBudgetError, MemScaleError
+from .planning import calibrate_reservation, plan, search_tier_policy, tier_problem
 
 ModelGraph = _C.ModelGraph
 Hardware = _C.Hardware
 Plan = _C.Plan
+TierSplit = _C.TierSplit
+TierPolicy = _C.TierPolicy
+TierProblem = _C.TierProblem
+Calibration = _C.Calibration
+ReservationSample = _C.ReservationSample
 
 __version__ = _C.__version__
 
 _install_logging()
 
 __all__ = [
+    "Calibration",
     "Config",
     "ConfigError",
     "Hardware",
@@ -29,5 +36,13 @@ __all__ = [
     "MemScaleError",
     "ModelGraph",
     "Plan",
+    "ReservationSample",
+    "TierPolicy",
+    "TierProblem",
+    "TierSplit",
     "__version__",
+    "calibrate_reservation",
+    "plan",
+    "search_tier_policy",
+    "tier_problem",
 ]

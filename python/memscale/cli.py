@@ -12,6 +12,7 @@ from . import __version__
 # name -> (module, help). Modules define add_arguments(parser) and run(args) -> int.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("memscale.cli_demo", "profile, plan and train a built-in model inside a budget"),
+    "plan": ("memscale.cli_plan", "plan a recorded ModelGraph for a memory budget and print the plan"),
 }
 
 
