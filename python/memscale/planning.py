@@ -18,13 +18,15 @@ Example:
 """
 from __future__ import annotations
 
-import json
+import logging
 import os
 from typing import Any, Iterable, Mapping, Union
 
 from . import _C
 from .config import Config
 from .errors import ConfigError
+
+_log = logging.getLogger("memscale")
 
 GraphLike = Union["_C.ModelGraph", str, os.PathLike]
 HardwareLike = Union["_C.Hardware", str, os.PathLike, None]
@@ -87,7 +89,11 @@ def plan(graph: GraphLike, cfg: Config | None = None, hardware: HardwareLike = N
             budget that has one under the same Config.
         memscale.ConfigError: invalid input or an override that cannot be honoured.
     """
-    return _C.plan(_graph(graph), _config(cfg, config_kwargs).cpp, _hardware(hardware), calibration)
+    result = _C.plan(_graph(graph), _config(cfg, config_kwargs).cpp, _hardware(hardware), calibration)
+    _log.debug("plan: predicted peak %d of budget %d bytes (pressure %.3f, %s)", result.predicted_peak_bytes,
+               result.budget_bytes, result.pressure, "skipped" if result.skipped else
+               f"{sum(1 for layer in result.layers if layer.techniques)} layers changed")
+    return result
 
 
 def _sample(item: Any) -> Any:
@@ -158,8 +164,3 @@ def tier_problem(graph: GraphLike, cfg: Config | None = None, hardware: Hardware
     """The tier problem an inference graph poses on ``hardware`` (GPU capacity = the
     budget, ``Config.tiers`` as fixed splits); feed it to :func:`search_tier_policy`."""
     return _C.tier_problem(_graph(graph), _hardware(hardware), _config(cfg, config_kwargs).cpp)
-
-
-def plan_dict(p: Any) -> dict[str, Any]:
-    """The plan as plain Python data (``json.loads(p.to_json())``)."""
-    return json.loads(p.to_json())
