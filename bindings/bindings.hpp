@@ -14,6 +14,8 @@ void bind_config(py::module_& m);
 void bind_graph(py::module_& m);
 void bind_hardware(py::module_& m);
 void bind_plan(py::module_& m);
+void bind_memory(py::module_& m);
+void bind_pager(py::module_& m);
 void bind_engine(py::module_& m);
 
 }  // namespace memscale::bindings

@@ -11,5 +11,7 @@ PYBIND11_MODULE(_C, m) {
   bind_graph(m);
   bind_hardware(m);
   bind_plan(m);
+  bind_memory(m);
+  bind_pager(m);
   bind_engine(m);
 }

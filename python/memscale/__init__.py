@@ -12,6 +12,11 @@ from . import _C
 from ._logging import install as _install_logging
 from .config import Config
 from .errors import ConfigError, InfeasibleBudgetError, MemScaleError
+from .hardware import detect_hardware
+from .memory import track_memory
+from .profile import profile
+from . import offload
+from .scheduler import Scheduler
 from .planning import calibrate_reservation, plan, search_tier_policy, tier_problem
 
 ModelGraph = _C.ModelGraph
@@ -37,12 +42,17 @@ __all__ = [
     "ModelGraph",
     "Plan",
     "ReservationSample",
+    "Scheduler",
     "TierPolicy",
     "TierProblem",
     "TierSplit",
     "__version__",
     "calibrate_reservation",
+    "detect_hardware",
+    "offload",
     "plan",
+    "profile",
     "search_tier_policy",
     "tier_problem",
+    "track_memory",
 ]

@@ -12,6 +12,8 @@ from . import __version__
 # name -> (module, help). Modules define add_arguments(parser) and run(args) -> int.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("memscale.cli_demo", "profile, plan and train a built-in model inside a budget"),
+    "bench": ("memscale.cli_bench", "run benchmark scenarios and check their goals"),
+    "profile": ("memscale.cli_profile", "profile a model (module:factory) and print its ModelGraph"),
     "plan": ("memscale.cli_plan", "plan a recorded ModelGraph for a memory budget and print the plan"),
 }
 

@@ -62,6 +62,13 @@ inline const std::vector<std::string>& optimizer_kinds() {
   return kinds;
 }
 
+/// Optimizer state bytes per trainable parameter byte (docs/json-schema.md).
+inline std::uint64_t optimizer_state_factor(const std::string& optimizer) {
+  if (optimizer == "adam" || optimizer == "adamw") return 2;
+  if (optimizer == "sgd_momentum") return 1;
+  return 0;
+}
+
 inline void to_json(nlohmann::json& j, const Dims& d) {
   j = {{"hidden", d.hidden}, {"intermediate", d.intermediate}, {"heads", d.heads},
        {"vocab", d.vocab},   {"seq", d.seq},                   {"batch", d.batch}};

@@ -1,0 +1,65 @@
+"""Ratio goals (benchmarks/goals.json) and the check that fails when one is missed.
+
+A goal: ``{"id", "scenario", "ratio", "op": "<=" | ">=", "goal", "tolerance", "where": {...},
+"issue", "description"}``. It applies to every record of its scenario whose fields match
+``where``; ``tolerance`` is relative (0.05 = the goal may be missed by 5%).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GoalResult:
+    goal_id: str
+    scenario: str
+    passed: bool
+    message: str
+
+
+def load_goals(path: str | Path) -> list[dict[str, Any]]:
+    from ..errors import ConfigError
+
+    try:
+        goals = json.loads(Path(path).read_text())["goals"]
+    except (OSError, KeyError, json.JSONDecodeError) as error:
+        raise ConfigError(f"goals file {path}: cannot read a 'goals' array ({error})") from error
+    for g in goals:
+        missing = {"id", "scenario", "ratio", "op", "goal", "tolerance"} - set(g)
+        if missing:
+            raise ConfigError(f"goals file {path}: goal {g.get('id', '?')} lacks {', '.join(sorted(missing))}")
+        if g["op"] not in ("<=", ">="):
+            raise ConfigError(f"goals file {path}: goal {g['id']}: op {g['op']!r}, allowed: '<=', '>='")
+    return goals
+
+
+def _matches(record: dict[str, Any], where: dict[str, Any]) -> bool:
+    return all(record.get(k) == v for k, v in where.items())
+
+
+def check(records: list[dict[str, Any]], goals: list[dict[str, Any]], scenarios: list[str] | None = None) -> list[GoalResult]:
+    """Every goal whose scenario was run is checked against each matching record; a goal
+    with no matching record fails (the benchmark did not produce what it promises)."""
+    results: list[GoalResult] = []
+    ran = {r.get("scenario") for r in records} if scenarios is None else set(scenarios)
+    for g in goals:
+        if g["scenario"] not in ran:
+            continue
+        matching = [r for r in records if r.get("scenario") == g["scenario"] and _matches(r, g.get("where", {}))]
+        if not matching:
+            results.append(GoalResult(g["id"], g["scenario"], False, f"{g['id']}: no record of {g['scenario']} matches {g.get('where', {})}"))
+            continue
+        for r in matching:
+            value = r.get("ratios", {}).get(g["ratio"])
+            label = f"{g['id']} [{r.get('model', '')} {r.get('label', '')}]".replace(" ]", "]")
+            if value is None:
+                results.append(GoalResult(g["id"], g["scenario"], False, f"{label}: record has no ratio {g['ratio']!r}"))
+                continue
+            limit = g["goal"] * (1 + g["tolerance"]) if g["op"] == "<=" else g["goal"] * (1 - g["tolerance"])
+            ok = value <= limit if g["op"] == "<=" else value >= limit
+            results.append(GoalResult(g["id"], g["scenario"], ok,
+                                      f"{label}: {g['ratio']} = {value:.3f}, goal {g['op']} {g['goal']} (tolerance {g['tolerance']:.0%})"))
+    return results

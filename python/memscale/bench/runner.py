@@ -1,0 +1,37 @@
+"""Runs scenarios, each in a fresh process so one scenario's allocations, threads and
+imports cannot disturb another's measurements."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .records import read_records
+from .registry import SCENARIOS
+
+log = logging.getLogger("memscale")
+
+
+def run_scenarios(names: list[str], quick: bool, timeout_s: float = 1800.0) -> list[dict[str, Any]]:
+    from tqdm import tqdm
+
+    from ..errors import MemScaleError
+
+    records: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="memscale-bench-") as tmp:
+        bar = tqdm(names, desc="memscale bench", unit="scenario", file=sys.stderr)
+        for name in bar:
+            bar.set_postfix_str(name)
+            module, _ = SCENARIOS[name]
+            out = Path(tmp) / f"{name}.json"
+            command = [sys.executable, "-m", module, "--out", str(out)] + (["--quick"] if quick else [])
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+            if done.returncode != 0:
+                raise MemScaleError(f"scenario {name} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+            got = read_records(out)
+            log.info("scenario %s: %d record(s)", name, len(got))
+            records.extend(got)
+    return records

@@ -1,0 +1,118 @@
+"""Tiled linear + cross-entropy on a 32k vocabulary against the untiled version.
+
+Both variants run the same forward + backward of an LM head's loss on the same
+inputs: ``F.cross_entropy(F.linear(hidden, W), targets)`` (untiled, full logits) and
+``memscale.nn.linear_cross_entropy(hidden, W, targets)`` (tiled). For each one:
+
+* measured peak: ``memscale.track_memory("cpu")`` (the counting allocator) around
+  forward + backward, with the inputs allocated before the scope opens, so the figure
+  is everything the step allocates on top of them (logits, softmax, gradients);
+* step time: median of ``repeats`` runs, variants interleaved so that machine load
+  affects both alike;
+* gradients of ``hidden`` and ``W`` compared (max |diff| relative to the scale).
+
+Goals (issue 6): ``peak_ratio`` = tiled / untiled peak ≤ 0.25, ``time_ratio`` ≤ 1.15.
+
+Run: ``python benchmarks/tiling_lce.py [--quick] [--out FILE]`` or
+``python -m memscale.bench.scenarios.tiling_lce``.
+"""
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+import memscale
+import memscale.nn as mnn
+
+VOCAB = 32_000
+
+Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _untiled(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    loss = F.cross_entropy(F.linear(hidden, weight), targets)
+    return torch.autograd.grad(loss, [hidden, weight])  # type: ignore[return-value]
+
+
+def _tiled(chunks: int | None) -> Step:
+    def step(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = mnn.linear_cross_entropy(hidden, weight, targets, chunks=chunks)
+        return torch.autograd.grad(loss, [hidden, weight])  # type: ignore[return-value]
+    return step
+
+
+def _measure_peak(step: Step, *inputs: torch.Tensor) -> tuple[int, tuple[torch.Tensor, ...]]:
+    gc.collect()
+    with memscale.track_memory("cpu") as tracker:
+        grads = step(*inputs)
+    return tracker.peak_bytes, grads
+
+
+def _time(step: Step, *inputs: torch.Tensor) -> float:
+    start = time.perf_counter()
+    step(*inputs)
+    return time.perf_counter() - start
+
+
+def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    tokens, hidden_size, repeats = (1024, 256, 3) if quick else (4096, 512, 5)
+    torch.manual_seed(0)
+    hidden = (torch.randn(tokens, hidden_size) * 0.5).requires_grad_()
+    weight = (torch.randn(VOCAB, hidden_size) / hidden_size ** 0.5).requires_grad_()
+    targets = torch.randint(0, VOCAB, (tokens,))
+    targets[::17] = -100  # some ignored positions, as padding would be
+    chunks = None  # the library's default sizing (DEFAULT_CHUNK_LOGITS_BYTES per slice)
+    tiled = _tiled(chunks)
+
+    _untiled(hidden, weight, targets)  # warm-up: thread pools, allocator caches
+    tiled(hidden, weight, targets)
+    peak_untiled, grads_untiled = _measure_peak(_untiled, hidden, weight, targets)
+    peak_tiled, grads_tiled = _measure_peak(tiled, hidden, weight, targets)
+    diffs = [_rel_diff(a, b) for a, b in zip(grads_tiled, grads_untiled)]
+    del grads_tiled, grads_untiled
+
+    times_untiled, times_tiled = [], []
+    for i in range(repeats):
+        order = [(_untiled, times_untiled), (tiled, times_tiled)]
+        for step, out in (order if i % 2 == 0 else order[::-1]):
+            out.append(_time(step, hidden, weight, targets))
+    t_untiled, t_tiled = statistics.median(times_untiled), statistics.median(times_tiled)
+    n_chunks = max(1, -(-tokens * VOCAB * 4 // mnn.DEFAULT_CHUNK_LOGITS_BYTES))
+    return [{
+        "scenario": "tiling_lce",
+        "model": f"lm_head {hidden_size}x{VOCAB}",
+        "label": f"{tokens} tokens",
+        "tokens": tokens,
+        "hidden": hidden_size,
+        "vocab": VOCAB,
+        "chunks": n_chunks,
+        "repeats": repeats,
+        "measured_peak_bytes": peak_tiled,
+        "baseline": {"untiled": {"measured_peak_bytes": peak_untiled, "step_time_s": t_untiled,
+                                 "times_s": times_untiled}},
+        "step_time_s": t_tiled,
+        "times_s": times_tiled,
+        "input_bytes": (hidden.numel() + weight.numel()) * 4,
+        "full_logits_bytes": tokens * VOCAB * 4,
+        "grad_max_rel_diff": {"hidden": diffs[0], "weight": diffs[1]},
+        "grads_equal": all(d <= 1e-5 for d in diffs),
+        "ratios": {"peak_ratio": peak_tiled / peak_untiled, "time_ratio": t_tiled / t_untiled},
+        "measurement": "memscale.track_memory('cpu') counting allocator; median wall time",
+    }]
+
+
+if __name__ == "__main__":
+    from memscale.bench.records import scenario_main
+
+    raise SystemExit(scenario_main(run))

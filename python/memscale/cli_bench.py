@@ -1,0 +1,50 @@
+"""``memscale bench``: run benchmark scenarios, write their records, check the goals."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger("memscale")
+
+
+def default_goals_path() -> Path:
+    return Path("benchmarks") / "goals.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .bench.registry import SCENARIOS
+
+    parser.add_argument("--quick", action="store_true", help="the small subset CI runs")
+    parser.add_argument("--scenario", action="append", metavar="NAME",
+                        help=f"run only these (repeatable); known: {', '.join(SCENARIOS) or 'none'}")
+    parser.add_argument("--out", default=None, help="write all records to this JSON file")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a measured ratio misses its goal")
+    parser.add_argument("--goals", default=None, help="goals file (default: benchmarks/goals.json)")
+    parser.add_argument("--from", dest="from_file", default=None,
+                        help="check or rewrite the records of an existing results file instead of running")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .bench.goals import check, load_goals
+    from .bench.records import read_records, write_records
+    from .bench.registry import resolve
+    from .bench.runner import run_scenarios
+
+    if args.from_file:
+        records = read_records(args.from_file)
+        names = sorted({r.get("scenario") for r in records})
+    else:
+        names = resolve(args.scenario)
+        records = run_scenarios(names, quick=args.quick)
+    if args.out:
+        write_records(args.out, records)
+        log.info("wrote %d record(s) to %s", len(records), args.out)
+    if not args.check:
+        return 0
+    results = check(records, load_goals(args.goals or default_goals_path()), scenarios=names)
+    for r in results:
+        (log.info if r.passed else log.error)("%s %s", "PASS" if r.passed else "MISS", r.message)
+    missed = [r for r in results if not r.passed]
+    log.info("goals: %d checked, %d missed", len(results), len(missed))
+    return 1 if missed else 0

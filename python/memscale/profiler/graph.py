@@ -1,0 +1,150 @@
+"""Assemble the ModelGraph dict (docs/json-schema.md) from discovery, estimation and measurement."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+from . import introspect as ins
+from .discovery import LayerSpec
+from .recorder import LayerRecord, tensor_bytes
+
+OPTIMIZERS = ("none", "sgd", "sgd_momentum", "adam", "adamw")
+# optimizer state bytes per trainable parameter byte (docs/json-schema.md)
+OPTIMIZER_STATE_FACTOR = {"none": 0, "sgd": 0, "sgd_momentum": 1, "adam": 2, "adamw": 2}
+MASTER_WEIGHT_BYTES_PER_ELEMENT = 4
+DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
+               torch.float64: "float64", torch.int8: "int8"}
+
+
+def graph_dtype(model: nn.Module) -> str:
+    """The parameter dtype holding the most bytes (float32 for a model without parameters)."""
+    by_dtype: dict[torch.dtype, int] = {}
+    for p in model.parameters():
+        by_dtype[p.dtype] = by_dtype.get(p.dtype, 0) + p.numel() * p.element_size()
+    if not by_dtype:
+        return "float32"
+    dtype = max(sorted(by_dtype, key=str), key=lambda d: by_dtype[d])
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"model parameters have dtype {dtype}; supported: {sorted(DTYPE_NAMES.values())}")
+    return DTYPE_NAMES[dtype]
+
+
+def batch_seq(inputs: Any) -> tuple[int, int]:
+    """Batch and sequence length from the first tensor of the example inputs."""
+    t = next((x for x in tree_leaves(inputs) if isinstance(x, torch.Tensor)), None)
+    if t is None or t.dim() == 0:
+        return 0, 0
+    if t.dim() >= 2 and (not t.is_floating_point() or t.dim() == 3):
+        return int(t.shape[0]), int(t.shape[1])
+    return int(t.shape[0]), 0
+
+
+def execution_order(specs: list[LayerSpec], records: list[LayerRecord]) -> list[int]:
+    """Spec indices by first execution; layers that never ran follow in definition order."""
+    return sorted(range(len(specs)), key=lambda i: (records[i].order < 0, records[i].order, i))
+
+
+def assign_kinds(specs: list[LayerSpec], order: list[int], records: list[LayerRecord]) -> dict[int, str]:
+    """Kind per spec index; the output head is the last executed Linear-bearing layer after every block."""
+    kinds = {i: ins.classify(specs[i].module, specs[i].repeated) for i in order}
+    last_block = max((p for p, i in enumerate(order) if kinds[i] == "block"), default=-1)
+    for p in range(len(order) - 1, last_block, -1):
+        i = order[p]
+        if records[i].order >= 0 and kinds[i] in ("other", "mlp") and ins.has_linear(specs[i].module):
+            kinds[i] = "lm_head"
+            break
+    return kinds
+
+
+def _owners(model: nn.Module, specs: list[LayerSpec], order: list[int],
+            orphan_first_use: dict[int, int | None]) -> tuple[dict[int, list[torch.Tensor]], dict[int, list[torch.Tensor]]]:
+    """Parameters and buffers per spec index: first executed owner; orphans go to their first user."""
+    params: dict[int, list[torch.Tensor]] = {i: [] for i in order}
+    buffers: dict[int, list[torch.Tensor]] = {i: [] for i in order}
+    owned: set[int] = set()
+    for i in order:
+        for p in specs[i].module.parameters():
+            if id(p) not in owned:
+                owned.add(id(p))
+                params[i].append(p)
+        for b in specs[i].module.buffers():
+            if id(b) not in owned:
+                owned.add(id(b))
+                buffers[i].append(b)
+    first = order[0]
+    for table, tensors in ((params, model.parameters()), (buffers, model.buffers())):
+        for t in tensors:
+            if id(t) in owned:
+                continue
+            owned.add(id(t))
+            user = orphan_first_use.get(id(t))
+            table[user if user is not None and user >= 0 else first].append(t)
+    return params, buffers
+
+
+def _nbytes(ts: list[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: list[LayerRecord],
+                orphan_first_use: dict[int, int | None], *, training: bool, optimizer: str,
+                mixed_precision: bool, measured: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+    """The ModelGraph dict. ``measured``: (peak, saved) bytes per spec index, or None."""
+    order = execution_order(specs, records)
+    kinds = assign_kinds(specs, order, records)
+    params, buffers = _owners(model, specs, order, orphan_first_use)
+    g_batch, g_seq = batch_seq(inputs)
+    dtype = graph_dtype(model)
+    dbytes = ins.dtype_bytes(next(d for d, n in DTYPE_NAMES.items() if n == dtype))
+    config = getattr(model, "config", None)
+    optimizer = optimizer if training else "none"
+    layers = []
+    for index, i in enumerate(order):
+        spec, rec, kind = specs[i], records[i], kinds[i]
+        trainable = [p for p in params[i] if p.requires_grad] if training else []
+        trainable_bytes = _nbytes(trainable)
+        batch, seq = ins.batch_seq_of(rec.input_geom, g_batch, g_seq)
+        hidden = ins.hidden_of(spec.module, rec.input_geom)
+        # an inner width only means something for layers holding an MLP
+        inner = ins.intermediate_of(spec.module, hidden, config) if kind in ("block", "mlp") else 0
+        dims = ins.Dims(hidden=hidden, intermediate=inner,
+                        heads=ins.heads_of(spec.module, config), vocab=ins.vocab_of(spec.module, kind),
+                        seq=seq, batch=batch)
+        kv = 0 if training else 2 * batch * seq * ins.kv_width_per_token(spec.module, hidden) * dbytes
+        optimizer_bytes = OPTIMIZER_STATE_FACTOR[optimizer] * trainable_bytes
+        if mixed_precision and training:
+            optimizer_bytes += MASTER_WEIGHT_BYTES_PER_ELEMENT * sum(p.numel() for p in trainable)
+        peak, saved = measured[i] if measured is not None else (0, 0)
+        layers.append({
+            "activation_bytes": int(rec.saved_bytes),
+            "buffer_bytes": _nbytes(buffers[i]),
+            "dims": dims.to_dict(),
+            "flops": int(rec.flops),
+            "grad_bytes": trainable_bytes,
+            "index": index,
+            "input_bytes": int(rec.input_bytes),
+            "kind": kind,
+            "kv_cache_bytes": int(kv),
+            "measured_activation_bytes": int(saved),
+            "measured_peak_bytes": int(peak),
+            "name": spec.name,
+            "optimizer_bytes": int(optimizer_bytes),
+            "output_bytes": int(rec.output_bytes),
+            "param_bytes": _nbytes(params[i]),
+            "tileable": ins.tileable_axes(spec.module, kind, batch, seq),
+            "transient_bytes": int(max(rec.fwd_scratch, rec.bwd_scratch, 0)),
+        })
+    return {
+        "batch": g_batch,
+        "dtype": dtype,
+        "input_bytes": tensor_bytes(inputs),
+        "layers": layers,
+        "mixed_precision": bool(mixed_precision),
+        "model_name": type(model).__name__,
+        "optimizer": optimizer,
+        "seq": g_seq,
+        "training": bool(training),
+    }

@@ -1,0 +1,285 @@
+"""Per-layer attribution of one forward/backward step, shared by estimation and measurement.
+
+The recorder hooks the discovered layers and attributes what happens to *spans*:
+
+* forward span of layer L: from L's entry until the next layer is entered (ops run between
+  layers -- "glue" such as a loss after the head -- belong to the layer before them; ops
+  before the first layer belong to the first layer);
+* backward span of L: from the moment the gradient of L's output is ready (a tensor hook
+  on each output) until another layer's span starts; the step's first backward span
+  belongs to the layer the forward ended in.
+
+Saved tensors (``saved_tensors_hooks``) are attributed to the current forward span's layer,
+deduplicated by storage and excluding parameters, buffers and the step's inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+from .introspect import InputGeometry
+from .tracker import storage_key, storage_nbytes
+
+
+class MemoryView(Protocol):
+    """Current bytes and the peak since ``start_span`` of whatever memory is being watched."""
+
+    def current(self) -> int: ...
+
+    def start_span(self) -> None: ...
+
+    def span_peak(self) -> int: ...
+
+
+@dataclass
+class LayerRecord:
+    """What one layer did during the step (maxima over its spans and calls)."""
+
+    order: int = -1
+    saved_bytes: int = 0
+    fwd_scratch: int = 0
+    bwd_scratch: int = 0
+    peak_abs: int = 0
+    flops: int = 0
+    input_bytes: int = 0
+    output_bytes: int = 0
+    input_geom: InputGeometry | None = None
+    outputs_seen: bool = False
+
+
+@dataclass
+class _Span:
+    layer: int | None
+    backward: bool
+    entry: int
+    saved0: int = 0
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the distinct tensors in a (nested) argument structure."""
+    seen: set[int] = set()
+    total = 0
+    for t in tree_leaves(obj):
+        if isinstance(t, torch.Tensor) and id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def run_backward(out: Any) -> None:
+    """Backward from every output that requires grad (ones as the upstream gradient)."""
+    outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
+    if not outs:
+        raise ValueError("training=True but the model's output has no tensor that requires grad; "
+                         "pass training=False or return a loss/logits that depend on parameters")
+    torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
+
+
+def _first_tensor(obj: Any) -> torch.Tensor | None:
+    return next((t for t in tree_leaves(obj) if isinstance(t, torch.Tensor)), None)
+
+
+@dataclass
+class StepRecorder:
+    """Hooks ``modules`` (one per layer) and records a :class:`LayerRecord` per layer.
+
+    Use as a context manager around exactly one forward (and optionally one backward
+    between :meth:`begin_backward` and :meth:`end_backward`). Hooks are removed on exit.
+    """
+
+    modules: list[nn.Module]
+    memory: MemoryView
+    excluded_storages: set[int]
+    training: bool
+    # storage size function (the fake tracker substitutes probed real workspace sizes)
+    nbytes: Callable[[torch.Tensor], int] = storage_nbytes
+    records: list[LayerRecord] = field(init=False)
+    prelude_flops: int = 0
+    _handles: list[Any] = field(default_factory=list)
+    _stack: list[int] = field(default_factory=list)
+    _seen_saved: set[int] = field(default_factory=set)
+    _span: _Span | None = None
+    _prelude_saved: int = 0
+    _next_order: int = 0
+    _watch: dict[int, int | None] = field(default_factory=dict)
+    _saved_ctx: Any = None
+
+    def __post_init__(self) -> None:
+        self.records = [LayerRecord() for _ in self.modules]
+
+    def record_step(self, model: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Run and record one forward (and, when training, backward) of ``model``."""
+        with torch.set_grad_enabled(self.training), self:
+            out = model(*args, **kwargs)
+            self.end_forward()
+            if self.training:
+                self.begin_backward()
+                run_backward(out)
+                self.end_backward()
+            del out
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def __enter__(self) -> "StepRecorder":
+        for i, m in enumerate(self.modules):
+            self._handles.append(m.register_forward_pre_hook(self._make_pre(i), with_kwargs=True))
+            self._handles.append(m.register_forward_hook(self._make_post(i), with_kwargs=True))
+        self._span = _Span(None, False, self.memory.current())
+        self.memory.start_span()
+        if self.training:
+            self._saved_ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
+            self._saved_ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._saved_ctx is not None:
+            self._saved_ctx.__exit__(*exc)
+            self._saved_ctx = None
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        if self._span is not None and exc[0] is None:
+            self._close()
+        self._span = None
+
+    def end_forward(self) -> None:
+        """Close the forward; saved-tensor attribution stops here."""
+        if self._saved_ctx is not None:
+            self._saved_ctx.__exit__(None, None, None)
+            self._saved_ctx = None
+
+    def begin_backward(self) -> None:
+        self.end_forward()
+        last = self._span.layer if self._span else None
+        self._close()
+        self._open(last, backward=True)
+
+    def end_backward(self) -> None:
+        self._close()
+        self._span = None
+
+    # ---- attribution targets ---------------------------------------------------------
+    @property
+    def current_layer(self) -> int | None:
+        return self._span.layer if self._span else None
+
+    @property
+    def in_backward(self) -> bool:
+        return bool(self._span and self._span.backward)
+
+    def add_flops(self, n: int) -> None:
+        layer = self.current_layer
+        if layer is None:
+            self.prelude_flops += n
+        else:
+            self.records[layer].flops += n
+
+    def watch_tensors(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Remember the first layer during whose forward span each of ``tensors`` is used."""
+        for t in tensors:
+            self._watch.setdefault(id(t), None)
+
+    def note_inputs(self, args: Any) -> None:
+        """Called per op in the forward: records first use of watched tensors."""
+        if not self._watch or self.in_backward:
+            return
+        for a in tree_leaves(args):
+            if isinstance(a, torch.Tensor) and self._watch.get(id(a), -1) is None:
+                self._watch[id(a)] = self.current_layer if self.current_layer is not None else -2
+
+    def first_use(self, t: torch.Tensor) -> int | None:
+        """Layer that first used ``t`` (-2: before any layer, None: never)."""
+        return self._watch.get(id(t))
+
+    # ---- hooks -----------------------------------------------------------------------
+    def _make_pre(self, i: int) -> Callable[..., None]:
+        def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            rec = self.records[i]
+            if rec.order < 0:
+                rec.order = self._next_order
+                self._next_order += 1
+                rec.input_bytes = tensor_bytes((args, kwargs))
+                t = _first_tensor((args, kwargs))
+                if t is not None:
+                    rec.input_geom = InputGeometry(tuple(t.shape), t.is_floating_point())
+            self._stack.append(i)
+            self._enter_forward(i)
+        return pre
+
+    def _make_post(self, i: int) -> Callable[..., None]:
+        def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            rec = self.records[i]
+            if not rec.outputs_seen:
+                rec.outputs_seen = True
+                rec.output_bytes = tensor_bytes(output)
+            if self._stack and self._stack[-1] == i:
+                self._stack.pop()
+            if self._stack:  # a layer called inside another: the outer one resumes
+                self._close()
+                self._open(self._stack[-1], backward=False)
+            if self.training and torch.is_grad_enabled():
+                for t in tree_leaves(output):
+                    if isinstance(t, torch.Tensor) and t.requires_grad:
+                        t.register_hook(self._make_grad_hook(i))
+        return post
+
+    def _make_grad_hook(self, i: int) -> Callable[[torch.Tensor], None]:
+        def hook(grad: torch.Tensor) -> None:
+            if self._span is not None and self._span.backward and self._span.layer != i:
+                self._close()
+                self._open(i, backward=True)
+        return hook
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        key = storage_key(t)
+        if key in self.excluded_storages or key in self._seen_saved or self.in_backward:
+            return t
+        self._seen_saved.add(key)
+        n = self.nbytes(t)
+        layer = self.current_layer
+        if layer is None:
+            self._prelude_saved += n
+        else:
+            self.records[layer].saved_bytes += n
+        return t
+
+    # ---- spans -----------------------------------------------------------------------
+    def _enter_forward(self, i: int) -> None:
+        span = self._span
+        if span is not None and span.layer is None and not span.backward:
+            # ops before the first layer belong to it: keep the span, adopt the layer
+            rec = self.records[i]
+            span.layer = i
+            span.saved0 = rec.saved_bytes
+            rec.saved_bytes += self._prelude_saved
+            rec.flops += self.prelude_flops
+            self._prelude_saved = self.prelude_flops = 0
+            return
+        self._close()
+        self._open(i, backward=False)
+
+    def _open(self, layer: int | None, backward: bool) -> None:
+        saved0 = self.records[layer].saved_bytes if layer is not None else 0
+        self._span = _Span(layer, backward, self.memory.current(), saved0)
+        self.memory.start_span()
+
+    def _close(self) -> None:
+        span = self._span
+        if span is None or span.layer is None:
+            return
+        peak = max(self.memory.span_peak(), span.entry)
+        rec = self.records[span.layer]
+        rec.peak_abs = max(rec.peak_abs, peak)
+        if span.backward:
+            rec.bwd_scratch = max(rec.bwd_scratch, peak - span.entry)
+        else:
+            saved = rec.saved_bytes - span.saved0
+            rec.fwd_scratch = max(rec.fwd_scratch, peak - span.entry - saved)
+        self._span = None
+
+
+def _unpack(t: torch.Tensor) -> torch.Tensor:
+    return t

@@ -1,0 +1,124 @@
+"""Live-bytes accounting of tensors created under a TorchDispatchMode.
+
+Every op's output storages are registered once (keyed by the StorageImpl address) and a
+``weakref.finalize`` on the storage's Python object removes them when the storage dies
+(torch preserves a storage's Python object while the C++ storage lives, so the finalizer
+fires exactly at the free). Works for real tensors and for FakeTensors alike, which is
+what lets the profiler compute peaks without allocating anything.
+"""
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Any, Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._pytree import tree_leaves, tree_map
+
+log = logging.getLogger("memscale")
+
+OpCallback = Callable[[Any, tuple, dict, Any], None]
+
+aten = torch.ops.aten
+
+# Ops whose meta/fake kernels return a placeholder workspace smaller than the real one
+# (oneDNN's RNN workspace is computed by the library at run time). For these the real
+# kernel is run once per distinct input geometry on uninitialised CPU tensors to learn
+# the true output sizes; the probe's memory is freed immediately.
+_REAL_SIZE_PROBES = {aten.mkldnn_rnn_layer.default}
+# A probe is skipped (and the estimate logged as a lower bound) past this many input bytes.
+PROBE_LIMIT_BYTES = 256 << 20
+
+
+def storage_key(t: torch.Tensor) -> int:
+    """Identity of a tensor's storage while it is alive (address of the StorageImpl)."""
+    return t.untyped_storage()._cdata
+
+
+def storage_nbytes(t: torch.Tensor) -> int:
+    return t.untyped_storage().nbytes()
+
+
+class LiveTracker(TorchDispatchMode):
+    """Tracks live storage bytes of op outputs and calls ``on_op`` after every op.
+
+    Attributes:
+        live: bytes of tracked storages currently alive.
+    """
+
+    def __init__(self, on_op: OpCallback | None = None, fake: bool = False) -> None:
+        super().__init__()
+        self.live = 0
+        self._sizes: dict[int, int] = {}
+        self._finalizers: list[weakref.finalize] = []
+        self._on_op = on_op
+        self._fake = fake
+        self._probe_cache: dict[tuple, list[int]] = {}
+        # storage key -> bytes the real kernel would allocate (see _REAL_SIZE_PROBES)
+        self._size_override: dict[int, int] = {}
+
+    def nbytes(self, t: torch.Tensor) -> int:
+        """Bytes of ``t``'s storage, corrected by a real-size probe where one ran."""
+        return self._size_override.get(storage_key(t), storage_nbytes(t))
+
+    def track(self, t: torch.Tensor) -> None:
+        """Count ``t``'s storage as live until it is freed (idempotent per storage)."""
+        st = t.untyped_storage()
+        key = st._cdata
+        if key in self._sizes:
+            return
+        n = self._size_override.get(key, st.nbytes())
+        self._sizes[key] = n
+        self.live += n
+        self._finalizers.append(weakref.finalize(st, self._release, key))
+
+    def _release(self, key: int) -> None:
+        n = self._sizes.pop(key, 0)
+        self._size_override.pop(key, None)
+        self.live -= n
+
+    def close(self) -> None:
+        """Detach all finalizers (the tracker's figures are final once the run is over)."""
+        for f in self._finalizers:
+            f.detach()
+        self._finalizers.clear()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self._fake and func in _REAL_SIZE_PROBES:
+            self._probe(func, args, kwargs, out)
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.track(t)
+        if self._on_op is not None:
+            self._on_op(func, args, kwargs, out)
+        return out
+
+    def _probe(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if any(t.device.type != "cpu" for t in tensors):
+            return
+        sig = (func, tuple((tuple(t.shape), t.dtype) for t in tensors), repr([a for a in tree_leaves((args, kwargs))
+                                                                              if not isinstance(a, torch.Tensor)]))
+        sizes = self._probe_cache.get(sig)
+        if sizes is None:
+            in_bytes = sum(t.numel() * t.element_size() for t in tensors)
+            if in_bytes > PROBE_LIMIT_BYTES:
+                log.warning("%s inputs are %d bytes (> %d): workspace size not probed, "
+                            "the activation estimate of this op is a lower bound", func, in_bytes, PROBE_LIMIT_BYTES)
+                return
+            # grad mode stays as it is: oneDNN only returns a workspace when grad is enabled
+            with _disable_current_modes():
+                real_args, real_kwargs = tree_map(
+                    lambda a: torch.zeros(a.shape, dtype=a.dtype, device="cpu") if isinstance(a, torch.Tensor) else a, (args, kwargs))
+                real_out = func(*real_args, **real_kwargs)
+                sizes = [t.untyped_storage().nbytes() if isinstance(t, torch.Tensor) else 0
+                         for t in tree_leaves(real_out)]
+                del real_out, real_args, real_kwargs
+            self._probe_cache[sig] = sizes
+            log.debug("probed real output sizes of %s: %s", func, sizes)
+        for t, n in zip(tree_leaves(out), sizes):
+            if isinstance(t, torch.Tensor) and n > storage_nbytes(t):
+                self._size_override[storage_key(t)] = n

@@ -1,0 +1,52 @@
+import json
+import subprocess
+import sys
+
+from memscale.bench.goals import check
+
+GOALS = {"goals": [
+    {"id": "peak-within-budget", "scenario": "sweep", "ratio": "peak_over_budget", "op": "<=", "goal": 1.05,
+     "tolerance": 0.0, "where": {"label": "80%"}},
+    {"id": "throughput", "scenario": "offload", "ratio": "speedup", "op": ">=", "goal": 2.0, "tolerance": 0.1},
+]}
+
+
+def _write(tmp_path, records):
+    goals = tmp_path / "goals.json"
+    goals.write_text(json.dumps(GOALS))
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"records": records}))
+    return goals, results
+
+
+def _bench_check(goals, results):
+    return subprocess.run([sys.executable, "-m", "memscale", "bench", "--check", "--goals", str(goals), "--from", str(results)],
+                          capture_output=True, text=True)
+
+
+def test_passing_records_pass(tmp_path):
+    goals, results = _write(tmp_path, [
+        {"scenario": "sweep", "label": "80%", "ratios": {"peak_over_budget": 0.99}},
+        {"scenario": "sweep", "label": "35%", "ratios": {"peak_over_budget": 7.0}},  # not selected by `where`
+        {"scenario": "offload", "ratios": {"speedup": 1.85}},  # within the 10% tolerance of 2.0
+    ])
+    done = _bench_check(goals, results)
+    assert done.returncode == 0, done.stderr
+    assert "2 checked, 0 missed" in done.stderr
+
+
+def test_a_missed_goal_fails_the_check(tmp_path):
+    goals, results = _write(tmp_path, [
+        {"scenario": "sweep", "label": "80%", "ratios": {"peak_over_budget": 1.2}},
+        {"scenario": "offload", "ratios": {"speedup": 2.5}},
+    ])
+    done = _bench_check(goals, results)
+    assert done.returncode == 1
+    assert "MISS peak-within-budget" in done.stderr and "peak_over_budget = 1.200" in done.stderr
+
+
+def test_a_record_without_the_ratio_or_no_matching_record_fails():
+    results = check([{"scenario": "offload", "ratios": {}}], GOALS["goals"])
+    assert [r.passed for r in results] == [False]
+    results = check([{"scenario": "sweep", "label": "35%", "ratios": {"peak_over_budget": 1.0}}], GOALS["goals"])
+    assert [r.passed for r in results] == [False]
