@@ -15,5 +15,6 @@ void bind_graph(py::module_& m);
 void bind_hardware(py::module_& m);
 void bind_plan(py::module_& m);
 void bind_memory(py::module_& m);
+void bind_pager(py::module_& m);
 
 }  // namespace memscale::bindings

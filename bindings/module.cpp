@@ -12,4 +12,5 @@ PYBIND11_MODULE(_C, m) {
   bind_hardware(m);
   bind_plan(m);
   bind_memory(m);
+  bind_pager(m);
 }

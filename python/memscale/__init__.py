@@ -15,6 +15,8 @@ from .errors import ConfigError, InfeasibleBudgetError, MemScaleError
 from .hardware import detect_hardware
 from .memory import track_memory
 from .profile import profile
+from . import offload
+from .scheduler import Scheduler
 
 ModelGraph = _C.ModelGraph
 Hardware = _C.Hardware
@@ -32,8 +34,10 @@ __all__ = [
     "MemScaleError",
     "ModelGraph",
     "Plan",
+    "Scheduler",
     "__version__",
     "detect_hardware",
+    "offload",
     "profile",
     "track_memory",
 ]

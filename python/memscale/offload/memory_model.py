@@ -1,0 +1,133 @@
+"""Memory of one generation batch: resident weights + KV cache + activation reservation.
+
+The activation reservation follows seed 002's shape (a per-token buffer times the tokens
+of a step, times a safety factor, plus a fixed part) but its coefficients are
+*calibrated*: two probe generations run under ``memscale.track_memory`` and the measured
+peak, less the KV cache they allocated, gives the fixed bytes and the bytes per prefill
+token. (Seed 002's PR left its factor uncalibrated; here the measurement is the source.)
+
+Example:
+    >>> from memscale.models import gpt
+    >>> from memscale.offload.memory_model import calibrate
+    >>> mm = calibrate(gpt.build(n_layers=2).eval())
+    >>> p = mm.predict(batch=4, prompt=16, new=8)
+    >>> p["total"] == p["weights"] + p["kv_cache"] + p["activations"]
+    True
+"""
+from __future__ import annotations
+
+import gc
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .inference import handle_of
+
+
+@dataclass(frozen=True)
+class ModelMemory:
+    """Calibrated memory figures of one model (bytes)."""
+
+    weight_bytes: int          # resident weights: all of them, or the pager's budget + unpaged
+    kv_bytes_per_token: int    # K and V of every layer for one token of one sequence
+    act_fixed_bytes: int       # activation peak independent of the batch
+    act_bytes_per_token: int   # activation peak per prefill token (batch x prompt)
+    safety_factor: float = 1.25
+
+    def activation_bytes(self, batch: int, prompt: int) -> int:
+        return math.ceil(self.safety_factor * (self.act_fixed_bytes + self.act_bytes_per_token * batch * prompt))
+
+    def predict(self, batch: int, prompt: int, new: int) -> dict[str, int]:
+        """Predicted peak of generating ``new`` tokens for ``batch`` prompts of ``prompt`` tokens."""
+        kv = batch * (prompt + new) * self.kv_bytes_per_token
+        act = self.activation_bytes(batch, prompt)
+        return {"weights": self.weight_bytes, "kv_cache": kv, "activations": act,
+                "total": self.weight_bytes + kv + act}
+
+
+def _dims(model: nn.Module) -> tuple[int, int, int]:
+    """(layers, d_model, vocab) of a GPT-style or Hugging Face causal LM."""
+    cfg = getattr(model, "config", None)
+    for layers, width, vocab in (("n_layers", "d_model", "vocab"), ("n_layer", "n_embd", "vocab_size"),
+                                 ("num_hidden_layers", "hidden_size", "vocab_size")):
+        if cfg is not None and all(hasattr(cfg, a) for a in (layers, width, vocab)):
+            return int(getattr(cfg, layers)), int(getattr(cfg, width)), int(getattr(cfg, vocab))
+    raise ConfigError(f"model: cannot read layers / width / vocab from {type(model).__name__}.config")
+
+
+def kv_bytes_per_token(model: nn.Module) -> int:
+    """K and V of all layers for one token: 2 x layers x kv width x element size."""
+    layers, width, _ = _dims(model)
+    cfg = model.config
+    heads = getattr(cfg, "num_attention_heads", None)
+    kv_heads = getattr(cfg, "num_key_value_heads", None)
+    if heads and kv_heads:  # grouped-query attention stores fewer heads
+        width = width * int(kv_heads) // int(heads)
+    itemsize = next(model.parameters()).element_size()
+    return 2 * layers * width * itemsize
+
+
+def resident_weight_bytes(model: nn.Module) -> int:
+    """Weights resident while the model runs: the pager's budget plus what it does not
+    page when the model is wrapped for offloaded inference, else every parameter and buffer."""
+    handle = handle_of(model)
+    if handle is not None:
+        return int(handle.pager.budget_bytes) + int(handle.unpaged_bytes)
+    storages: dict[int, int] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        s = t.untyped_storage()
+        storages[s._cdata] = s.nbytes()
+    return sum(storages.values())
+
+
+def _probe(model: nn.Module, batch: int, prompt: int, new: int) -> int:
+    """Measured activation peak of one generation: tracked peak minus its KV cache and
+    minus any weights the pager loaded beyond what was resident when it began."""
+    import memscale
+
+    from .generate import generate
+
+    vocab = _dims(model)[2]
+    device = next(model.parameters()).device
+    ids = torch.randint(0, vocab, (batch, prompt), generator=torch.Generator().manual_seed(batch * 1000 + prompt))
+    ids = ids.to(device)
+    handle = handle_of(model)
+    gc.collect()
+    if handle is not None:
+        handle.pager.wait_idle()
+        start_weights = handle.pager.stats().physical_bytes
+        handle.reset_stats()
+    with memscale.track_memory(device) as t:
+        generate(model, ids, new)
+    paged = max(0, handle.pager.stats().peak_physical_bytes - start_weights) if handle is not None else 0
+    kv = batch * (prompt + new) * kv_bytes_per_token(model)
+    return max(0, t.peak_bytes - kv - paged)
+
+
+def calibrate(model: nn.Module, probes: tuple[tuple[int, int], tuple[int, int]] = ((1, 8), (4, 32)),
+              new_tokens: int = 2, safety_factor: float = 1.25) -> ModelMemory:
+    """Fit the activation reservation to two measured probes (batch, prompt)."""
+    (b1, p1), (b2, p2) = probes
+    if b1 * p1 == b2 * p2:
+        raise ConfigError(f"probes: {probes} have the same token count; the fit needs two different ones")
+    max_seq = getattr(getattr(model, "config", None), "max_seq", None)
+    if max_seq is not None and max(p1, p2) + new_tokens > max_seq:
+        raise ConfigError(f"probes: prompt {max(p1, p2)} + {new_tokens} exceeds the model's max_seq {max_seq}")
+    _probe(model, b1, p1, new_tokens)  # warm-up: thread pools and allocator caches
+    a1 = _probe(model, b1, p1, new_tokens)
+    a2 = _probe(model, b2, p2, new_tokens)
+    t1, t2 = b1 * p1, b2 * p2
+    per_token = max(0.0, (a2 - a1) / (t2 - t1))
+    fixed = max(0.0, a1 - per_token * t1)
+    return ModelMemory(resident_weight_bytes(model), kv_bytes_per_token(model), math.ceil(fixed),
+                       math.ceil(per_token), safety_factor)
+
+
+def describe(mm: ModelMemory) -> dict[str, Any]:
+    return {"weight_bytes": mm.weight_bytes, "kv_bytes_per_token": mm.kv_bytes_per_token,
+            "act_fixed_bytes": mm.act_fixed_bytes, "act_bytes_per_token": mm.act_bytes_per_token,
+            "safety_factor": mm.safety_factor}
