@@ -17,6 +17,7 @@ from .memory import track_memory
 from .profile import profile
 from . import offload
 from .scheduler import Scheduler
+from .wrap import plan_of, unwrap, wrap
 
 ModelGraph = _C.ModelGraph
 Hardware = _C.Hardware
@@ -38,6 +39,9 @@ __all__ = [
     "__version__",
     "detect_hardware",
     "offload",
+    "plan_of",
     "profile",
     "track_memory",
+    "unwrap",
+    "wrap",
 ]
