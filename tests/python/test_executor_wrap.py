@@ -13,10 +13,14 @@ import logging
 import pytest
 import torch
 
+import importlib
+
 import memscale
-import memscale.wrap as wrap_mod
 from executor_testlib import assert_same_step, build, module_state, twin
 from memscale.wrap import plan_of, unwrap, wrap
+
+# `memscale.wrap` the attribute is the function; the module is reached through importlib.
+wrap_mod = importlib.import_module("memscale.wrap")
 
 
 def _plan_doc(graph, cfg, techniques_for_blocks) -> dict:
