@@ -18,6 +18,7 @@ from .profile import profile
 from . import offload
 from .scheduler import Scheduler
 from .planning import calibrate_reservation, plan, search_tier_policy, tier_problem
+from .wrap import plan_of, unwrap, wrap
 
 ModelGraph = _C.ModelGraph
 Hardware = _C.Hardware
@@ -51,8 +52,11 @@ __all__ = [
     "detect_hardware",
     "offload",
     "plan",
+    "plan_of",
     "profile",
     "search_tier_policy",
     "tier_problem",
     "track_memory",
+    "unwrap",
+    "wrap",
 ]
