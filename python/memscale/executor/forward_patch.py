@@ -34,12 +34,16 @@ def is_patched(module: torch.nn.Module) -> bool:
 
 
 class ForwardPatch:
-    """Install ``make(original_forward)`` as ``module.forward``; ``remove()`` undoes it."""
+    """Install ``make(original_forward)`` as ``module.forward``; ``remove()`` undoes it.
+
+    ``stack=True`` allows wrapping a forward MemScale already patched (the outer patch
+    must then be removed first).
+    """
 
     def __init__(self, module: torch.nn.Module,
                  make: Callable[[Callable[..., Any]], Callable[..., Any]],
-                 name: str = "") -> None:
-        if is_patched(module):
+                 name: str = "", stack: bool = False) -> None:
+        if is_patched(module) and not stack:
             raise ExecutorError(f"layer {name!r}: a MemScale plan is already applied to this "
                                 "module; remove it (handle.remove() / memscale.unwrap) first")
         self.module = module

@@ -1,0 +1,139 @@
+"""wrap / plan_of / unwrap mechanics and verify-and-replan.
+
+The planner is replaced by a small deterministic one that returns real ``memscale.Plan``
+objects (through ``Plan.from_json``): it checkpoints every block and records the budget
+it was given, so the tests exercise wrap's own logic — profiling, applying, logging, the
+first-step measurement and the re-plan — whatever the engine decides.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+import importlib
+
+import memscale
+from executor_testlib import assert_same_step, build, module_state, twin
+from memscale.wrap import plan_of, unwrap, wrap
+
+# `memscale.wrap` the attribute is the function; the module is reached through importlib.
+wrap_mod = importlib.import_module("memscale.wrap")
+
+
+def _plan_doc(graph, cfg, techniques_for_blocks) -> dict:
+    g = json.loads(graph.to_json())
+    budget = int(cfg.memory_budget) if isinstance(cfg.memory_budget, int) else 1 << 40
+    layers = [{"index": l["index"], "name": l["name"], "kind": l["kind"],
+               "techniques": sorted(techniques_for_blocks) if l["kind"] == "block" else [],
+               "tile_chunks": 1, "weight_tier": "device", "activation_tier": "device",
+               "pinned": False, "bytes_before": 0, "bytes_after": 0, "rules": ["test"],
+               "reasons": ["test planner"]} for l in g["layers"]]
+    return {"mode": "auto", "training": True, "budget_bytes": budget, "device_count": 1,
+            "unoptimized_peak_bytes": budget, "predicted_peak_bytes": budget // 2,
+            "pressure": 1.0, "skipped": not techniques_for_blocks,
+            "skip_reason": "" if techniques_for_blocks else "fits",
+            "layers": layers, "rejected": [], "trace": [], "reservation": {}, "tier_policy": {},
+            "offload": {"policy": "none", "ram_bytes": 0, "hot_set": [], "prefetch_n_ahead": 0}}
+
+
+@pytest.fixture
+def planner(monkeypatch):
+    calls = []
+
+    def make(graph, cfg, hardware):
+        calls.append({"graph": json.loads(graph.to_json()), "budget": cfg.memory_budget})
+        return memscale.Plan.from_json(json.dumps(_plan_doc(graph, cfg, planner.techniques)))
+    planner.techniques = ["checkpoint"]
+    planner.calls = calls
+    monkeypatch.setattr(wrap_mod, "_make_plan", make)
+    return planner
+
+
+def test_wrap_returns_same_object_and_unwrap_restores(planner, caplog) -> None:
+    model, inputs = build("gpt")
+    ref = twin(model)
+    before = module_state(model)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    with caplog.at_level(logging.INFO, logger="memscale"):
+        assert wrap(model, memory_budget=1 << 40, example_inputs=inputs) is model
+    assert "memscale plan for GPT" in caplog.text
+    assert plan_of(model) is not None and plan_of(model).layers[3].techniques == ["checkpoint"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in sd.items())
+    assert_same_step(model, ref, inputs)
+    assert_same_step(model, ref, inputs)
+    unwrap(model)
+    assert module_state(model) == before
+    assert plan_of(model) is None
+    unwrap(model)  # idempotent
+
+
+def test_noop_plan_changes_nothing_and_says_so(planner, caplog) -> None:
+    planner.techniques = []
+    model, inputs = build("gpt")
+    before = module_state(model)
+    with caplog.at_level(logging.INFO, logger="memscale"):
+        wrap(model, memory_budget=1 << 40, example_inputs=inputs)
+    assert "no optimization needed" in caplog.text
+    assert module_state(model) == before
+    assert plan_of(model).skipped
+    unwrap(model)
+
+
+def test_bad_calls_raise_before_modifying(planner) -> None:
+    model, inputs = build("gpt")
+    before = module_state(model)
+    with pytest.raises(memscale.MemScaleError, match="example_inputs is required"):
+        wrap(model, memory_budget="1GiB")
+    with pytest.raises(memscale.MemScaleError, match="either cfg or config keywords"):
+        wrap(model, memscale.Config(), example_inputs=inputs, memory_budget="1GiB")
+    with pytest.raises(memscale.MemScaleError, match="training=False"):
+        wrap(model, example_inputs=inputs, training=False)
+    with pytest.raises(memscale.ConfigError):
+        wrap(model, example_inputs=inputs, memory_budget="lots")
+    assert module_state(model) == before
+    wrap(model, memory_budget=1 << 40, example_inputs=inputs)
+    with pytest.raises(memscale.MemScaleError, match="already wrapped"):
+        wrap(model, memory_budget=1 << 40, example_inputs=inputs)
+    unwrap(model)
+
+
+def test_first_step_within_budget_is_verified_once(planner, caplog) -> None:
+    model, inputs = build("gpt")
+    wrap(model, memory_budget=1 << 40, example_inputs=inputs)
+    state = wrap_mod._STATE[model]
+    assert state.monitor is not None
+    with caplog.at_level(logging.INFO, logger="memscale"):
+        model(*inputs).backward()
+    assert "first step of GPT measured" in caplog.text
+    assert state.monitor is None  # removed after the check
+    assert state.measured_peak_bytes > sum(p.numel() * 4 for p in model.parameters())
+    assert len(planner.calls) == 1
+    unwrap(model)
+
+
+def test_over_budget_first_step_replans_before_the_next(planner, caplog) -> None:
+    model, inputs = build("gpt")
+    ref = twin(model)
+    before = module_state(model)
+    wrap(model, memory_budget=1 << 20, example_inputs=inputs)  # 1 MiB: far too small
+    first_plan = plan_of(model)
+    state = wrap_mod._STATE[model]
+    with caplog.at_level(logging.INFO, logger="memscale"):
+        assert_same_step(model, ref, inputs)  # measured here; over budget
+        assert state.monitor is not None and state.monitor.pending_replan
+        assert plan_of(model) is first_plan
+        assert_same_step(model, ref, inputs)  # re-planned at the start of this call
+    assert "re-planning with measured figures" in caplog.text
+    assert "re-planned GPT" in caplog.text
+    assert plan_of(model) is not first_plan and state.replanned
+    assert len(planner.calls) == 2
+    second = planner.calls[1]
+    assert second["budget"] < 1 << 20  # scaled by predicted / measured
+    assert any(l["measured_activation_bytes"] > 0 for l in second["graph"]["layers"])
+    assert state.monitor is None
+    assert_same_step(model, ref, inputs)
+    unwrap(model)
+    assert module_state(model) == before
