@@ -121,9 +121,10 @@ def _probe(model: nn.Module, batch: int, prompt: int, new: int) -> int:
     return max(0, t.peak_bytes - kv - paged)
 
 
-def calibrate(model: nn.Module, probes: tuple[tuple[int, int], ...] = ((1, 8), (4, 32), (8, 16)),
-              new_tokens: int = 2, headroom: float = 1.1) -> ModelMemory:
-    """Fit the reservation's safety factor to measured probes (batch, prompt) with the engine."""
+def fit_reservation(model: nn.Module, probes: tuple[tuple[int, int], ...] = ((1, 8), (4, 32), (8, 16)),
+                    new_tokens: int = 2) -> Any:
+    """The engine's Calibration (``memscale.calibrate_reservation``) of the seed-002
+    reservation, fitted to generations of ``probes`` (batch, prompt) measured on ``model``."""
     import memscale
 
     if not probes:
@@ -136,9 +137,15 @@ def calibrate(model: nn.Module, probes: tuple[tuple[int, int], ...] = ((1, 8), (
     widest = widest_buffer(model)
     dtype_bytes = next(model.parameters()).element_size()
     samples = [(widest, b * p, dtype_bytes, max(1, _probe(model, b, p, new_tokens))) for b, p in probes]
-    fitted = memscale.calibrate_reservation(samples)
-    return ModelMemory(resident_weight_bytes(model), kv_bytes_per_token(model), widest, dtype_bytes,
-                       fitted.safety_factor, headroom)
+    return memscale.calibrate_reservation(samples)
+
+
+def calibrate(model: nn.Module, probes: tuple[tuple[int, int], ...] = ((1, 8), (4, 32), (8, 16)),
+              new_tokens: int = 2, headroom: float = 1.1) -> ModelMemory:
+    """Memory figures of ``model`` with the reservation's safety factor fitted to probes."""
+    fitted = fit_reservation(model, probes, new_tokens)
+    return ModelMemory(resident_weight_bytes(model), kv_bytes_per_token(model), widest_buffer(model),
+                       next(model.parameters()).element_size(), fitted.safety_factor, headroom)
 
 
 def describe(mm: ModelMemory) -> dict[str, Any]:

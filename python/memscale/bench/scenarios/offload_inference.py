@@ -3,9 +3,10 @@
 Same process, same model, same prompts, greedy decoding with a KV cache:
 
 * reference: the model fully resident (outputs every other run must equal);
-* memscale: ``wrap_for_inference`` with a pinned hot set, the C++ pager prefetching on its
-  thread from safetensors files, the KV cache split between RAM and disk files so
-  weights + KV + activation reservation fit the budget;
+* memscale: ``wrap_for_inference`` with only the budget given: the decision engine plans
+  the inference step (resident-weight limit, KV-cache and activation tiers by its seed-004
+  search, reservation safety factor calibrated on measured probes) and the C++ pager
+  runs it, prefetching on its thread from safetensors files;
 * Accelerate: ``accelerate.disk_offload`` of the same model (per-module hooks reading
   numpy memmaps), driven by the same generation loop.
 
@@ -29,8 +30,7 @@ import torch
 import memscale
 from memscale.models import gpt
 from memscale.offload import generate, handle_of, unwrap_inference, wrap_for_inference
-from memscale.offload.memory_model import calibrate
-from memscale.offload.units import paging_units
+from memscale.offload.memory_model import fit_reservation
 
 WEIGHTS_OVER_BUDGET = 2.5
 
@@ -71,30 +71,13 @@ def _setup(quick: bool) -> dict[str, Any]:
                 batch=32, prompt=16, new=12, repeats=5)
 
 
-def _fit(model: torch.nn.Module, ids: torch.Tensor, budget: int, batch: int, prompt: int, new: int,
-         prefetch: int) -> dict[str, Any]:
-    """Splits the budget: activation reservation (calibrated), the KV cache's RAM share
-    (the rest of its layers on disk), and the resident weights, which must hold the hot
-    set plus the computing block and ``prefetch`` blocks ahead. Tier arithmetic of this
-    scenario; the engine's tier-policy search takes this role once merged."""
-    units = paging_units(model, (ids,))
-    hot = sum(u.bytes for u in units if u.kind in ("embedding", "lm_head"))
-    block = max(u.bytes for u in units if u.kind == "block")
-    mm = calibrate(model, probes=((1, 8), (batch, prompt)))
-    act = mm.activation_bytes(batch, prompt)
-    kv_total = batch * (prompt + new) * mm.kv_bytes_per_token
-    layers = model.config.n_layers
-    need_weights = hot + (prefetch + 1) * block + 2 * sum(u.bytes for u in units if u.kind == "norm")
-    for on_device in range(layers, -1, -1):
-        kv_ram = kv_total * on_device // layers
-        ram = budget - act - kv_ram
-        if ram >= need_weights:
-            return {"ram_bytes": ram, "kv_gpu_percent": 100.0 * on_device / layers, "kv_ram_bytes": kv_ram,
-                    "kv_total_bytes": kv_total, "activation_reservation_bytes": act, "hot_set_bytes": hot,
-                    "block_bytes": block}
-    raise memscale.InfeasibleBudgetError(
-        f"budget {budget}: activations {act} + hot set and {prefetch + 1} blocks {need_weights} do not fit",
-        act + need_weights)
+def _engine_config(budget: int, batch: int, prompt: int, disk_dir: str) -> memscale.Config:
+    """Only the budget and where files go: the decision engine
+    chooses the resident-weight limit and the KV-cache / activation tiers (seed 004
+    search) from the profiled inference graph. ``prefill_tokens`` is the batch's prefill,
+    not the serving default of 8192 tokens."""
+    return memscale.Config(memory_budget=budget, reservation={"prefill_tokens": batch * prompt},
+                           offload={"disk_dir": disk_dir})
 
 
 def run(quick: bool, page_cache: str = "drop", threads: int | None = None) -> list[dict[str, Any]]:
@@ -106,7 +89,6 @@ def run(quick: bool, page_cache: str = "drop", threads: int | None = None) -> li
     threads = threads or max(1, (os.cpu_count() or 2) - 1)
     torch.set_num_threads(threads)
     s = _setup(quick)
-    prefetch = 1
     build = lambda: gpt.build(seed=0, **s["cfg"]).eval()  # noqa: E731 - three identical copies
     resident = build()
     ids = gpt.example_inputs(resident, batch=s["batch"], seq=s["prompt"], labels=False)[0]
@@ -114,7 +96,9 @@ def run(quick: bool, page_cache: str = "drop", threads: int | None = None) -> li
     budget = int(weights / WEIGHTS_OVER_BUDGET)
     generate(resident, ids, 2)  # warm-up: thread pools, allocator
     ref = generate(resident, ids, s["new"], return_logits=True)
-    fit = _fit(resident, ids, budget, s["batch"], s["prompt"], s["new"], prefetch)
+    # The engine's reservation safety factor, fitted to measured probes of this model.
+    calibration = fit_reservation(resident, probes=((1, 8), (s["batch"] // 2, s["prompt"]), (s["batch"], s["prompt"])))
+    full_ids = torch.cat([ids, ref.tokens[:, s["prompt"]:]], dim=1)[:, :s["prompt"] + s["new"]]
     tmp = tempfile.TemporaryDirectory(prefix="memscale-bench-")
     ours_dir, acc_dir = os.path.join(tmp.name, "memscale"), os.path.join(tmp.name, "accelerate")
     os.mkdir(ours_dir)
@@ -123,13 +107,10 @@ def run(quick: bool, page_cache: str = "drop", threads: int | None = None) -> li
         # it holds after wrap (hot set, resident blocks, KV, activations) is counted.
         with memscale.track_memory("cpu") as tracker:
             ours_model = build()
-            cfg = memscale.Config(
-                memory_budget=budget,
-                offload={"policy": "pinned_hot_set", "ram_bytes": fit["ram_bytes"], "prefetch_n_ahead": prefetch,
-                         "pin_embeddings": True, "pin_output_head": True, "pin_last_n_layers": 0,
-                         "disk_dir": ours_dir},
-                tiers={"kv_cache": {"gpu": fit["kv_gpu_percent"], "cpu": 0}})
-            wrap_for_inference(ours_model, cfg, (ids,), drop_page_cache=page_cache == "drop")
+            cfg = _engine_config(budget, s["batch"], s["prompt"], ours_dir)
+            # Example inputs of the generation's full length: the plan sizes the KV cache on them.
+            wrap_for_inference(ours_model, cfg, (full_ids,), calibration=calibration,
+                               drop_page_cache=page_cache == "drop")
             handle = handle_of(ours_model)
             generate(ours_model, ids, 2)  # warm-up
             handle.pager.wait_idle()
@@ -160,6 +141,7 @@ def run(quick: bool, page_cache: str = "drop", threads: int | None = None) -> li
         equal = equal and torch.equal(outs["memscale"].tokens, ref.tokens)
         stats = handle.stats()
         files = len(handle.files())
+        plan, tiers = handle.plan, handle.tiers.to_dict()
         unwrap_inference(ours_model)
         files_left = os.listdir(ours_dir)
     finally:
@@ -176,7 +158,10 @@ def run(quick: bool, page_cache: str = "drop", threads: int | None = None) -> li
         "weight_bytes": weights,
         "budget_bytes": budget,
         "weights_over_budget": weights / budget,
-        "fit": fit,
+        "engine": {"offload": {"policy": plan.offload.policy, "ram_bytes": plan.offload.ram_bytes,
+                               "prefetch_n_ahead": plan.offload.prefetch_n_ahead},
+                   "tiers": tiers, "predicted_peak_bytes": plan.predicted_peak_bytes,
+                   "reservation_safety_factor": calibration.safety_factor},
         "measured_peak_bytes": peak_ours,
         "tokens_per_s": tps["memscale"],
         "times_s": times["memscale"],
