@@ -16,13 +16,14 @@ namespace memscale::bindings {
 
 namespace {
 
-using LayerSpec = std::tuple<std::string, std::string, std::uint64_t, std::string>;
+/// (name, kind, bytes, home, pinned by the plan)
+using LayerSpec = std::tuple<std::string, std::string, std::uint64_t, std::string, bool>;
 
 std::vector<PagedLayer> to_layers(const std::vector<LayerSpec>& specs) {
   std::vector<PagedLayer> layers;
   for (std::size_t i = 0; i < specs.size(); ++i) {
-    const auto& [name, kind, bytes, home] = specs[i];
-    layers.push_back({name, kind, bytes, weight_tier_from_string(home, "pager layers[" + std::to_string(i) + "].home")});
+    const auto& [name, kind, bytes, home, pinned] = specs[i];
+    layers.push_back({name, kind, bytes, weight_tier_from_string(home, "pager layers[" + std::to_string(i) + "].home"), pinned});
   }
   return layers;
 }
@@ -67,13 +68,14 @@ void bind_pager(py::module_& m) {
       .def_readonly("embedding_bytes", &HotSet::embedding_bytes)
       .def_readonly("head_bytes", &HotSet::head_bytes)
       .def_readonly("last_layers_bytes", &HotSet::last_layers_bytes)
+      .def_readonly("planned_bytes", &HotSet::planned_bytes)
       .def_readonly("largest_unpinned_bytes", &HotSet::largest_unpinned_bytes)
       .def_readonly("largest_unpinned_name", &HotSet::largest_unpinned_name)
       .def_property_readonly("min_ram_bytes", [](const HotSet& h) { return min_ram_bytes(h); });
 
   m.def(
       "pager_hot_set", [](const std::vector<LayerSpec>& layers, const OffloadPolicy& p) { return hot_set(to_layers(layers), p); },
-      py::arg("layers"), py::arg("policy"), "Hot set of (name, kind, bytes, home) layers under a policy.");
+      py::arg("layers"), py::arg("policy"), "Hot set of (name, kind, bytes, home, pinned) layers under a policy.");
   m.def(
       "validate_pager_layout",
       [](const std::vector<LayerSpec>& layers, const OffloadPolicy& p) { validate_pager_layout(to_layers(layers), p); },

@@ -359,6 +359,10 @@ def test_the_engine_decides_paging_and_tiers_when_the_policy_is_none(tmp_path, g
     assert handle.plan.tier_policy.used
     kv = handle.plan.tier_policy.policy.kv_cache
     assert (handle.tiers.kv_cache.gpu, handle.tiers.kv_cache.cpu) == (kv.gpu, kv.cpu)
+    on_device = {l.name for l in handle.plan.layers if l.weight_tier == "device" and not l.has("offload_weights")}
+    pinned = {u.name for i, u in enumerate(handle.units) if handle.pager.pinned(i)}
+    assert pinned == on_device & {u.name for u in handle.units}
+    assert any(l.weight_tier == "disk" for l in handle.plan.layers)
     out = generate(model, ids, 4, return_logits=True)
     assert torch.equal(out.tokens, ref.tokens)
     assert all(torch.equal(a, b) for a, b in zip(out.logits, ref.logits))

@@ -41,6 +41,9 @@ struct PagedLayer {
   std::uint64_t bytes = 0;
   /// Tier holding the layer's weights while it is not resident (host or disk).
   WeightTier home = WeightTier::disk;
+  /// Never evicted whatever the policy: the plan keeps its weights on the device
+  /// (LayerPlan::weight_tier "device"), FlexGen's always-resident share of the weights.
+  bool pinned = false;
 };
 
 /// The pinned hot set of a policy, with the byte figures error messages quote.
@@ -48,6 +51,7 @@ struct HotSet {
   std::vector<bool> pinned;  ///< per layer
   std::uint64_t pinned_bytes = 0;
   std::uint64_t embedding_bytes = 0, head_bytes = 0, last_layers_bytes = 0;
+  std::uint64_t planned_bytes = 0;  ///< layers pinned by the plan (PagedLayer::pinned) and not by the policy
   std::uint64_t largest_unpinned_bytes = 0;
   std::string largest_unpinned_name;
   std::size_t pinned_count() const { return static_cast<std::size_t>(std::count(pinned.begin(), pinned.end(), true)); }
@@ -61,7 +65,8 @@ inline bool is_depth_layer(const PagedLayer& l) { return l.kind == "block" || l.
 /// - none: every layer (nothing is paged);
 /// - budget: none;
 /// - pinned_hot_set: embeddings (pin_embeddings), the output head (pin_output_head) and the
-///   last `pin_last_n_layers` blocks in execution order.
+///   last `pin_last_n_layers` blocks in execution order;
+/// and, under every policy, the layers marked PagedLayer::pinned.
 inline HotSet hot_set(const std::vector<PagedLayer>& layers, const OffloadPolicy& policy) {
   HotSet h;
   h.pinned.assign(layers.size(), false);
@@ -80,6 +85,8 @@ inline HotSet hot_set(const std::vector<PagedLayer>& layers, const OffloadPolicy
       h.last_layers_bytes += layers[depth[k]].bytes;
     }
   }
+  for (std::size_t i = 0; i < layers.size(); ++i)
+    if (layers[i].pinned && !h.pinned[i]) h.pinned[i] = true, h.planned_bytes += layers[i].bytes;
   for (std::size_t i = 0; i < layers.size(); ++i) {
     if (h.pinned[i]) {
       h.pinned_bytes += layers[i].bytes;
@@ -116,6 +123,7 @@ inline void validate_pager_layout(const std::vector<PagedLayer>& layers, const O
                       format_bytes(h.pinned_bytes) + ": embeddings " + format_bytes(h.embedding_bytes) +
                       ", output head " + format_bytes(h.head_bytes) + ", last " +
                       std::to_string(policy.pin_last_n_layers) + " layers " + format_bytes(h.last_layers_bytes) +
+                      (h.planned_bytes ? ", kept on the device by the plan " + format_bytes(h.planned_bytes) : std::string()) +
                       "); raise ram_bytes to at least " + std::to_string(min_ram_bytes(h)) +
                       " or pin less (pin_embeddings, pin_output_head, pin_last_n_layers)");
   const PagedLayer* largest = nullptr;

@@ -43,7 +43,7 @@ from torch import nn
 from .. import _C
 from ..config import Config
 from ..errors import ConfigError, MemScaleError
-from .planned import inference_plan, needs_plan, policy_from_plan
+from .planned import device_layers, inference_plan, needs_plan, policy_from_plan
 from .tiers import TierPolicy, tier_policy
 from .units import PagingUnit, paging_units
 
@@ -250,7 +250,8 @@ def wrap_for_inference(model: nn.Module, config: Config | dict[str, Any], exampl
     cuda = any(p.is_cuda for u in units for p in u.params.values())
     tiers = tier_policy(cfg, plan)
     homes = _weight_homes(units, tiers, cuda)
-    specs = [(u.name, u.kind, u.bytes, h) for u, h in zip(units, homes)]
+    kept = device_layers(plan)
+    specs = [(u.name, u.kind, u.bytes, h, u.name in kept) for u, h in zip(units, homes)]
     _C.validate_pager_layout(specs, policy)  # budget vs hot set, single layer vs budget
     hot = _C.pager_hot_set(specs, policy)
     private_dir = None
@@ -282,9 +283,9 @@ def wrap_for_inference(model: nn.Module, config: Config | dict[str, Any], exampl
     handle.install_hooks()
     object.__setattr__(model, _ATTR, handle)
     _live.add(handle)
-    log.info("offloaded inference: %d units, %d pinned (%s), weights %s, ram_bytes %s, files in %s",
-             len(units), sum(hot.pinned), _fmt(hot.pinned_bytes), _fmt(weight_bytes), _fmt(policy.ram_bytes),
-             storage.dir)
+    log.info("offloaded inference: %d units, %d pinned (%s, of which %s kept on the device by the plan), "
+             "weights %s, ram_bytes %s, files in %s", len(units), sum(hot.pinned), _fmt(hot.pinned_bytes),
+             _fmt(hot.planned_bytes), _fmt(weight_bytes), _fmt(policy.ram_bytes), storage.dir)
     return model
 
 

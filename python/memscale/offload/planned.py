@@ -38,6 +38,16 @@ def inference_plan(model: nn.Module, cfg: Config, example_inputs: tuple | None, 
     return result
 
 
+def device_layers(plan: Any) -> set[str]:
+    """Names of the layers whose weights the plan keeps on the device (pinned by the pager):
+    FlexGen's always-resident share of the weights. Empty without a plan, or when the plan
+    pages nothing."""
+    if plan is None or plan.offload.policy == "none":
+        return set()
+    return {layer.name for layer in plan.layers
+            if layer.weight_tier == "device" and not layer.has("offload_weights")}
+
+
 def policy_from_plan(cfg: Config, plan: Any) -> Any:
     """The OffloadPolicy the plan's pager section describes (the disk directory and pin
     flags stay the user's)."""

@@ -396,6 +396,41 @@ TEST(Pager, PinnedLayersStayResidentAndAreNeverLoaded) {
     if (hot.pinned[i]) EXPECT_EQ(pager.state(i), PageState::resident);
 }
 
+TEST(Pager, LayersThePlanKeepsOnTheDeviceArePinnedUnderEveryPolicy) {
+  auto layers = gpt_layers(5, 4);
+  layers[5].pinned = true;  // blocks.4, kept on the device by the plan
+  OffloadPolicy policy;
+  policy.kind = OffloadPolicy::Kind::budget;
+  policy.ram_bytes = 1;
+  HotSet hot = hot_set(layers, policy);
+  for (std::size_t i = 0; i < layers.size(); ++i) EXPECT_EQ(hot.pinned[i], i == 5) << layers[i].name;
+  EXPECT_EQ(hot.planned_bytes, layers[5].bytes);
+  EXPECT_EQ(hot.pinned_bytes, layers[5].bytes);
+  try {
+    validate_pager_layout(layers, policy);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("kept on the device by the plan"), std::string::npos) << e.what();
+  }
+  policy.kind = OffloadPolicy::Kind::pinned_hot_set;
+  hot = hot_set(layers, policy);
+  EXPECT_TRUE(hot.pinned.front() && hot.pinned.back() && hot.pinned[5]);
+  EXPECT_EQ(hot.planned_bytes, layers[5].bytes);  // not also counted as embedding or head
+  policy.ram_bytes = min_ram_bytes(hot);
+  auto storage = std::make_shared<CountingStorage>(layers, policy.ram_bytes, 4, 0);
+  PagerOptions options;
+  options.initially_resident = false;
+  LayerPager pager(layers, policy, storage, options);
+  for (int pass = 0; pass < 2; ++pass)
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      pager.acquire(i);
+      pager.release(i);
+    }
+  pager.wait_idle();
+  EXPECT_EQ(pager.state(5), PageState::resident);
+  EXPECT_TRUE(pager.pinned(5));
+}
+
 TEST(Pager, InitiallyResidentModelIsEvictedDownToTheHotSet) {
   const auto layers = gpt_layers(4, 5);
   OffloadPolicy policy = hot_policy(0, 1, 1);
