@@ -14,6 +14,14 @@ ctest --test-dir build/core --output-on-failure --no-tests=error
 echo "== C++ tests of the torch build"
 ctest --test-dir build/wheel --output-on-failure --no-tests=error
 
+echo "== C++ example (libtorch app using find_package(memscale))"
+cmake --install build/wheel --component cpp --prefix build/prefix >/dev/null
+torch_prefix=$("$PY" -c "import torch; print(torch.utils.cmake_prefix_path)")
+[ -f build/example/build.ninja ] || cmake -S examples/cpp -B build/example -G Ninja \
+  -DCMAKE_PREFIX_PATH="$PWD/build/prefix;$torch_prefix" >/dev/null
+cmake --build build/example -j2
+./build/example/train_mlp
+
 echo "== Python tests"
 # pytest exits 5 when it collects nothing: that must fail, and does under set -e.
 "$PY" -m pytest tests/python -q -p no:cacheprovider "$@"
