@@ -1,5 +1,6 @@
 #include "bindings.hpp"
 #include "memscale/core/plan.hpp"
+#include "memscale/core/plan_summary.hpp"
 #include "memscale/core/sizes.hpp"
 
 #include <pybind11/stl.h>
@@ -33,6 +34,54 @@ void bind_plan(py::module_& m) {
       .def_readonly("rule", &Rejection::rule)
       .def_readonly("reason", &Rejection::reason);
 
+  py::class_<TierSplit>(m, "TierSplit", "Share of one tensor type per tier, in percent (disk = 100 - gpu - cpu).")
+      .def(py::init([](double gpu, double cpu) { return TierSplit{gpu, cpu}; }), py::arg("gpu") = 100.0, py::arg("cpu") = 0.0)
+      .def_readonly("gpu", &TierSplit::gpu)
+      .def_readonly("cpu", &TierSplit::cpu)
+      .def_property_readonly("disk", &TierSplit::disk)
+      .def("__eq__", [](const TierSplit& a, const TierSplit& b) { return a == b; }, py::is_operator())
+      .def("__repr__", [](const TierSplit& s) {
+        return "TierSplit(gpu=" + json_fields::format_number(s.gpu) + ", cpu=" + json_fields::format_number(s.cpu) + ")";
+      });
+
+  py::class_<TierPolicy>(m, "TierPolicy", "Immutable placement of weights, KV cache and activations (seed 004).")
+      .def(py::init([](const TierSplit& w, const TierSplit& k, const TierSplit& a) { return TierPolicy{w, k, a}; }),
+           py::arg("weights") = TierSplit{}, py::arg("kv_cache") = TierSplit{}, py::arg("activations") = TierSplit{})
+      .def_readonly("weights", &TierPolicy::weights)
+      .def_readonly("kv_cache", &TierPolicy::kv_cache)
+      .def_readonly("activations", &TierPolicy::activations)
+      .def("__eq__", [](const TierPolicy& a, const TierPolicy& b) { return a == b; }, py::is_operator());
+
+  py::class_<Reservation>(m, "Reservation", "Inference activation reservation (seed 002) with its inputs.")
+      .def_readonly("used", &Reservation::used)
+      .def_readonly("bytes", &Reservation::bytes)
+      .def_readonly("per_device_bytes", &Reservation::per_device_bytes)
+      .def_readonly("scaled_bytes", &Reservation::scaled_bytes)
+      .def_readonly("flat_bytes", &Reservation::flat_bytes)
+      .def_readonly("graph_capture_bytes", &Reservation::graph_capture_bytes)
+      .def_readonly("tokens_per_step", &Reservation::tokens_per_step)
+      .def_readonly("widest_buffer", &Reservation::widest_buffer)
+      .def_readonly("safety_factor", &Reservation::safety_factor)
+      .def_readonly("calibrated", &Reservation::calibrated)
+      .def_readonly("calibration_samples", &Reservation::calibration_samples)
+      .def_readonly("source", &Reservation::source);
+
+  py::class_<TierChoice>(m, "TierChoice", "The tier split an inference plan realises, with its cost (seconds per step).")
+      .def_readonly("used", &TierChoice::used)
+      .def_readonly("policy", &TierChoice::policy)
+      .def_readonly("compute_s", &TierChoice::compute_s)
+      .def_readonly("io_s", &TierChoice::io_s)
+      .def_readonly("total_s", &TierChoice::total_s)
+      .def_readonly("gpu_bytes", &TierChoice::gpu_bytes)
+      .def_readonly("cpu_bytes", &TierChoice::cpu_bytes)
+      .def_readonly("disk_bytes", &TierChoice::disk_bytes);
+
+  py::class_<OffloadPlan>(m, "OffloadPlan", "Weight residency for the pager (seed 001).")
+      .def_readonly("policy", &OffloadPlan::policy)
+      .def_readonly("ram_bytes", &OffloadPlan::ram_bytes)
+      .def_readonly("hot_set", &OffloadPlan::hot_set)
+      .def_readonly("prefetch_n_ahead", &OffloadPlan::prefetch_n_ahead);
+
   py::class_<Plan>(m, "Plan", "Per-layer execution plan (docs/json-schema.md).")
       .def_static(
           "from_json", [](const std::string& text_or_path) { return Plan::from_json_text(json_fields::load_json_document(text_or_path)); },
@@ -50,6 +99,10 @@ void bind_plan(py::module_& m) {
       .def_readonly("layers", &Plan::layers)
       .def_readonly("rejected", &Plan::rejected)
       .def_readonly("trace", &Plan::trace)
+      .def_readonly("reservation", &Plan::reservation)
+      .def_readonly("tier_policy", &Plan::tier_policy)
+      .def_readonly("offload", &Plan::offload)
+      .def("summary", &plan_summary, "Table of layers (techniques, bytes before -> after) and the totals.")
       .def("__eq__", [](const Plan& a, const Plan& b) { return a == b; }, py::is_operator())
       .def("__repr__", [](const Plan& p) {
         return "<Plan layers=" + std::to_string(p.layers.size()) + " budget=" + format_bytes(p.budget_bytes) +

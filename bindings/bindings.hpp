@@ -16,5 +16,6 @@ void bind_hardware(py::module_& m);
 void bind_plan(py::module_& m);
 void bind_memory(py::module_& m);
 void bind_pager(py::module_& m);
+void bind_engine(py::module_& m);
 
 }  // namespace memscale::bindings

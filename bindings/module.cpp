@@ -13,4 +13,5 @@ PYBIND11_MODULE(_C, m) {
   bind_plan(m);
   bind_memory(m);
   bind_pager(m);
+  bind_engine(m);
 }

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "memscale/core/config.hpp"
+#include "memscale/core/engine.hpp"
 #include "memscale/core/errors.hpp"
 #include "memscale/core/hardware.hpp"
 #include "memscale/core/log.hpp"

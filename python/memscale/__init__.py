@@ -17,17 +17,24 @@ from .memory import track_memory
 from .profile import profile
 from . import offload
 from .scheduler import Scheduler
+from .planning import calibrate_reservation, plan, search_tier_policy, tier_problem
 from .wrap import plan_of, unwrap, wrap
 
 ModelGraph = _C.ModelGraph
 Hardware = _C.Hardware
 Plan = _C.Plan
+TierSplit = _C.TierSplit
+TierPolicy = _C.TierPolicy
+TierProblem = _C.TierProblem
+Calibration = _C.Calibration
+ReservationSample = _C.ReservationSample
 
 __version__ = _C.__version__
 
 _install_logging()
 
 __all__ = [
+    "Calibration",
     "Config",
     "ConfigError",
     "Hardware",
@@ -35,12 +42,20 @@ __all__ = [
     "MemScaleError",
     "ModelGraph",
     "Plan",
+    "ReservationSample",
     "Scheduler",
+    "TierPolicy",
+    "TierProblem",
+    "TierSplit",
     "__version__",
+    "calibrate_reservation",
     "detect_hardware",
     "offload",
+    "plan",
     "plan_of",
     "profile",
+    "search_tier_policy",
+    "tier_problem",
     "track_memory",
     "unwrap",
     "wrap",

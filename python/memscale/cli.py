@@ -13,7 +13,9 @@ from . import __version__
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("memscale.cli_demo", "profile, plan and train a built-in model inside a budget"),
     "bench": ("memscale.cli_bench", "run benchmark scenarios and check their goals"),
+    "report": ("memscale.cli_report", "write an HTML report (and PNGs) of benchmark results"),
     "profile": ("memscale.cli_profile", "profile a model (module:factory) and print its ModelGraph"),
+    "plan": ("memscale.cli_plan", "plan a recorded ModelGraph for a memory budget and print the plan"),
 }
 
 

@@ -28,6 +28,8 @@ struct Hardware {
   std::uint64_t offload_dir_free_bytes = 0;
   /// Bandwidths for the tier cost model; 0 = the engine's documented defaults.
   std::uint64_t disk_read_bytes_per_s = 0, disk_write_bytes_per_s = 0, host_to_device_bytes_per_s = 0;
+  /// Sustained compute rate of one planning device (FLOP/s) for the cost models; 0 = default.
+  std::uint64_t flops_per_s = 0;
   bool operator==(const Hardware&) const = default;
 
   /// Accelerators of kind cuda.
@@ -60,7 +62,8 @@ inline void to_json(nlohmann::json& j, const Hardware& h) {
        {"offload_dir_free_bytes", h.offload_dir_free_bytes},
        {"disk_read_bytes_per_s", h.disk_read_bytes_per_s},
        {"disk_write_bytes_per_s", h.disk_write_bytes_per_s},
-       {"host_to_device_bytes_per_s", h.host_to_device_bytes_per_s}};
+       {"host_to_device_bytes_per_s", h.host_to_device_bytes_per_s},
+       {"flops_per_s", h.flops_per_s}};
 }
 
 inline Hardware hardware_from_json(const nlohmann::json& j) {
@@ -87,6 +90,7 @@ inline Hardware hardware_from_json(const nlohmann::json& j) {
   h.disk_read_bytes_per_s = f::optional<std::uint64_t>(j, "disk_read_bytes_per_s", path, 0, f::as_u64);
   h.disk_write_bytes_per_s = f::optional<std::uint64_t>(j, "disk_write_bytes_per_s", path, 0, f::as_u64);
   h.host_to_device_bytes_per_s = f::optional<std::uint64_t>(j, "host_to_device_bytes_per_s", path, 0, f::as_u64);
+  h.flops_per_s = f::optional<std::uint64_t>(j, "flops_per_s", path, 0, f::as_u64);
   return h;
 }
 

@@ -55,6 +55,8 @@ struct Reservation {
   std::int64_t tokens_per_step = 0;
   std::int64_t widest_buffer = 0;    ///< max(hidden, intermediate)
   double safety_factor = 0.0;
+  bool calibrated = false;           ///< safety_factor was fitted to measured peaks
+  std::int64_t calibration_samples = 0;
   std::string source;                ///< "scaled", "flat_cap" or "flat_fallback"
   bool operator==(const Reservation&) const = default;
 };
@@ -130,6 +132,8 @@ inline void to_json(nlohmann::json& j, const Reservation& r) {
        {"tokens_per_step", r.tokens_per_step},
        {"widest_buffer", r.widest_buffer},
        {"safety_factor", json_fields::round6(r.safety_factor)},
+       {"calibrated", r.calibrated},
+       {"calibration_samples", r.calibration_samples},
        {"source", r.source}};
 }
 
@@ -229,6 +233,8 @@ inline Plan plan_from_json(const nlohmann::json& j) {
     p.reservation.tokens_per_step = f::i64(r, "tokens_per_step", rp);
     p.reservation.widest_buffer = f::i64(r, "widest_buffer", rp);
     p.reservation.safety_factor = f::number(r, "safety_factor", rp);
+    p.reservation.calibrated = f::boolean(r, "calibrated", rp);
+    p.reservation.calibration_samples = f::i64(r, "calibration_samples", rp);
     p.reservation.source = f::string(r, "source", rp);
   }
   const auto& t = f::require(j, "tier_policy", path);

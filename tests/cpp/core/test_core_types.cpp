@@ -68,6 +68,8 @@ TEST(Hardware, JsonRoundTripAndPlanningDevice) {
   h.devices.push_back({"cuda", 0, "H100", 80ull << 30, 79ull << 30});
   h.devices.push_back({"cuda", 1, "H100", 80ull << 30, 79ull << 30});
   h.offload_dir = "/tmp";
+  h.flops_per_s = 400000000000000ull;
+  h.disk_read_bytes_per_s = 3000000000ull;
   EXPECT_EQ(h.planning_device_bytes(), 80ull << 30);
   EXPECT_EQ(h.gpu_count(), 2u);
   const Hardware back = Hardware::from_json_text(h.to_json_text());
@@ -97,6 +99,8 @@ TEST(Plan, JsonRoundTripIsIdentity) {
   p.reservation.used = true;
   p.reservation.bytes = 10;
   p.reservation.safety_factor = 2.0;
+  p.reservation.calibrated = true;
+  p.reservation.calibration_samples = 3;
   p.reservation.source = "scaled";
   p.tier_policy.used = true;
   p.tier_policy.policy.weights = {20, 30};

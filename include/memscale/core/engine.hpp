@@ -1,0 +1,179 @@
+// The decision engine (seed 000): a pure, deterministic function from a profiled graph,
+// the hardware and the Config to a per-layer Plan. No randomness, no clock, no unordered
+// iteration; candidates are ordered by (escalation phase, cost per byte saved, layer
+// index). docs/memory-model.md has the memory model, docs/rules.md every rule id.
+//
+//   memscale::Plan p = memscale::plan(graph, hardware, config);
+//   std::cout << memscale::plan_summary(p);
+//
+// Flow: resolve the budget of one device (a data-parallel replica per device), apply what
+// the Config forces, skip tiny models (unless force_optimize) or stop at mode "off", then
+// let the rules add techniques cheapest-first until the predicted peak fits (auto) or
+// nothing lowers it further (min_memory). No plan fits: InfeasibleBudgetError with the
+// smallest budget that has one and what dominates it.
+#pragma once
+
+#include <cstdio>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "memscale/core/config.hpp"
+#include "memscale/core/engine/baseline.hpp"
+#include "memscale/core/engine/decisions.hpp"
+#include "memscale/core/engine/finalize.hpp"
+#include "memscale/core/engine/greedy.hpp"
+#include "memscale/core/engine/setup.hpp"
+#include "memscale/core/engine/tier_report.hpp"
+#include "memscale/core/errors.hpp"
+#include "memscale/core/hardware.hpp"
+#include "memscale/core/memory_model.hpp"
+#include "memscale/core/model_graph.hpp"
+#include "memscale/core/peak_tracker.hpp"
+#include "memscale/core/plan.hpp"
+#include "memscale/core/plan_summary.hpp"
+#include "memscale/core/reservation.hpp"
+#include "memscale/core/rules/skip.hpp"
+#include "memscale/core/tier_search.hpp"
+
+namespace memscale {
+
+namespace engine_detail {
+
+inline std::string describe_peak(const ModelGraph& graph, const model::PeakReport& r) {
+  const auto [what, bytes] = r.dominant();
+  char share[32];
+  std::snprintf(share, sizeof share, "%.0f%%", r.peak ? 100.0 * static_cast<double>(bytes) / static_cast<double>(r.peak) : 0.0);
+  std::string where = r.phase == "forward" || r.phase == "backward"
+                          ? "the " + r.phase + " of \"" + graph.layers[static_cast<std::size_t>(r.layer)].name + "\""
+                          : "the " + std::string(r.phase == "optimizer_step" ? "optimizer step" : "inference step");
+  return format_bytes(r.peak) + " at " + where + ", dominated by " + what + " (" + format_bytes(bytes) + ", " + share + ")";
+}
+
+inline std::string disabled_techniques(const Config& config) {
+  std::string out;
+  for (const auto& [name, s] : config.techniques)
+    if (s == Switch::off) out += (out.empty() ? "" : ", ") + ("techniques." + name);
+  return out;
+}
+
+template <class Tracker>
+Plan run_engine(const ModelGraph& graph, const Hardware& hw, const Config& config, const PlanOptions& options) {
+  Setup setup = make_setup(graph, hw, config, options);
+  const std::size_t n = graph.layers.size();
+  DecisionLog log(n);
+  TierLedger ledger(setup.rates.gpu, setup.capacity);
+
+  const std::vector<model::LayerState> none(n);
+  const model::PeakReport unoptimized = model::evaluate(graph, none, setup.step);
+  const double pressure = static_cast<double>(unoptimized.peak) / static_cast<double>(setup.budget);
+  {
+    char line[160];
+    std::snprintf(line, sizeof line, "pressure %.3f = unoptimized peak / budget %s", pressure,
+                  format_bytes(setup.budget).c_str());
+    const std::size_t gpus = hw.gpu_count();
+    log.trace.push_back(gpus > 0 ? std::to_string(gpus) + " GPU(s), planning one data-parallel replica against " +
+                                       format_bytes(setup.device_bytes) + " (the smallest GPU)"
+                                 : "CPU-only: host RAM (" + format_bytes(setup.device_bytes) + ") is the device; offload goes to disk");
+    log.trace.push_back("unoptimized peak " + describe_peak(graph, unoptimized));
+    log.trace.push_back(line);
+  }
+  for (const auto& glob : setup.overrides.unmatched_globs)
+    log.trace.push_back("layer_overrides[\"" + glob + "\"] matches no layer of this graph");
+  if (config.auto_policy)
+    log.trace.push_back("auto_policy: no learned policy stage is built in; mode and eligible techniques come from the Config");
+  if (!setup.capacity.disk_known)
+    log.trace.push_back("offload_dir_free_bytes unknown (0): disk capacity is not checked");
+  if (!graph.training)
+    log.trace.push_back("activation reservation " + format_bytes(setup.reservation.per_device_bytes) + " per device (" +
+                        setup.reservation.source + ", safety factor " + json_fields::format_number(setup.reservation.safety_factor) +
+                        (setup.reservation.calibrated ? ", calibrated" : "") + ")");
+
+  Baseline base = forced_baseline(graph, setup, log, ledger);
+  const bool config_asks = base.anything_forced || config.offload.kind != OffloadPolicy::Kind::none || !config.tiers.empty();
+  Outcome outcome;
+
+  auto finish = [&](const std::vector<model::LayerState>& states) {
+    const model::PeakReport predicted = model::evaluate(graph, states, setup.step);
+    log.trace.push_back("predicted peak " + describe_peak(graph, predicted));
+    return build_plan(graph, setup, config, states, log, outcome, unoptimized.peak, predicted.peak);
+  };
+
+  if (config.mode == Mode::off) {
+    const rules::SkipDecision d = rules::mode_off_rule(config_asks);
+    outcome.skipped = d.skip;
+    outcome.skip_rule = d.rule;
+    outcome.skip_reason = d.reason;
+    outcome.keep_reason = d.reason;
+    log.trace.push_back(d.reason);
+    apply_ram_budget(graph, setup, config.offload, base, log, ledger);
+    apply_fixed_tiers(graph, setup, config, base, log, ledger);
+    for (std::size_t l = 0; l < n; ++l)
+      for (rules::Technique t : rules::kTechniques)
+        if (base.allowed[l][static_cast<int>(t)]) log.reject(graph.layers[l], t, "mode.off", "mode is \"off\"");
+    Plan p = finish(base.states);
+    if (p.predicted_peak_bytes > p.budget_bytes)
+      p.trace.push_back("warning: mode \"off\": the predicted peak exceeds the budget by " +
+                        format_bytes(p.predicted_peak_bytes - p.budget_bytes) + "; MemScale changes nothing");
+    return p;
+  }
+
+  const rules::SkipDecision tiny =
+      rules::tiny_model_rule(unoptimized.peak, setup.device_bytes, pressure, config.force_optimize, config_asks);
+  if (!tiny.rule.empty()) log.trace.push_back(tiny.reason);
+  if (tiny.skip) {
+    outcome.skipped = true;
+    outcome.skip_rule = tiny.rule;
+    outcome.skip_reason = tiny.reason;
+    log.rejected.clear();  // nothing was considered
+    return finish(none);
+  }
+
+  apply_ram_budget(graph, setup, config.offload, base, log, ledger);
+  apply_fixed_tiers(graph, setup, config, base, log, ledger);
+
+  Tracker tracker(graph, setup.step, base.states);
+  Greedy<Tracker> greedy(graph, setup, tracker, log, ledger, base.allowed);
+  const auto budget = static_cast<std::int64_t>(setup.budget);
+  const std::size_t applied = greedy.run(config.mode == Mode::min_memory ? std::nullopt : std::optional<std::int64_t>(budget));
+  const std::vector<model::LayerState> states = tracker.states();
+  const model::PeakReport final_peak = model::evaluate(graph, states, setup.step);
+  if (final_peak.peak > setup.budget) {
+    const std::string disabled = disabled_techniques(config);
+    throw InfeasibleBudgetError(
+        "no plan fits the budget of " + format_bytes(setup.budget) + " per device: the smallest plan under this Config " +
+            "peaks at " + describe_peak(graph, final_peak) + ". min_budget_bytes = " + std::to_string(final_peak.peak) +
+            "; raise memory_budget to at least that" +
+            (disabled.empty() ? std::string() : ", or allow " + disabled) +
+            (config.layer_overrides.empty() ? std::string() : ", or relax layer_overrides"),
+        final_peak.peak);
+  }
+  outcome.keep_reason = applied == 0 ? "the step fits the budget without any technique"
+                                     : "the plan fits the budget before this layer's turn";
+  if (config.mode == Mode::min_memory) outcome.keep_reason = "no technique on this layer lowers the peak further";
+  return finish(states);
+}
+
+}  // namespace engine_detail
+
+/// Plans `graph` on `hardware` under `config`. Throws ConfigError for invalid input (naming
+/// the field) and InfeasibleBudgetError when no plan fits (min_budget_bytes = the smallest
+/// budget with a plan under the same Config).
+inline Plan plan(const ModelGraph& graph, const Hardware& hardware, const Config& config,
+                 const PlanOptions& options = {}) {
+  if (graph.training) return engine_detail::run_engine<model::TrainingTracker>(graph, hardware, config, options);
+  return engine_detail::run_engine<model::InferenceTracker>(graph, hardware, config, options);
+}
+
+/// The seed-004 tier problem `graph` poses on `hardware` (sizes, capacities with the
+/// planning device's budget as GPU capacity, rates, per-step compute); Config.tiers
+/// become fixed splits. Feed it to search_tier_policy().
+inline TierProblem tier_problem(const ModelGraph& graph, const Hardware& hardware, const Config& config) {
+  Config inference = config;
+  ModelGraph g = graph;
+  g.training = false;  // the tier model is an inference model
+  const engine_detail::Setup setup = engine_detail::make_setup(g, hardware, inference, {});
+  return engine_detail::tier_problem_of(g, setup, config, setup.budget);
+}
+
+}  // namespace memscale

@@ -1,0 +1,104 @@
+// Turns the decided per-layer states and the decision log into the Plan document.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "memscale/core/config.hpp"
+#include "memscale/core/engine/decisions.hpp"
+#include "memscale/core/engine/setup.hpp"
+#include "memscale/core/engine/baseline.hpp"
+#include "memscale/core/engine/tier_report.hpp"
+#include "memscale/core/plan.hpp"
+
+namespace memscale::engine_detail {
+
+inline std::vector<std::string> techniques_of(const model::LayerState& s) {
+  std::vector<std::string> t;  // plan_techniques() order, which is sorted
+  if (s.checkpoint) t.push_back("checkpoint");
+  if (s.offload_activations) t.push_back("offload_activations");
+  if (s.offload_weights) t.push_back("offload_weights");
+  if (s.tiled()) t.push_back("tile");
+  return t;
+}
+
+/// Seed 001 in the plan: the residency policy the pager runs, its resident limit, the
+/// pinned hot set and the prefetch depth.
+inline OffloadPlan offload_plan(const ModelGraph& graph, const Setup& setup, const Config& config,
+                                const std::vector<model::LayerState>& states) {
+  OffloadPlan o;
+  bool paged = false;
+  for (const auto& s : states) paged |= s.offload_weights;
+  if (config.offload.kind == OffloadPolicy::Kind::none && !paged) return o;
+  // With policy "none" the engine decided to page: the pager runs a plain budget policy
+  // sized to what the plan keeps resident.
+  o.policy = config.offload.kind == OffloadPolicy::Kind::none ? "budget" : to_string(config.offload.kind);
+  o.ram_bytes = config.offload.kind == OffloadPolicy::Kind::none
+                    ? resident_weight_bytes(graph, states, setup.step.prefetch_n_ahead)
+                    : config.offload.ram_bytes;
+  o.prefetch_n_ahead = config.offload.prefetch_n_ahead;
+  for (std::size_t l = 0; l < graph.layers.size(); ++l)
+    if (!setup.pinned[l].empty()) o.hot_set.push_back(graph.layers[l].name);
+  return o;
+}
+
+struct Outcome {
+  bool skipped = false;
+  std::string skip_rule, skip_reason;
+  std::string keep_reason;  ///< why an untouched layer was left alone
+};
+
+inline Plan build_plan(const ModelGraph& graph, const Setup& setup, const Config& config,
+                       const std::vector<model::LayerState>& states, DecisionLog& log, const Outcome& outcome,
+                       std::uint64_t unoptimized, std::uint64_t predicted) {
+  Plan p;
+  p.mode = to_string(config.mode);
+  p.training = graph.training;
+  p.budget_bytes = setup.budget;
+  p.device_count = setup.device_count;
+  p.unoptimized_peak_bytes = unoptimized;
+  p.predicted_peak_bytes = predicted;
+  p.pressure = static_cast<double>(unoptimized) / static_cast<double>(setup.budget);
+  p.skipped = outcome.skipped;
+  p.skip_reason = outcome.skipped ? outcome.skip_reason : "";
+  const std::vector<model::LayerState> none(graph.layers.size());
+  for (std::size_t l = 0; l < graph.layers.size(); ++l) {
+    const Layer& layer = graph.layers[l];
+    LayerPlan lp;
+    lp.index = layer.index;
+    lp.name = layer.name;
+    lp.kind = layer.kind;
+    lp.techniques = techniques_of(states[l]);
+    lp.tile_chunks = states[l].tiled() ? states[l].chunks : 1;
+    lp.weight_tier = states[l].offload_weights ? log.weight_tier[l] : "device";
+    lp.activation_tier = states[l].offload_activations ? log.activation_tier[l] : "device";
+    lp.pinned = !setup.pinned[l].empty();
+    lp.bytes_before = model::layer_resident_bytes(layer, none[l], setup.step);
+    lp.bytes_after = model::layer_resident_bytes(layer, states[l], setup.step);
+    for (const auto& [rule, reason] : log.layer_rules[l]) {
+      lp.rules.push_back(rule);
+      lp.reasons.push_back(reason);
+    }
+    if (lp.pinned) {
+      lp.rules.push_back("offload_weights.hot_set");
+      lp.reasons.push_back(setup.pinned[l]);
+    }
+    if (lp.rules.empty()) {
+      lp.rules.push_back(outcome.skipped ? outcome.skip_rule : "keep.unchanged");
+      lp.reasons.push_back(outcome.skipped ? outcome.skip_reason : outcome.keep_reason);
+    }
+    p.layers.push_back(std::move(lp));
+  }
+  p.rejected = std::move(log.rejected);
+  p.trace = std::move(log.trace);
+  if (!graph.training) p.reservation = setup.reservation;
+  p.offload = offload_plan(graph, setup, config, states);
+  if (!graph.training) {
+    bool moved = !config.tiers.empty();
+    for (const auto& s : states) moved |= s.offload_weights || s.offload_activations;
+    if (moved) p.tier_policy = realised_tiers(graph, setup, config, states, log.weight_tier, log.activation_tier);
+  }
+  return p;
+}
+
+}  // namespace memscale::engine_detail

@@ -1,0 +1,104 @@
+// Everything the engine derives from (graph, hardware, config) before deciding anything:
+// the planning device and its budget, the step context of the memory model, rates and
+// tier capacities, the resolved overrides and the pinned hot set.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "memscale/core/config.hpp"
+#include "memscale/core/cost_model.hpp"
+#include "memscale/core/errors.hpp"
+#include "memscale/core/hardware.hpp"
+#include "memscale/core/memory_model.hpp"
+#include "memscale/core/model_graph.hpp"
+#include "memscale/core/plan.hpp"
+#include "memscale/core/reservation.hpp"
+#include "memscale/core/rules/offload.hpp"
+#include "memscale/core/rules/overrides.hpp"
+
+namespace memscale {
+
+/// Extra inputs of plan() beyond the three documents.
+struct PlanOptions {
+  /// A fitted reservation safety factor (calibrate_safety_factor); replaces
+  /// Config.reservation.safety_factor for inference plans and is recorded in the plan.
+  std::optional<Calibration> calibration;
+};
+
+namespace engine_detail {
+
+struct Setup {
+  std::uint64_t device_bytes = 0;  ///< memory of one planning device
+  std::int64_t device_count = 1;   ///< data-parallel replicas
+  std::uint64_t budget = 0;        ///< per device
+  cost::Rates rates;
+  cost::TierCapacity capacity;
+  model::StepContext step;
+  Reservation reservation;  ///< inference only
+  double activation_gpu_share = 1.0;  ///< inference: share of the reservation on the device (tiers.activations)
+  rules::ResolvedOverrides overrides;
+  std::vector<std::string> pinned;  ///< per layer: why its weights are pinned ("" = not)
+};
+
+/// Memory of one planning device: the smallest GPU (every data-parallel replica must fit),
+/// or host RAM on a CPU-only machine.
+inline std::uint64_t planning_device_bytes(const Hardware& hw) {
+  std::uint64_t smallest = 0;
+  bool any = false;
+  for (const auto& d : hw.devices)
+    if (d.kind == "cuda") smallest = any ? std::min(smallest, d.total_bytes) : d.total_bytes, any = true;
+  return any ? smallest : hw.host_available_bytes;
+}
+
+inline void validate_graph(const ModelGraph& graph) {
+  if (graph.layers.empty())
+    throw ConfigError("graph.layers: empty; the engine plans per layer, profile a model with at least one layer");
+  for (std::size_t l = 0; l < graph.layers.size(); ++l)
+    if (graph.layers[l].index != static_cast<std::int64_t>(l))
+      throw ConfigError("graph.layers[" + std::to_string(l) + "].index: got " + std::to_string(graph.layers[l].index) +
+                        ", expected " + std::to_string(l) + " (layers are listed in execution order)");
+}
+
+inline Setup make_setup(const ModelGraph& graph, const Hardware& hw, const Config& config, const PlanOptions& options) {
+  validate_graph(graph);
+  Setup s;
+  s.device_bytes = planning_device_bytes(hw);
+  s.device_count = std::max<std::int64_t>(1, static_cast<std::int64_t>(hw.gpu_count()));
+  if (config.memory_budget.kind != MemoryBudget::Kind::bytes && s.device_bytes == 0)
+    throw ConfigError(std::string("memory_budget: ") +
+                      (config.memory_budget.kind == MemoryBudget::Kind::fraction ? "a fraction" : "the default") +
+                      " needs the device memory, but the hardware reports 0 bytes (no CUDA device total_bytes, "
+                      "host_available_bytes 0); give memory_budget in bytes, e.g. \"8GiB\"");
+  s.budget = config.resolve_budget(s.device_bytes);
+  if (s.budget == 0)
+    throw ConfigError("memory_budget: resolves to 0 bytes on a device of " + format_bytes(s.device_bytes) +
+                      "; give a budget greater than 0");
+  s.rates = cost::rates_of(hw);
+  s.capacity = cost::capacities_of(hw);
+  s.step.training = graph.training;
+  s.step.prefetch_n_ahead = config.offload.prefetch_n_ahead;
+  s.step.optimizer_transient = graph.training ? model::optimizer_transient_factor(graph.optimizer) : 0.0;
+  s.step.data_parallel = graph.training && s.device_count > 1;
+  s.step.input_bytes = graph.input_bytes;
+  if (!graph.training) {
+    s.reservation = activation_reservation(graph, hw, config.reservation, s.device_count, options.calibration);
+    if (const auto it = config.tiers.find("activations"); it != config.tiers.end())
+      s.activation_gpu_share = it->second.gpu / 100.0;
+    bool kv = false;
+    for (const auto& layer : graph.layers) kv |= layer.kv_cache_bytes > 0;
+    if (kv) s.step.step_flops_share = 1.0 / static_cast<double>(std::max<std::int64_t>(graph.seq, 1));
+    s.step.reservation_bytes = static_cast<std::uint64_t>(
+        std::ceil(static_cast<double>(s.reservation.per_device_bytes) * s.activation_gpu_share));
+  }
+  s.overrides = rules::resolve_overrides(graph, config);
+  s.pinned = rules::hot_set(graph, config.offload);
+  return s;
+}
+
+}  // namespace engine_detail
+}  // namespace memscale

@@ -1,0 +1,244 @@
+// Memory model of one training step and of one inference step on the planning device.
+// docs/memory-model.md derives every formula and lists each technique's effect on each
+// term; this header is the single implementation of those formulas (the engine's
+// incremental bookkeeping in peak_tracker.hpp adds up the same per-layer terms).
+//
+// Training step, layers 0..n-1 in execution order:
+//   base      = graph input + Σ_k static_k             (params + buffers + optimizer state)
+//   windows   = weight window + activation window      (offloaded bytes on their way back)
+//   forward  at l:  F_l = base + windows + Σ_{k<l} saved_k + forward_local_l
+//   backward at l:  B_l = base + windows + Σ_{k<l} saved_k + Σ_{k>l} grad_k + backward_local_l
+//   optimizer step: O   = base + Σ_k grad_k + optimizer transient
+//   peak = max over all F_l, B_l and O.
+// Inference step: input + resident weights + resident KV cache + windows + the
+// activation reservation (seed 002, reservation.hpp).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "memscale/core/errors.hpp"
+#include "memscale/core/model_graph.hpp"
+
+namespace memscale::model {
+
+/// Techniques applied to one layer.
+struct LayerState {
+  bool checkpoint = false;
+  bool offload_activations = false;  ///< training: saved activations; inference: the layer's KV cache
+  bool offload_weights = false;
+  std::int64_t chunks = 1;  ///< tile chunks; tiled when > 1
+  bool tiled() const { return chunks > 1; }
+  bool any() const { return checkpoint || offload_activations || offload_weights || tiled(); }
+  bool operator==(const LayerState&) const = default;
+};
+
+/// Adam's foreach step allocates temporaries of about one copy of the parameters it
+/// updates (torch._foreach_sqrt of exp_avg_sq); SGD (with or without momentum) updates in
+/// place. Applied to the resident gradient bytes (same element count and dtype as the
+/// trainable parameters).
+inline double optimizer_transient_factor(const std::string& optimizer) {
+  return optimizer == "adam" || optimizer == "adamw" ? 1.0 : 0.0;
+}
+
+/// Step-wide inputs of the per-layer terms.
+struct StepContext {
+  bool training = true;
+  std::uint64_t prefetch_n_ahead = 1;  ///< offloaded layers fetched ahead of the one computing
+  double optimizer_transient = 0.0;    ///< optimizer_transient_factor(graph.optimizer)
+  bool data_parallel = false;          ///< more than one device: DDP gradient buckets
+  std::uint64_t input_bytes = 0;       ///< graph input, resident through the step
+  std::uint64_t reservation_bytes = 0; ///< inference: activation reservation on this device
+  /// Share of a layer's profiled forward FLOPs one step runs: 1 in training; 1/seq for an
+  /// inference graph with a KV cache (one decode step computes one token per sequence).
+  double step_flops_share = 1.0;
+};
+
+inline std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return b <= 1 ? a : (a + b - 1) / b; }
+inline std::int64_t s64(std::uint64_t v) { return static_cast<std::int64_t>(v); }
+
+/// A layer's terms in the training-step model, bytes on the device. See the file comment.
+struct TrainTerms {
+  std::int64_t saved = 0;           ///< kept on the device from its forward to its backward
+  std::int64_t activation_window = 0;  ///< saved bytes sent to another tier (one layer returns at a time)
+  std::int64_t forward_local = 0;   ///< its own peak during forward, over what is already live
+  std::int64_t backward_local = 0;  ///< its own peak during backward (incoming gradient included)
+  std::int64_t static_bytes = 0;    ///< params + buffers + optimizer state (+ DDP bucket) resident
+  std::int64_t grad = 0;            ///< gradients kept on the device once created
+  std::int64_t weight_window = 0;   ///< params + buffers when paged in for its turn
+  std::int64_t optimizer_transient = 0;
+  bool operator==(const TrainTerms&) const = default;
+};
+
+/// Terms of `layer` under `state`. Checkpointing keeps only the input (the recompute
+/// boundary) and recomputes the saved bytes in backward; tiling into c chunks runs each
+/// chunk under checkpointing (as the executor does), so it too keeps only the input and
+/// divides the working set (saved + transient) by c; activation offload moves what would be
+/// kept to the next tier; weight offload moves params, buffers, grads and optimizer state.
+inline TrainTerms train_terms(const Layer& layer, const LayerState& state, const StepContext& ctx) {
+  const std::int64_t a = s64(layer.activation_bytes), t = s64(layer.transient_bytes);
+  const std::int64_t in = s64(layer.input_bytes), out = s64(layer.output_bytes);
+  const bool recomputed = state.checkpoint || state.tiled();
+  const std::int64_t body = state.tiled() ? ceil_div(a + t, state.chunks) : a + t;
+  const std::int64_t kept = recomputed ? in : a;
+  TrainTerms terms;
+  terms.saved = state.offload_activations ? 0 : kept;
+  terms.activation_window = state.offload_activations ? kept : 0;
+  // The input is live throughout the layer's forward; a tiled layer also accumulates its
+  // whole output while one chunk's working set is live.
+  terms.forward_local = in + (state.tiled() ? out : 0) + body;
+  // Backward starts with the incoming gradient (output-sized); a recomputed layer holds
+  // its boundary while it recomputes and then runs backward.
+  terms.backward_local = out + (recomputed ? in : 0) + body;
+  const std::int64_t weights = s64(layer.param_bytes) + s64(layer.buffer_bytes);
+  const std::int64_t grad = s64(layer.grad_bytes);
+  if (state.offload_weights) {
+    terms.weight_window = weights;
+  } else {
+    terms.static_bytes = weights + s64(layer.optimizer_bytes) + (ctx.data_parallel ? grad : 0);
+    terms.grad = grad;
+    terms.optimizer_transient = static_cast<std::int64_t>(ctx.optimizer_transient * static_cast<double>(grad));
+  }
+  return terms;
+}
+
+/// A layer's terms in the inference-step model.
+struct InferTerms {
+  std::int64_t weights = 0;        ///< params + buffers resident
+  std::int64_t weight_window = 0;  ///< params + buffers paged in for its turn
+  std::int64_t kv = 0;             ///< KV cache resident
+  std::int64_t kv_window = 0;      ///< KV cache streamed in for its turn
+  bool operator==(const InferTerms&) const = default;
+};
+
+inline InferTerms infer_terms(const Layer& layer, const LayerState& state) {
+  InferTerms terms;
+  const std::int64_t weights = s64(layer.param_bytes) + s64(layer.buffer_bytes);
+  (state.offload_weights ? terms.weight_window : terms.weights) = weights;
+  (state.offload_activations ? terms.kv_window : terms.kv) = s64(layer.kv_cache_bytes);
+  return terms;
+}
+
+/// Window of paged bytes: the layer computing plus `prefetch` layers fetched ahead, each at
+/// most the largest paged layer, and never more than everything paged.
+inline std::int64_t window_bytes(std::int64_t largest, std::int64_t total, std::uint64_t prefetch) {
+  return std::min(total, largest * (1 + static_cast<std::int64_t>(prefetch)));
+}
+
+/// Where the peak happens and what it is made of.
+struct PeakReport {
+  std::uint64_t peak = 0;
+  std::string phase;      ///< forward|backward|optimizer_step|inference
+  std::int64_t layer = -1;
+  // components (sum to peak)
+  std::uint64_t input = 0, static_bytes = 0, grads = 0, saved_activations = 0, layer_working = 0, windows = 0,
+                kv_cache = 0, reservation = 0;
+
+  /// Name and bytes of the largest component.
+  std::pair<std::string, std::uint64_t> dominant() const {
+    std::vector<std::pair<std::string, std::uint64_t>> parts = {
+        {phase == "inference" ? "weights" : "weights and optimizer state", static_bytes}, {"gradients", grads},
+        {"saved activations", saved_activations},      {"the layer's own working set", layer_working},
+        {"offload/prefetch windows", windows},          {"KV cache", kv_cache},
+        {"activation reservation", reservation},       {"graph input", input}};
+    std::pair<std::string, std::uint64_t> best = parts[0];
+    for (const auto& p : parts)
+      if (p.second > best.second) best = p;
+    return best;
+  }
+};
+
+inline std::uint64_t u64(std::int64_t v) { return static_cast<std::uint64_t>(std::max<std::int64_t>(v, 0)); }
+
+/// Full O(n) evaluation of the training-step peak. The engine tracks the same figure
+/// incrementally; tests check both agree.
+inline PeakReport evaluate_training(const ModelGraph& graph, const std::vector<LayerState>& states,
+                                    const StepContext& ctx) {
+  const std::size_t n = graph.layers.size();
+  std::vector<TrainTerms> terms(n);
+  std::int64_t base = s64(ctx.input_bytes), grads = 0, opt_t = 0, aw = 0, ww_max = 0, ww_sum = 0;
+  for (std::size_t l = 0; l < n; ++l) {
+    terms[l] = train_terms(graph.layers[l], states[l], ctx);
+    base += terms[l].static_bytes;
+    grads += terms[l].grad;
+    opt_t += terms[l].optimizer_transient;
+    aw = std::max(aw, terms[l].activation_window);
+    ww_max = std::max(ww_max, terms[l].weight_window);
+    ww_sum += terms[l].weight_window;
+  }
+  const std::int64_t windows = aw + window_bytes(ww_max, ww_sum, ctx.prefetch_n_ahead);
+  PeakReport best;
+  auto consider = [&](std::int64_t value, const char* phase, std::int64_t layer, std::int64_t saved, std::int64_t g,
+                      std::int64_t local, std::int64_t win, std::int64_t extra_opt) {
+    if (best.phase.empty() || value > s64(best.peak)) {
+      best.peak = u64(value);
+      best.phase = phase;
+      best.layer = layer;
+      best.input = ctx.input_bytes;
+      best.static_bytes = u64(base - s64(ctx.input_bytes));
+      best.grads = u64(g);
+      best.saved_activations = u64(saved);
+      best.layer_working = u64(local + extra_opt);
+      best.windows = u64(win);
+    }
+  };
+  std::vector<std::int64_t> grad_after(n + 1, 0);  // Σ_{k>l} grad_k = grad_after[l+1]
+  for (std::size_t l = n; l-- > 0;) grad_after[l] = grad_after[l + 1] + terms[l].grad;
+  std::int64_t saved_before = 0;
+  for (std::size_t l = 0; l < n; ++l) {
+    const auto& t = terms[l];
+    const std::int64_t il = static_cast<std::int64_t>(l);
+    consider(base + windows + saved_before + t.forward_local, "forward", il, saved_before, 0, t.forward_local, windows, 0);
+    consider(base + windows + saved_before + grad_after[l + 1] + t.backward_local, "backward", il, saved_before,
+             grad_after[l + 1], t.backward_local, windows, 0);
+    saved_before += t.saved;
+  }
+  consider(base + grads + opt_t, "optimizer_step", -1, 0, grads, 0, 0, opt_t);
+  return best;
+}
+
+/// Full evaluation of the inference-step peak.
+inline PeakReport evaluate_inference(const ModelGraph& graph, const std::vector<LayerState>& states,
+                                     const StepContext& ctx) {
+  std::int64_t weights = 0, kv = 0, ww_max = 0, ww_sum = 0, kw_max = 0, kw_sum = 0;
+  for (std::size_t l = 0; l < graph.layers.size(); ++l) {
+    const InferTerms t = infer_terms(graph.layers[l], states[l]);
+    weights += t.weights;
+    kv += t.kv;
+    ww_max = std::max(ww_max, t.weight_window);
+    ww_sum += t.weight_window;
+    kw_max = std::max(kw_max, t.kv_window);
+    kw_sum += t.kv_window;
+  }
+  PeakReport r;
+  r.phase = "inference";
+  r.input = ctx.input_bytes;
+  r.static_bytes = u64(weights);
+  r.kv_cache = u64(kv);
+  r.windows = u64(window_bytes(ww_max, ww_sum, ctx.prefetch_n_ahead) + window_bytes(kw_max, kw_sum, ctx.prefetch_n_ahead));
+  r.reservation = ctx.reservation_bytes;
+  r.peak = r.input + r.static_bytes + r.kv_cache + r.windows + r.reservation;
+  return r;
+}
+
+inline PeakReport evaluate(const ModelGraph& graph, const std::vector<LayerState>& states, const StepContext& ctx) {
+  if (states.size() != graph.layers.size())
+    throw MemScaleError("memory model: " + std::to_string(states.size()) + " layer states for a graph of " +
+                        std::to_string(graph.layers.size()) + " layers");
+  return ctx.training ? evaluate_training(graph, states, ctx) : evaluate_inference(graph, states, ctx);
+}
+
+/// The layer's resident bytes between its forward and backward (training) or during the
+/// step (inference): what Plan's bytes_before / bytes_after report.
+inline std::uint64_t layer_resident_bytes(const Layer& layer, const LayerState& state, const StepContext& ctx) {
+  if (!ctx.training) {
+    const InferTerms t = infer_terms(layer, state);
+    return u64(t.weights + t.kv);
+  }
+  const TrainTerms t = train_terms(layer, state, ctx);
+  return u64(t.static_bytes + t.saved);
+}
+
+}  // namespace memscale::model

@@ -1,0 +1,67 @@
+// Tiling rules: run a position-wise layer (an MLP, the LM head + loss) over its sequence
+// or batch axis in chunks. The executor checkpoints every chunk, so a tiled layer keeps
+// only its input for backward and needs one chunk's working set (saved + transient) at a
+// time: it is the rule for layers whose transient dominates (the logits of a large
+// vocabulary, a wide MLP). Each candidate doubles the chunk count (2, 4, 8, ... up to
+// kMaxTileChunks and the axis length) so the engine tiles no finer than the budget needs.
+#pragma once
+
+#include <algorithm>
+
+#include "memscale/core/rules/rule.hpp"
+
+namespace memscale::rules {
+
+inline constexpr std::int64_t kMaxTileChunks = 64;
+/// Chunk count of a tile that a Config forces on (the greedy loop may split further).
+inline constexpr std::int64_t kForcedTileChunks = 4;
+/// Extra step time per additional chunk, as a share of the layer's forward: smaller
+/// matmuls and one more kernel round per chunk.
+inline constexpr double kTileChunkOverhead = 0.02;
+
+/// Length of the longest axis the layer may be chunked over (0 when not tileable).
+inline std::int64_t tile_axis_length(const Layer& layer, const ModelGraph& graph) {
+  std::int64_t best = 0;
+  for (const auto& axis : layer.tileable) {
+    if (axis == "seq") best = std::max(best, layer.dims.seq > 0 ? layer.dims.seq : graph.seq);
+    if (axis == "batch") best = std::max(best, layer.dims.batch > 0 ? layer.dims.batch : graph.batch);
+  }
+  return best;
+}
+
+/// Largest chunk count allowed for the layer (1 = cannot be tiled).
+inline std::int64_t max_tile_chunks(const Layer& layer, const ModelGraph& graph) {
+  return std::max<std::int64_t>(1, std::min(kMaxTileChunks, tile_axis_length(layer, graph)));
+}
+
+/// tile.split_working_set | tile.not_tileable | tile.inference | tile.max_chunks | tile.no_gain
+inline Candidate tile_rule(const Layer& layer, const model::LayerState& state, const RuleContext& ctx,
+                           bool explain = true) {
+  if (layer.tileable.empty())
+    return reject("tile.not_tileable", !explain ? "" : "the profiler found no axis it can be chunked over exactly (kind " + layer.kind + ")");
+  if (!ctx.step.training)
+    return reject("tile.inference", "the inference step reserves its activation working set as a whole (seed 002)");
+  const std::int64_t limit = max_tile_chunks(layer, ctx.graph);
+  const std::int64_t next = std::max<std::int64_t>(2, state.chunks * 2);
+  if (next > limit)
+    return reject("tile.max_chunks", !explain ? "" : "already " + std::to_string(state.chunks) + " chunks; at most " +
+                                         std::to_string(limit) + " (axis length, cap " + std::to_string(kMaxTileChunks) + ")");
+  const std::int64_t a = model::s64(layer.activation_bytes), t = model::s64(layer.transient_bytes);
+  const std::int64_t in = model::s64(layer.input_bytes);
+  const bool first_recompute = !state.tiled() && !state.checkpoint;
+  std::int64_t saved = model::ceil_div(a + t, state.chunks) - model::ceil_div(a + t, next);
+  if (first_recompute) saved += a - in;
+  if (saved <= 0) return reject("tile.no_gain", "splitting further would not lower its working set");
+  const double flops = cost::layer_flops(layer, ctx.graph);
+  const double seconds =
+      ((first_recompute ? flops : 0.0) + kTileChunkOverhead * flops * static_cast<double>(next - state.chunks)) /
+      ctx.rates.flops_per_s;
+  Candidate c = accept("tile.split_working_set",
+                       !explain ? "" : "transient " + bytes(t) + " + saved " + bytes(a) + " in " + std::to_string(next) +
+                           " chunks of " + bytes(model::ceil_div(a + t, next)) + " (" + format_seconds(seconds) + ")",
+                       Phase::recompute, seconds, saved);
+  c.chunks = next;
+  return c;
+}
+
+}  // namespace memscale::rules

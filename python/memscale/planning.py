@@ -1,0 +1,166 @@
+"""``memscale.plan``: the decision engine from Python, plus the seed-002 reservation
+calibration and the seed-004 tier-policy search.
+
+The engine is a pure C++ function of (ModelGraph, Hardware, Config); these wrappers only
+turn Python arguments into those three documents. Identical inputs give byte-identical
+``plan.to_json()``.
+
+Example:
+    >>> import memscale
+    >>> hw = memscale.Hardware.from_json('{"devices": [], "host_total_bytes": 8589934592}')
+    >>> layer = ('{"index": %d, "name": "fc%d", "kind": "mlp", "param_bytes": 4096,'
+    ...          ' "activation_bytes": 4194304, "input_bytes": 65536}')
+    >>> graph = memscale.ModelGraph.from_json(
+    ...     '{"layers": [%s, %s]}' % (layer % (0, 0), layer % (1, 1)))
+    >>> p = memscale.plan(graph, hardware=hw, memory_budget="6MiB")
+    >>> [l.techniques for l in p.layers], p.predicted_peak_bytes <= p.budget_bytes
+    ([['checkpoint'], []], True)
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterable, Mapping, Union
+
+from . import _C
+from .config import Config
+from .errors import ConfigError
+
+_log = logging.getLogger("memscale")
+
+GraphLike = Union["_C.ModelGraph", str, os.PathLike]
+HardwareLike = Union["_C.Hardware", str, os.PathLike, None]
+
+
+def _graph(graph: GraphLike) -> Any:
+    if isinstance(graph, _C.ModelGraph):
+        return graph
+    if isinstance(graph, (str, os.PathLike)):
+        return _C.ModelGraph.from_json(os.fspath(graph))
+    raise TypeError(f"graph: expected a memscale.ModelGraph, JSON text or a path, got {type(graph).__name__}")
+
+
+def _hardware(hardware: HardwareLike) -> Any:
+    if isinstance(hardware, _C.Hardware):
+        return hardware
+    if isinstance(hardware, (str, os.PathLike)):
+        return _C.Hardware.from_json(os.fspath(hardware))
+    if hardware is not None:
+        raise TypeError(f"hardware: expected a memscale.Hardware, JSON text or a path, got {type(hardware).__name__}")
+    import memscale
+
+    detect = getattr(memscale, "detect_hardware", None)
+    if detect is None:
+        raise ConfigError(
+            "hardware: not given, and this build has no memscale.detect_hardware(); pass "
+            "hardware=memscale.Hardware.from_json('hw.json') (see docs/json-schema.md#hardware)")
+    return _hardware(detect())
+
+
+def _config(cfg: Config | None, config_kwargs: Mapping[str, Any]) -> Config:
+    if cfg is None:
+        return Config(**config_kwargs)
+    if not isinstance(cfg, Config):
+        raise TypeError(f"cfg: expected a memscale.Config, got {type(cfg).__name__}")
+    if not config_kwargs:
+        return cfg
+    return Config(**{**cfg.to_dict(), **config_kwargs})
+
+
+def plan(graph: GraphLike, cfg: Config | None = None, hardware: HardwareLike = None, *,
+         calibration: Any = None, **config_kwargs: Any) -> Any:
+    """Plan ``graph`` on ``hardware`` under ``cfg`` (plus Config keyword overrides).
+
+    Args:
+        graph: a ``memscale.ModelGraph``, or its JSON text or file path.
+        cfg: a ``memscale.Config``; keyword arguments (``memory_budget="4GiB"``, ...) build
+            one or override its keys.
+        hardware: a ``memscale.Hardware`` (or JSON text / path); default
+            ``memscale.detect_hardware()``.
+        calibration: a ``memscale.Calibration`` from :func:`calibrate_reservation`; replaces
+            the reservation safety factor of inference plans and is recorded in the plan.
+
+    Returns:
+        ``memscale.Plan`` (``to_json()``, ``summary()``, ``layers``, ``predicted_peak_bytes``,
+        ``unoptimized_peak_bytes``, ``pressure``, ...).
+
+    Raises:
+        memscale.InfeasibleBudgetError: no plan fits; ``min_budget_bytes`` is the smallest
+            budget that has one under the same Config.
+        memscale.ConfigError: invalid input or an override that cannot be honoured.
+    """
+    result = _C.plan(_graph(graph), _config(cfg, config_kwargs).cpp, _hardware(hardware), calibration)
+    _log.debug("plan: predicted peak %d of budget %d bytes (pressure %.3f, %s)", result.predicted_peak_bytes,
+               result.budget_bytes, result.pressure, "skipped" if result.skipped else
+               f"{sum(1 for layer in result.layers if layer.techniques)} layers changed")
+    return result
+
+
+def _sample(item: Any) -> Any:
+    if isinstance(item, _C.ReservationSample):
+        return item
+    if isinstance(item, Mapping):
+        return _C.ReservationSample(**item)
+    return _C.ReservationSample(*item)
+
+
+def calibrate_reservation(samples: Iterable[Any]) -> Any:
+    """Fit the inference activation reservation's safety factor to measured peaks.
+
+    Each sample is a ``memscale.ReservationSample``, a dict with ``widest_buffer``,
+    ``tokens_per_step``, ``dtype_bytes`` and ``measured_bytes`` (the measured activation
+    peak: step peak minus weights, KV cache and graph-capture headroom), or a tuple in that
+    order. Returns a ``memscale.Calibration``; pass it to :func:`plan` as ``calibration=``.
+
+    Example:
+        >>> import memscale
+        >>> c = memscale.calibrate_reservation([(4096, 8192, 2, 4096 * 8192 * 2 * 3)])
+        >>> c.safety_factor
+        3.0
+    """
+    return _C.calibrate_safety_factor([_sample(s) for s in samples])
+
+
+def _split(value: Any) -> Any:
+    if isinstance(value, _C.TierSplit):
+        return value
+    if isinstance(value, Mapping):
+        extra = set(value) - {"gpu", "cpu"}
+        if extra:
+            raise ConfigError(f"tier split: unknown keys {sorted(extra)}; allowed: gpu, cpu")
+        return _C.TierSplit(float(value.get("gpu", 100.0)), float(value.get("cpu", 0.0)))
+    raise TypeError(f"tier split: expected {{'gpu': %, 'cpu': %}} or memscale.TierSplit, got {value!r}")
+
+
+def search_tier_policy(problem: Any = None, **fields: Any) -> Any:
+    """Minimum-latency tier policy (seed 004) for ``problem`` or for the given fields.
+
+    Fields are those of ``memscale.TierProblem``: ``weights_bytes``, ``kv_cache_bytes``,
+    ``activation_bytes``, ``gpu_capacity``, ``cpu_capacity``, ``disk_capacity``,
+    ``compute_s``, optionally ``kv_append_bytes``, the three bandwidths, ``fixed``
+    (``{"weights": {"gpu": 50, "cpu": 50}}``) and ``step_percent`` (default 5). Returns a
+    ``TierSearchResult`` with ``policy`` and ``cost``; raises InfeasibleBudgetError when the
+    tiers cannot hold the tensors (``min_budget_bytes`` = the GPU capacity needed).
+
+    Example:
+        >>> import memscale
+        >>> r = memscale.search_tier_policy(weights_bytes=8 << 30, kv_cache_bytes=2 << 30,
+        ...     activation_bytes=1 << 30, gpu_capacity=6 << 30, cpu_capacity=64 << 30,
+        ...     disk_capacity=1 << 40, compute_s=0.02)
+        >>> r.cost.gpu_bytes <= 6 << 30, r.cost.disk_bytes
+        (True, 0)
+    """
+    if problem is None:
+        if "fixed" in fields:
+            fields["fixed"] = {k: _split(v) for k, v in dict(fields["fixed"]).items()}
+        problem = _C.TierProblem(**fields)
+    elif fields:
+        raise TypeError("search_tier_policy: give a TierProblem or its fields, not both")
+    return _C.search_tier_policy(problem)
+
+
+def tier_problem(graph: GraphLike, cfg: Config | None = None, hardware: HardwareLike = None,
+                 **config_kwargs: Any) -> Any:
+    """The tier problem an inference graph poses on ``hardware`` (GPU capacity = the
+    budget, ``Config.tiers`` as fixed splits); feed it to :func:`search_tier_policy`."""
+    return _C.tier_problem(_graph(graph), _hardware(hardware), _config(cfg, config_kwargs).cpp)

@@ -1,0 +1,326 @@
+// Decision engine: determinism, modes, skip, multi-device, errors, plan contents.
+#include <random>
+#include <regex>
+#include <set>
+
+#include "engine_fixtures.hpp"
+
+namespace memscale::test {
+namespace {
+
+TEST(Engine, IdenticalInputsGiveByteIdenticalJson) {
+  const Hardware hw = fixture_hardware("gpu_24gib.json");
+  for (const auto& name : graph_fixtures()) {
+    const ModelGraph g = fixture_graph(name);
+    const Config c = budget_config(unoptimized_peak(g, hw) / 2);
+    const std::string first = plan(g, hw, c).to_json_text();
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(plan(g, hw, c).to_json_text(), first) << name;
+    // A copy of every input (no shared state between calls) plans the same.
+    const ModelGraph g2 = ModelGraph::from_json_text(g.to_json_text());
+    EXPECT_EQ(plan(g2, Hardware::from_json_text(hw.to_json_text()), Config::from_json_text(c.to_json_text())).to_json_text(),
+              first)
+        << name;
+    EXPECT_EQ(Plan::from_json_text(first).to_json_text(), first) << name;  // the plan round-trips
+  }
+}
+
+TEST(Engine, IncrementalTrackerAgreesWithFullEvaluation) {
+  std::mt19937 rng(1234);  // the test may be random; the engine may not
+  for (const bool training : {true, false}) {
+    const ModelGraph g = synthetic_graph(60, training);
+    model::StepContext ctx;
+    ctx.training = training;
+    ctx.optimizer_transient = training ? 1.0 : 0.0;
+    ctx.input_bytes = g.input_bytes;
+    ctx.reservation_bytes = training ? 0 : 12345;
+    ctx.prefetch_n_ahead = 2;
+    ctx.data_parallel = training;
+    std::vector<model::LayerState> states(g.layers.size());
+    model::TrainingTracker train(g, ctx, states);
+    model::InferenceTracker infer(g, ctx, states);
+    for (int step = 0; step < 400; ++step) {
+      const std::size_t l = rng() % g.layers.size();
+      model::LayerState s;
+      s.checkpoint = rng() % 2;
+      s.offload_activations = rng() % 3 == 0;
+      s.offload_weights = rng() % 4 == 0;
+      s.chunks = g.layers[l].tileable.empty() ? 1 : std::int64_t{1} << (rng() % 4);
+      states[l] = s;
+      const std::uint64_t expected = model::evaluate(g, states, ctx).peak;
+      if (training) {
+        train.set(l, s);
+        ASSERT_EQ(static_cast<std::uint64_t>(train.peak().value), expected) << "step " << step;
+      } else {
+        infer.set(l, s);
+        ASSERT_EQ(static_cast<std::uint64_t>(infer.peak().value), expected) << "step " << step;
+      }
+    }
+  }
+}
+
+TEST(Engine, PredictedPeakIsTheMemoryModelOfTheReturnedStates) {
+  const Hardware hw = fixture_hardware("gpu_24gib.json");
+  const ModelGraph g = fixture_graph("gpt2_small_train.json");
+  const Plan p = plan(g, hw, budget_config(unoptimized_peak(g, hw) * 4 / 10));
+  std::vector<model::LayerState> states;
+  for (const auto& l : p.layers)
+    states.push_back({l.has("checkpoint"), l.has("offload_activations"), l.has("offload_weights"), l.tile_chunks});
+  model::StepContext ctx;
+  ctx.optimizer_transient = 1.0;
+  ctx.input_bytes = g.input_bytes;
+  EXPECT_EQ(model::evaluate(g, states, ctx).peak, p.predicted_peak_bytes);
+  EXPECT_LE(p.predicted_peak_bytes, p.budget_bytes);
+  EXPECT_GT(p.pressure, 2.4);
+}
+
+TEST(Engine, EveryLayerCarriesRulesAndReasonsAndTheRulesAreDocumented) {
+  const std::string doc = read_text(std::string(MEMSCALE_SOURCE_DIR) + "/docs/rules.md");
+  const Hardware hw = fixture_hardware("gpu_24gib.json");
+  std::set<std::string> seen;
+  for (const auto& name : graph_fixtures()) {
+    const ModelGraph g = fixture_graph(name);
+    const std::uint64_t u = unoptimized_peak(g, hw), m = min_budget(g, hw);
+    for (const std::uint64_t budget : {u, (u + m) / 2, m}) {
+      const Plan p = plan(g, hw, budget_config(budget));
+      ASSERT_EQ(p.layers.size(), g.layers.size());
+      for (const auto& l : p.layers) {
+        ASSERT_FALSE(l.rules.empty()) << l.name;
+        ASSERT_EQ(l.rules.size(), l.reasons.size()) << l.name;
+        for (const auto& r : l.reasons) EXPECT_FALSE(r.empty()) << l.name;
+        seen.insert(l.rules.begin(), l.rules.end());
+      }
+      for (const auto& r : p.rejected) {
+        EXPECT_FALSE(r.reason.empty());
+        seen.insert(r.rule);
+      }
+      if (budget < u) EXPECT_FALSE(p.rejected.empty()) << name;
+    }
+  }
+  for (const auto& rule : seen) EXPECT_NE(doc.find("`" + rule + "`"), std::string::npos) << rule << " is not in docs/rules.md";
+  EXPECT_GT(seen.size(), 8u);
+}
+
+TEST(Engine, ModeOffPlansNothingButHonoursForcedTechniques) {
+  const Hardware hw = fixture_hardware("gpu_24gib.json");
+  const ModelGraph g = fixture_graph("gpt2_small_train.json");
+  const std::uint64_t u = unoptimized_peak(g, hw);
+  const Plan off = plan(g, hw, budget_config(u / 2, R"("mode": "off")"));
+  EXPECT_TRUE(off.skipped);
+  EXPECT_NE(off.skip_reason.find("off"), std::string::npos);
+  for (const auto& l : off.layers) EXPECT_TRUE(l.techniques.empty());
+  EXPECT_EQ(off.predicted_peak_bytes, u);  // over budget, said so in the trace, not raised
+  EXPECT_NE(off.trace.back().find("exceeds the budget"), std::string::npos);
+  const Plan forced = plan(g, hw, budget_config(u, R"("mode": "off", "layer_overrides": {"transformer.h.1": {"checkpoint": "on"}})"));
+  EXPECT_FALSE(forced.skipped);
+  for (const auto& l : forced.layers) EXPECT_EQ(l.has("checkpoint"), l.name == "transformer.h.1") << l.name;
+}
+
+TEST(Engine, TinyModelIsSkippedUnlessForced) {
+  const Hardware big = fixture_hardware("gpu_80gib_x8.json");
+  const ModelGraph g = fixture_graph("resnet50_train.json");  // ~5.5 GiB on an 80 GiB device
+  const Plan skipped = plan(g, big, Config::from_json_text("{}"));
+  EXPECT_TRUE(skipped.skipped);
+  EXPECT_NE(skipped.skip_reason.find("tiny model"), std::string::npos);
+  for (const auto& l : skipped.layers) EXPECT_EQ(l.rules, std::vector<std::string>{"skip.tiny_model"});
+  const Plan forced = plan(g, big, Config::from_json_text(R"({"force_optimize": true})"));
+  EXPECT_FALSE(forced.skipped);
+  EXPECT_EQ(forced.predicted_peak_bytes, forced.unoptimized_peak_bytes);  // fits: nothing needed
+  // The same model under pressure on the same device is planned.
+  const Plan pressured = plan(g, big, budget_config(skipped.unoptimized_peak_bytes / 2));
+  EXPECT_FALSE(pressured.skipped);
+  EXPECT_LE(pressured.predicted_peak_bytes, pressured.budget_bytes);
+}
+
+TEST(Engine, MinMemoryReachesTheMinimumBudget) {
+  const Hardware hw = fixture_hardware("gpu_24gib.json");
+  for (const auto& name : graph_fixtures()) {
+    const ModelGraph g = fixture_graph(name);
+    const std::uint64_t m = min_budget(g, hw);
+    const Plan p = plan(g, hw, budget_config(unoptimized_peak(g, hw), R"("mode": "min_memory")"));
+    EXPECT_EQ(p.predicted_peak_bytes, m) << name;
+    EXPECT_EQ(p.mode, "min_memory");
+  }
+}
+
+TEST(Engine, InfeasibleBudgetNamesTheMinimumAndWhatDominates) {
+  const Hardware hw = fixture_hardware("gpu_24gib.json");
+  const ModelGraph g = fixture_graph("gpt2_small_train.json");
+  try {
+    plan(g, hw, budget_config(1ull << 20, R"("techniques": {"offload_weights": "off"})"));
+    FAIL() << "1 MiB was accepted";
+  } catch (const InfeasibleBudgetError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("min_budget_bytes = " + std::to_string(e.min_budget_bytes())), std::string::npos) << what;
+    EXPECT_NE(what.find("dominated by"), std::string::npos) << what;
+    EXPECT_NE(what.find("techniques.offload_weights"), std::string::npos) << what;
+    // Disallowing a technique can only raise the minimum.
+    EXPECT_GE(e.min_budget_bytes(), min_budget(g, hw));
+  }
+}
+
+TEST(Engine, DataParallelPlansOneReplicaPerDeviceWithGradientBuckets) {
+  const ModelGraph g = fixture_graph("gpt2_small_train.json");
+  Hardware one = fixture_hardware("gpu_80gib_x8.json");
+  one.devices.resize(1);
+  const Hardware eight = fixture_hardware("gpu_80gib_x8.json");
+  const Config c = budget_config(16ull << 30);
+  const Plan p1 = plan(g, one, c), p8 = plan(g, eight, c);
+  EXPECT_EQ(p1.device_count, 1);
+  EXPECT_EQ(p8.device_count, 8);
+  std::uint64_t grads = 0;
+  for (const auto& l : g.layers) grads += l.grad_bytes;
+  EXPECT_EQ(p8.unoptimized_peak_bytes - p1.unoptimized_peak_bytes, grads);  // DDP buckets
+  EXPECT_LE(p8.predicted_peak_bytes, p8.budget_bytes);
+  // The detected budget follows the smallest GPU.
+  Hardware mixed = eight;
+  mixed.devices[3].total_bytes = 40ull << 30;
+  const Plan pm = plan(g, mixed, Config::from_json_text(R"({"force_optimize": true})"));
+  EXPECT_EQ(pm.budget_bytes, static_cast<std::uint64_t>(static_cast<double>(40ull << 30) * 0.9));
+}
+
+TEST(Engine, LowerPressureAppliesFewerTechniques) {
+  const Hardware hw = fixture_hardware("gpu_24gib.json");
+  const ModelGraph g = fixture_graph("t5_base_train.json");
+  const std::uint64_t u = unoptimized_peak(g, hw), m = min_budget(g, hw);
+  auto count = [&](std::uint64_t b) {
+    std::size_t n = 0;
+    for (const auto& l : plan(g, hw, budget_config(b)).layers) n += l.techniques.size();
+    return n;
+  };
+  EXPECT_EQ(count(u), 0u);
+  EXPECT_LT(count(u * 9 / 10), count((u + m) / 2));
+  EXPECT_LE(count((u + m) / 2), count(m));
+}
+
+TEST(Engine, PinnedHotSetAndPrefetchDepthFollowTheOffloadPolicy) {
+  const Hardware hw = fixture_hardware("gpu_24gib.json");
+  const ModelGraph g = fixture_graph("llama7b_infer.json");
+  const Config c = budget_config(
+      20ull << 30,
+      R"("offload": {"policy": "pinned_hot_set", "ram_bytes": "6GiB", "pin_embeddings": true, "pin_output_head": true, "pin_last_n_layers": 2, "prefetch_n_ahead": 3})");
+  const Plan p = plan(g, hw, c);
+  EXPECT_EQ(p.offload.policy, "pinned_hot_set");
+  EXPECT_EQ(p.offload.prefetch_n_ahead, 3u);
+  EXPECT_EQ(p.offload.ram_bytes, 6ull << 30);
+  const std::vector<std::string> hot = {"model.embed_tokens", "model.layers.30.self_attn", "model.layers.31.self_attn",
+                                        "lm_head"};
+  EXPECT_EQ(p.offload.hot_set, hot);
+  std::uint64_t resident = 0, largest = 0, paged = 0;
+  for (std::size_t i = 0; i < p.layers.size(); ++i) {
+    const auto& l = p.layers[i];
+    const bool is_hot = std::find(hot.begin(), hot.end(), l.name) != hot.end();
+    EXPECT_EQ(l.pinned, is_hot) << l.name;
+    if (is_hot) EXPECT_FALSE(l.has("offload_weights")) << l.name;
+    const std::uint64_t w = g.layers[i].param_bytes + g.layers[i].buffer_bytes;
+    if (l.has("offload_weights")) {
+      EXPECT_NE(l.weight_tier, "device");
+      largest = std::max(largest, w), paged += w;
+    } else {
+      resident += w;
+    }
+  }
+  EXPECT_LE(resident + std::min(paged, 4 * largest), 6ull << 30);  // window = 1 + prefetch 3
+  // ram_bytes below what the hot set alone needs is a clear ConfigError.
+  try {
+    plan(g, hw, budget_config(20ull << 30, R"("offload": {"policy": "pinned_hot_set", "ram_bytes": "100MiB"})"));
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("offload.ram_bytes: got 100.00 MiB"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Engine, OverridesThatCannotBeHonouredAreConfigErrors) {
+  const Hardware hw = fixture_hardware("gpu_24gib.json");
+  const ModelGraph g = fixture_graph("gpt2_small_train.json");
+  try {
+    plan(g, hw, budget_config(8ull << 30, R"("layer_overrides": {"transformer.h.*": {"checkpoint": "on"}, "transformer.h.1*": {"checkpoint": "off"}})"));
+    FAIL();
+  } catch (const ConfigError& e) {
+    const std::string w = e.what();
+    EXPECT_NE(w.find("layer_overrides[\"transformer.h.*\"]"), std::string::npos) << w;
+    EXPECT_NE(w.find("layer_overrides[\"transformer.h.1*\"]"), std::string::npos) << w;
+    EXPECT_NE(w.find("transformer.h.1"), std::string::npos) << w;
+  }
+  try {
+    plan(g, hw, budget_config(8ull << 30, R"("layer_overrides": {"transformer.h.0": {"tiling": "on"}})"));
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("no tileable axis"), std::string::npos) << e.what();
+  }
+  // Agreeing overlapping globs are fine; a glob matching nothing is reported in the trace.
+  const Plan p = plan(g, hw, budget_config(30ull << 30, R"("layer_overrides": {"transformer.h.*": {"checkpoint": "on"}, "transformer.h.1*": {"checkpoint": "on"}, "nope.*": {"tiling": "off"}})"));
+  bool reported = false;
+  for (const auto& t : p.trace) reported |= t.find("\"nope.*\"] matches no layer") != std::string::npos;
+  EXPECT_TRUE(reported);
+}
+
+TEST(Engine, CpuOnlyMachineOffloadsToDisk) {
+  const Hardware cpu = fixture_hardware("cpu_24gib.json");
+  const ModelGraph g = fixture_graph("llama7b_train.json");
+  const Plan p = plan(g, cpu, Config::from_json_text("{}"));  // budget = 90% of available host RAM
+  EXPECT_EQ(p.budget_bytes, static_cast<std::uint64_t>(static_cast<double>(cpu.host_available_bytes) * 0.9));
+  EXPECT_LE(p.predicted_peak_bytes, p.budget_bytes);
+  bool any = false;
+  for (const auto& l : p.layers) {
+    if (l.has("offload_weights")) {
+      EXPECT_EQ(l.weight_tier, "disk") << l.name;
+      any = true;
+    }
+    if (l.has("offload_activations")) EXPECT_EQ(l.activation_tier, "disk") << l.name;
+  }
+  EXPECT_TRUE(any);
+}
+
+TEST(Engine, InferencePlanReservesActivationsAndReportsTiers) {
+  const Hardware hw = fixture_hardware("gpu_24gib.json");
+  const ModelGraph g = fixture_graph("llama7b_infer.json");
+  const Plan p = plan(g, hw, Config::from_json_text("{}"));
+  EXPECT_FALSE(p.training);
+  EXPECT_TRUE(p.reservation.used);
+  EXPECT_EQ(p.reservation.source, "scaled");
+  EXPECT_LE(p.predicted_peak_bytes, p.budget_bytes);
+  ASSERT_TRUE(p.tier_policy.used);
+  EXPECT_LT(p.tier_policy.policy.kv_cache.gpu + p.tier_policy.policy.weights.gpu, 200.0);
+  EXPECT_GT(p.tier_policy.total_s, 0.0);
+  for (const auto& l : p.layers) {
+    EXPECT_FALSE(l.has("checkpoint"));
+    EXPECT_FALSE(l.has("tile"));
+  }
+  // A split fixed in Config.tiers is realised per layer.
+  const Plan fixed = plan(g, hw, budget_config(22ull << 30, R"("tiers": {"kv_cache": {"gpu": 25, "cpu": 75}})"));
+  std::uint64_t kv = 0, kv_resident = 0;
+  for (std::size_t i = 0; i < g.layers.size(); ++i) {
+    kv += g.layers[i].kv_cache_bytes;
+    if (!fixed.layers[i].has("offload_activations")) kv_resident += g.layers[i].kv_cache_bytes;
+  }
+  EXPECT_LE(kv_resident, kv / 4);
+  EXPECT_GE(kv_resident + 512ull * 1024 * 1024, kv / 4);  // within one layer's cache
+  EXPECT_NEAR(fixed.tier_policy.policy.kv_cache.gpu, 100.0 * static_cast<double>(kv_resident) / static_cast<double>(kv), 1e-9);
+}
+
+TEST(Engine, SummaryListsEveryLayerAndTheTotals) {
+  const Hardware hw = fixture_hardware("gpu_24gib.json");
+  const ModelGraph g = fixture_graph("vit_b16_train.json");
+  const Plan p = plan(g, hw, budget_config(unoptimized_peak(g, hw) / 2));
+  const std::string s = plan_summary(p);
+  for (const auto& l : p.layers) EXPECT_NE(s.find(l.name), std::string::npos) << l.name;
+  EXPECT_NE(s.find("predicted peak " + format_bytes(p.predicted_peak_bytes)), std::string::npos) << s;
+  EXPECT_NE(s.find("checkpoint"), std::string::npos);
+  EXPECT_NE(s.find("total"), std::string::npos);
+}
+
+TEST(Engine, BadInputIsAClearError) {
+  const Hardware hw = fixture_hardware("gpu_24gib.json");
+  ModelGraph empty;
+  EXPECT_THROW(plan(empty, hw, Config::from_json_text("{}")), ConfigError);
+  Hardware blank;
+  try {
+    plan(fixture_graph("gpt2_small_train.json"), blank, Config::from_json_text("{}"));
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("memory_budget"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace memscale::test
