@@ -76,13 +76,32 @@ def _config(cfg: Any, config_kwargs: dict[str, Any]) -> Any:
         raise MemScaleError(f"wrap: pass either cfg or config keywords, not both (got cfg and "
                             f"{sorted(config_kwargs)})")
     if cfg is None:
-        return Config(**config_kwargs)
-    if isinstance(cfg, Config):
+        cfg = Config(**config_kwargs)
+    elif isinstance(cfg, dict):
+        cfg = Config(**cfg)
+    elif not isinstance(cfg, Config):
+        raise MemScaleError(f"wrap: cfg must be a memscale.Config, a dict or None; got "
+                            f"{type(cfg).__name__}")
+    return _training_config(cfg)
+
+
+def _training_config(cfg: Any) -> Any:
+    """Weights stay resident in training: the optimizer step touches every parameter at
+    once and the weight pager serves inference only. ``offload_weights: auto`` becomes
+    ``off`` (so the engine plans without it); an explicit ``on`` is refused."""
+    from .config import Config
+
+    data = cfg.to_dict()
+    setting = data.get("techniques", {}).get("offload_weights", "auto")
+    if setting == "on":
+        raise MemScaleError("wrap: techniques.offload_weights='on' is not supported for training "
+                            "(weights stay resident; the weight pager serves inference); use "
+                            "'auto' or 'off'")
+    if setting == "off":
         return cfg
-    if isinstance(cfg, dict):
-        return Config(**cfg)
-    raise MemScaleError(f"wrap: cfg must be a memscale.Config, a dict or None; got "
-                        f"{type(cfg).__name__}")
+    log.info("memscale: training keeps weights resident: planning with offload_weights off")
+    data["techniques"] = {**data.get("techniques", {}), "offload_weights": "off"}
+    return Config(**data)
 
 
 def _device(model: nn.Module) -> torch.device:
