@@ -233,8 +233,9 @@ inline Plan plan_from_json(const nlohmann::json& j) {
     l.pinned = f::boolean(lj, "pinned", lp);
     l.bytes_before = f::u64(lj, "bytes_before", lp);
     l.bytes_after = f::u64(lj, "bytes_after", lp);
-    l.before = layer_bytes_from_json(f::require(lj, "before", lp), lp + ".before");
-    l.after = layer_bytes_from_json(f::require(lj, "after", lp), lp + ".after");
+    // Optional: plans written before the per-kind figures existed still load.
+    if (lj.contains("before")) l.before = layer_bytes_from_json(lj.at("before"), lp + ".before");
+    if (lj.contains("after")) l.after = layer_bytes_from_json(lj.at("after"), lp + ".after");
     l.rules = f::strings(lj, "rules", lp);
     l.reasons = f::strings(lj, "reasons", lp);
     p.layers.push_back(std::move(l));
