@@ -7,7 +7,8 @@ keep
 
     weights of every model + KV cache of the batch + activation reservation <= budget
 
-(:mod:`memscale.offload.memory_model`: calibrated from measured probes). What does not
+(:mod:`memscale.offload.memory_model`: the engine's seed-002 reservation, its safety
+factor fitted to measured probes). What does not
 fit waits; a request that cannot fit even alone is refused at ``submit`` with the budget
 it would need. Every batch runs under ``memscale.track_memory`` and the report gives the
 measured peak next to the prediction, so "never over budget" is a measured claim.
@@ -16,7 +17,7 @@ Example:
     >>> import torch, memscale
     >>> from memscale.models import gpt
     >>> sched = memscale.Scheduler("64MB")
-    >>> sched.add_model("gpt", gpt.build(n_layers=2).eval())
+    >>> _ = sched.add_model("gpt", gpt.build(n_layers=2).eval())
     >>> for n in (4, 8):
     ...     _ = sched.submit("gpt", torch.randint(0, 512, (16,)), max_new_tokens=n)
     >>> report = sched.run()
@@ -143,9 +144,9 @@ class Scheduler:
                 f"budget {self.budget_bytes} bytes: the resident weights of the models ({weights} bytes with "
                 f"{name!r}) do not fit; wrap {name!r} for offloaded inference or raise the budget", weights)
         self.models[name] = (model, memory)
-        log.info("scheduler: model %s: weights %d B, KV %d B/token, activations %d + %d B/token",
-                 name, memory.weight_bytes, memory.kv_bytes_per_token, memory.act_fixed_bytes,
-                 memory.act_bytes_per_token)
+        log.info("scheduler: model %s: weights %d B, KV %d B/token, reservation %d B x tokens x %.2f",
+                 name, memory.weight_bytes, memory.kv_bytes_per_token, memory.widest_buffer * memory.dtype_bytes,
+                 memory.safety_factor * memory.headroom)
         return memory
 
     @property

@@ -12,7 +12,6 @@ import textwrap
 
 import pytest
 import torch
-from torch import nn
 
 import memscale
 from memscale.offload import generate, handle_of, unwrap_inference, wrap_for_inference
@@ -341,10 +340,41 @@ def test_kv_cache_on_disk_uses_private_0600_files_that_go_away(tmp_path, gpt, mo
     assert os.listdir(tmp_path) == []
 
 
-def test_policy_none_with_weights_over_the_budget_is_refused(gpt):
-    model, ids = gpt
+def test_policy_none_without_example_inputs_over_the_budget_is_refused(gpt):
+    model, _ = gpt
     with pytest.raises(memscale.ConfigError, match='offload.policy: "none" keeps all weights resident'):
-        wrap_for_inference(model, memscale.Config(memory_budget="1MB"), (ids,))
+        wrap_for_inference(model, memscale.Config(memory_budget="1MB"))
+
+
+def test_the_engine_decides_paging_and_tiers_when_the_policy_is_none(tmp_path, gpt):
+    model, ids = gpt
+    ref = generate(model, ids, 4, return_logits=True)
+    weights = sum(p.untyped_storage().nbytes() for p in model.parameters())
+    cfg = memscale.Config(memory_budget=int(weights / 2.5), reservation={"prefill_tokens": 64},
+                          offload={"disk_dir": str(tmp_path)})
+    wrap_for_inference(model, cfg, (torch.cat([ids, ids[:, :4]], dim=1),))
+    handle = handle_of(model)
+    assert handle.plan is not None and handle.plan.offload.policy == "budget"
+    assert handle.policy.ram_bytes == handle.plan.offload.ram_bytes < weights
+    assert handle.plan.tier_policy.used
+    kv = handle.plan.tier_policy.policy.kv_cache
+    assert (handle.tiers.kv_cache.gpu, handle.tiers.kv_cache.cpu) == (kv.gpu, kv.cpu)
+    out = generate(model, ids, 4, return_logits=True)
+    assert torch.equal(out.tokens, ref.tokens)
+    assert all(torch.equal(a, b) for a, b in zip(out.logits, ref.logits))
+    unwrap_inference(model)
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_impossible_budget_is_the_engines_infeasible_error_with_nothing_written(tmp_path, gpt):
+    model, ids = gpt
+    before = _snapshot(model)
+    cfg = memscale.Config(memory_budget="100KB", offload={"disk_dir": str(tmp_path)})
+    with pytest.raises(memscale.InfeasibleBudgetError) as err:
+        wrap_for_inference(model, cfg, (ids,))
+    assert err.value.min_budget_bytes > 100_000
+    assert os.listdir(tmp_path) == []
+    _assert_untouched(model, before)
 
 
 def test_hugging_face_past_key_values_when_installed(tmp_path):

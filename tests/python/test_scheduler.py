@@ -144,7 +144,8 @@ def test_fixed_batch_baseline_and_worst_case_size(small):
 def test_calibration_predicts_at_least_the_measured_activation_peak(small):
     model, mm = small
     assert mm.kv_bytes_per_token == 2 * 2 * model.config.d_model * 4
-    assert mm.act_bytes_per_token > 0
+    assert mm.widest_buffer == max(model.config.d_model, model.config.d_ff)
+    assert mm.safety_factor > 0
     sched = memscale.Scheduler("1GB")
     sched.add_model("gpt", model, mm)
     for i in range(6):

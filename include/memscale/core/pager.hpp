@@ -20,6 +20,12 @@
 // physical never exceeds ram_bytes, prefetches in flight included. Tests check this at
 // every transition through PagerOptions::observer.
 //
+// Evict-and-load in one call (PagerStorage::move): when the layer's bytes fit next to
+// what is resident with its victims' memory counted only once (physical - victims +
+// max(victims, layer) <= ram_bytes), the storage may reuse the victims' memory for the
+// layer; the books count max(victims, layer) bytes for the pair while it runs. Otherwise
+// the victims are evicted first and the load waits as above.
+//
 // Threading: one mutex guards the books; storage calls run outside it. Never log while
 // holding it: the Python log sink takes the GIL, and a Python thread may hold the GIL
 // while it waits for this mutex.
@@ -57,6 +63,15 @@ class PagerStorage {
   virtual ~PagerStorage() = default;
   virtual void load(std::size_t layer) = 0;
   virtual void evict(std::size_t layer) = 0;
+  /// Evicts `victims` and loads `layer`, never holding more than the victims' bytes or
+  /// the layer's bytes at once beyond what it held before (the pager counts the larger
+  /// of the two while it runs). A storage may hand a victim's memory straight to the
+  /// layer (no free, no fresh allocation to fault in). On failure the victims must be
+  /// evicted and the layer not loaded. Default: evict all, then load.
+  virtual void move(const std::vector<std::size_t>& victims, std::size_t layer) {
+    for (std::size_t v : victims) evict(v);
+    load(layer);
+  }
 };
 
 enum class PageState { absent, pending, loading, resident, evicting };
@@ -78,6 +93,9 @@ struct PagerEvent {
   std::size_t layer = 0;
   bool by_prefetch = false;  ///< load events: started by the prefetch thread
   std::uint64_t physical_bytes = 0, committed_bytes = 0, budget_bytes = 0;
+  /// Bytes shared by victims and the layer replacing them during PagerStorage::move:
+  /// physical_bytes = bytes of loading/resident/evicting layers - moving_bytes.
+  std::uint64_t moving_bytes = 0;
   std::vector<PageState> states;  ///< every layer's state after the transition
   std::vector<int> in_use;        ///< every layer's acquire count after the transition
 };
@@ -443,6 +461,11 @@ class LayerPager {
     }
     transition(layer, PageState::pending);
     emit(PagerEvent::Kind::pending, layer, by_prefetch);
+    std::uint64_t victim_bytes = 0;
+    for (std::size_t v : *victims) victim_bytes += slots_[v].info.bytes;
+    const std::uint64_t bytes = slots_[layer].info.bytes;
+    if (!victims->empty() && physical_ - victim_bytes + std::max(victim_bytes, bytes) <= budget_)
+      return move_in(lock, *victims, victim_bytes, layer, by_prefetch);
     std::exception_ptr evict_error;
     std::vector<bool> evicted(victims->size(), false);
     lock.unlock();
@@ -486,6 +509,49 @@ class LayerPager {
     }
     const double took = seconds_since(start);
     lock.lock();
+    finish_load(lock, layer, by_prefetch, took);
+    return true;
+  }
+
+  /// The PagerStorage::move path of start_load: victims are evicting, `layer` pending.
+  bool move_in(std::unique_lock<std::mutex>& lock, const std::vector<std::size_t>& victims, std::uint64_t victim_bytes,
+               std::size_t layer, bool by_prefetch) {
+    // The pair counts max(victims, layer): the victims' bytes stay counted (evicting) and
+    // the layer adds only what exceeds them.
+    const std::uint64_t shared = std::min(victim_bytes, slots_[layer].info.bytes);
+    physical_ -= shared;
+    moving_ += shared;
+    transition(layer, PageState::loading);
+    emit(PagerEvent::Kind::load_start, layer, by_prefetch);
+    lock.unlock();
+    const auto start = Clock::now();
+    std::exception_ptr error;
+    try {
+      storage_->move(victims, layer);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    const double took = seconds_since(start);
+    lock.lock();
+    for (std::size_t v : victims) {
+      transition(v, PageState::absent);
+      ++stats_.evictions;
+      emit(PagerEvent::Kind::evict_done, v, by_prefetch);
+    }
+    physical_ += shared;
+    moving_ -= shared;
+    if (error) {
+      transition(layer, PageState::absent);
+      ++stats_.load_failures;
+      emit(PagerEvent::Kind::load_failed, layer, by_prefetch);
+      cv_.notify_all();
+      std::rethrow_exception(error);
+    }
+    finish_load(lock, layer, by_prefetch, took);
+    return true;
+  }
+
+  void finish_load(std::unique_lock<std::mutex>&, std::size_t layer, bool by_prefetch, double took) {
     transition(layer, PageState::resident);
     Slot& slot = slots_[layer];
     slot.unused_prefetch = by_prefetch;
@@ -496,7 +562,6 @@ class LayerPager {
     if (by_prefetch) stats_.prefetch_load_seconds += took;
     emit(PagerEvent::Kind::load_done, layer, by_prefetch);
     cv_.notify_all();
-    return true;
   }
 
   void prefetch_loop() {
@@ -542,6 +607,7 @@ class LayerPager {
     e.physical_bytes = physical_;
     e.committed_bytes = committed_;
     e.budget_bytes = budget_;
+    e.moving_bytes = moving_;
     e.states.reserve(slots_.size());
     e.in_use.reserve(slots_.size());
     for (const Slot& s : slots_) {
@@ -565,6 +631,7 @@ class LayerPager {
   std::vector<bool> upcoming_;
   std::deque<std::size_t> queue_;
   std::uint64_t physical_ = 0, committed_ = 0, tick_ = 0;
+  std::uint64_t moving_ = 0;  ///< bytes counted once for victim/layer pairs being moved
   bool stopping_ = false, worker_busy_ = false;
   PagerStats stats_;
   std::thread worker_;

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include <ATen/Tensor.h>
+#include <c10/core/Allocator.h>
 
 #include "memscale/core/pager.hpp"
 
@@ -94,6 +95,9 @@ class TorchPagerStorage final : public PagerStorage {
 
   void load(std::size_t layer) override;
   void evict(std::size_t layer) override;
+  /// Evicts `victims` and loads `layer` into their memory where sizes match (CPU layers
+  /// on disk); the rest of the victims' memory is freed before anything is allocated.
+  void move(const std::vector<std::size_t>& victims, std::size_t layer) override;
 
   /// Gives every layer its own resident memory again (reading what is evicted), then
   /// removes the files and host copies. Used by unwrap: the model is as before wrap.
@@ -109,7 +113,7 @@ class TorchPagerStorage final : public PagerStorage {
   struct Region;  // one storage of a layer
   struct Layer;
   void write_file(Layer& layer);
-  void read_file(Layer& layer);
+  void read_file(Layer& layer, std::vector<c10::DataPtr> reuse = {});
   void add_io(const StorageIoStats& delta);
 
   DiskTierOptions disk_;

@@ -38,12 +38,12 @@ import weakref
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-import torch
 from torch import nn
 
 from .. import _C
 from ..config import Config
 from ..errors import ConfigError, MemScaleError
+from .planned import inference_plan, needs_plan, policy_from_plan
 from .tiers import TierPolicy, tier_policy
 from .units import PagingUnit, paging_units
 
@@ -75,8 +75,10 @@ class OffloadHandle:
         self.private_dir = private_dir
         self.unpaged_bytes = unpaged_bytes
         self.hooks: list[Any] = []
+        self.plan: Any = None  # the engine's inference plan, when one was made
         self._unit_of = {id(m): i for i, u in enumerate(units) for m in u.modules}
         self._held = threading.local()
+        self._io_base: dict[str, float] = {}
         self.closed = False
 
     # -- hooks ------------------------------------------------------------------
@@ -120,7 +122,9 @@ class OffloadHandle:
     def stats(self) -> dict[str, Any]:
         """Pager and storage counters (bytes, seconds) and the prefetch hiding fraction."""
         s = self.pager.stats()
-        io = self.storage.io_stats()
+        now = self.storage.io_stats()
+        io = {k: getattr(now, k) - self._io_base.get(k, 0) for k in
+              ("read_seconds", "bytes_read", "bytes_written", "write_seconds")}
         return {
             "budget_bytes": s.budget_bytes, "pinned_bytes": s.pinned_bytes, "unpaged_bytes": self.unpaged_bytes,
             "resident_weight_bytes": s.physical_bytes, "peak_resident_weight_bytes": s.peak_physical_bytes,
@@ -129,13 +133,16 @@ class OffloadHandle:
             "demand_loads": s.demand_loads, "evictions": s.evictions, "prefetch_dropped": s.prefetch_dropped,
             "bytes_loaded": s.bytes_loaded, "load_seconds": s.load_seconds,
             "prefetch_load_seconds": s.prefetch_load_seconds, "acquire_wait_seconds": s.acquire_wait_seconds,
-            "hidden_fraction": s.hidden_fraction, "disk_read_seconds": io.read_seconds,
-            "disk_bytes_read": io.bytes_read, "disk_bytes_written": io.bytes_written,
-            "disk_write_seconds": io.write_seconds, "files": len(self.storage.files()),
+            "hidden_fraction": s.hidden_fraction, "disk_read_seconds": io["read_seconds"],
+            "disk_bytes_read": io["bytes_read"], "disk_bytes_written": io["bytes_written"],
+            "disk_write_seconds": io["write_seconds"], "files": len(self.storage.files()),
         }
 
     def reset_stats(self) -> None:
+        """Zeroes the pager's counters and the storage's I/O figures reported by stats()."""
         self.pager.reset_stats()
+        io = self.storage.io_stats()
+        self._io_base = {k: getattr(io, k) for k in ("read_seconds", "bytes_read", "bytes_written", "write_seconds")}
 
     def files(self) -> list[str]:
         return list(self.storage.files())
@@ -200,12 +207,18 @@ def _check_budget(cfg: Config, policy: Any, weight_bytes: int) -> None:
 
 
 def wrap_for_inference(model: nn.Module, config: Config | dict[str, Any], example_inputs: tuple | None = None,
-                       *, file_format: str = "safetensors", drop_page_cache: bool = True) -> nn.Module:
+                       *, plan: Any = None, calibration: Any = None, file_format: str = "safetensors",
+                       drop_page_cache: bool = True) -> nn.Module:
     """Page ``model``'s weights per ``config.offload``; returns the same module.
 
-    ``example_inputs`` (positional args of ``forward``) fix the execution order the
-    prefetch follows; without them definition order is used. Raises ConfigError (nothing
-    written, model untouched) for a policy, budget or directory that cannot work.
+    ``example_inputs`` (positional args of ``forward``, ideally of the generation's batch
+    and total length) fix the execution order the prefetch follows and let the decision
+    engine plan (:mod:`memscale.offload.planned`): with ``offload.policy`` "none" the
+    engine decides whether and how much to page, and it fills the KV-cache / activation
+    tier splits ``Config.tiers`` leaves open. ``plan`` gives a ready inference plan;
+    ``calibration`` (``memscale.calibrate_reservation``) refines its reservation.
+    Raises ConfigError (nothing written, model untouched) for a policy, budget or
+    directory that cannot work, InfeasibleBudgetError when the engine finds no plan.
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model: got {type(model).__name__}, expected a torch.nn.Module")
@@ -215,12 +228,27 @@ def wrap_for_inference(model: nn.Module, config: Config | dict[str, Any], exampl
     policy = _C.OffloadPolicy.from_json(json.dumps(cfg.offload))
     units = paging_units(model, example_inputs)
     weight_bytes = sum(u.bytes for u in units)
+    if policy.policy != "none":
+        _check_budget(cfg, policy, weight_bytes)
+    if plan is None and needs_plan(cfg, policy):
+        try:
+            plan = inference_plan(model, cfg, example_inputs, calibration)
+        except ConfigError as error:
+            if policy.policy == "none":
+                raise
+            # The user fixed the pager's settings; the engine only fills open tier splits.
+            # Where its stricter model rejects those settings (e.g. a prefetch window it
+            # counts as always resident), the pager still runs them: it drops prefetches
+            # that do not fit. The splits then come from Config.tiers and the defaults.
+            log.warning("offloaded inference: no engine plan for the tier splits (%s); using Config.tiers", error)
+    if policy.policy == "none" and plan is not None:
+        policy = policy_from_plan(cfg, plan)
     _check_budget(cfg, policy, weight_bytes)
     if policy.policy == "none":
         log.info("offload.policy none: all %s of weights stay resident; nothing is paged", _fmt(weight_bytes))
         return model
     cuda = any(p.is_cuda for u in units for p in u.params.values())
-    tiers = tier_policy(cfg)
+    tiers = tier_policy(cfg, plan)
     homes = _weight_homes(units, tiers, cuda)
     specs = [(u.name, u.kind, u.bytes, h) for u, h in zip(units, homes)]
     _C.validate_pager_layout(specs, policy)  # budget vs hot set, single layer vs budget
@@ -250,6 +278,7 @@ def wrap_for_inference(model: nn.Module, config: Config | dict[str, Any], exampl
     unpaged = sum(p.untyped_storage().nbytes() for i, p in all_params.items() if i not in paged)
     unpaged += sum(b.untyped_storage().nbytes() for b in model.buffers())
     handle = OffloadHandle(units, pager, storage, policy, tiers, private_dir, unpaged)
+    handle.plan = plan
     handle.install_hooks()
     object.__setattr__(model, _ATTR, handle)
     _live.add(handle)

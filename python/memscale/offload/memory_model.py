@@ -1,10 +1,11 @@
 """Memory of one generation batch: resident weights + KV cache + activation reservation.
 
-The activation reservation follows seed 002's shape (a per-token buffer times the tokens
-of a step, times a safety factor, plus a fixed part) but its coefficients are
-*calibrated*: two probe generations run under ``memscale.track_memory`` and the measured
-peak, less the KV cache they allocated, gives the fixed bytes and the bytes per prefill
-token. (Seed 002's PR left its factor uncalibrated; here the measurement is the source.)
+The activation reservation is the engine's seed-002 formula, widest per-token buffer
+(max(hidden, intermediate)) x tokens of the step x dtype bytes x safety factor, with the
+safety factor *calibrated* by the engine (``memscale.calibrate_reservation``) on probe
+generations measured with ``memscale.track_memory`` (their peak less the KV cache they
+allocated). The fitted factor covers every probe; ``headroom`` adds a margin for shapes
+the probes did not see.
 
 Example:
     >>> from memscale.models import gpt
@@ -34,12 +35,14 @@ class ModelMemory:
 
     weight_bytes: int          # resident weights: all of them, or the pager's budget + unpaged
     kv_bytes_per_token: int    # K and V of every layer for one token of one sequence
-    act_fixed_bytes: int       # activation peak independent of the batch
-    act_bytes_per_token: int   # activation peak per prefill token (batch x prompt)
-    safety_factor: float = 1.25
+    widest_buffer: int         # seed 002: max(hidden, intermediate)
+    dtype_bytes: int
+    safety_factor: float       # fitted by the engine to the measured probes
+    headroom: float = 1.1
 
     def activation_bytes(self, batch: int, prompt: int) -> int:
-        return math.ceil(self.safety_factor * (self.act_fixed_bytes + self.act_bytes_per_token * batch * prompt))
+        """Reservation for a step of ``batch`` x ``prompt`` tokens (the prefill: the largest step)."""
+        return math.ceil(self.widest_buffer * batch * prompt * self.dtype_bytes * self.safety_factor * self.headroom)
 
     def predict(self, batch: int, prompt: int, new: int) -> dict[str, int]:
         """Predicted peak of generating ``new`` tokens for ``batch`` prompts of ``prompt`` tokens."""
@@ -57,6 +60,16 @@ def _dims(model: nn.Module) -> tuple[int, int, int]:
         if cfg is not None and all(hasattr(cfg, a) for a in (layers, width, vocab)):
             return int(getattr(cfg, layers)), int(getattr(cfg, width)), int(getattr(cfg, vocab))
     raise ConfigError(f"model: cannot read layers / width / vocab from {type(model).__name__}.config")
+
+
+def widest_buffer(model: nn.Module) -> int:
+    """max(hidden, intermediate): the seed-002 per-token buffer."""
+    cfg = model.config
+    _, width, _ = _dims(model)
+    inner = None
+    for name in ("d_ff", "intermediate_size", "n_inner", "ffn_dim"):
+        inner = inner or getattr(cfg, name, None)
+    return max(width, int(inner) if inner else 4 * width)
 
 
 def kv_bytes_per_token(model: nn.Module) -> int:
@@ -108,26 +121,34 @@ def _probe(model: nn.Module, batch: int, prompt: int, new: int) -> int:
     return max(0, t.peak_bytes - kv - paged)
 
 
-def calibrate(model: nn.Module, probes: tuple[tuple[int, int], tuple[int, int]] = ((1, 8), (4, 32)),
-              new_tokens: int = 2, safety_factor: float = 1.25) -> ModelMemory:
-    """Fit the activation reservation to two measured probes (batch, prompt)."""
-    (b1, p1), (b2, p2) = probes
-    if b1 * p1 == b2 * p2:
-        raise ConfigError(f"probes: {probes} have the same token count; the fit needs two different ones")
+def fit_reservation(model: nn.Module, probes: tuple[tuple[int, int], ...] = ((1, 8), (4, 32), (8, 16)),
+                    new_tokens: int = 2) -> Any:
+    """The engine's Calibration (``memscale.calibrate_reservation``) of the seed-002
+    reservation, fitted to generations of ``probes`` (batch, prompt) measured on ``model``."""
+    import memscale
+
+    if not probes:
+        raise ConfigError("probes: give at least one (batch, prompt) pair")
     max_seq = getattr(getattr(model, "config", None), "max_seq", None)
-    if max_seq is not None and max(p1, p2) + new_tokens > max_seq:
-        raise ConfigError(f"probes: prompt {max(p1, p2)} + {new_tokens} exceeds the model's max_seq {max_seq}")
-    _probe(model, b1, p1, new_tokens)  # warm-up: thread pools and allocator caches
-    a1 = _probe(model, b1, p1, new_tokens)
-    a2 = _probe(model, b2, p2, new_tokens)
-    t1, t2 = b1 * p1, b2 * p2
-    per_token = max(0.0, (a2 - a1) / (t2 - t1))
-    fixed = max(0.0, a1 - per_token * t1)
-    return ModelMemory(resident_weight_bytes(model), kv_bytes_per_token(model), math.ceil(fixed),
-                       math.ceil(per_token), safety_factor)
+    longest = max(p for _, p in probes)
+    if max_seq is not None and longest + new_tokens > max_seq:
+        raise ConfigError(f"probes: prompt {longest} + {new_tokens} exceeds the model's max_seq {max_seq}")
+    _probe(model, *probes[0], new_tokens)  # warm-up: thread pools and allocator caches
+    widest = widest_buffer(model)
+    dtype_bytes = next(model.parameters()).element_size()
+    samples = [(widest, b * p, dtype_bytes, max(1, _probe(model, b, p, new_tokens))) for b, p in probes]
+    return memscale.calibrate_reservation(samples)
+
+
+def calibrate(model: nn.Module, probes: tuple[tuple[int, int], ...] = ((1, 8), (4, 32), (8, 16)),
+              new_tokens: int = 2, headroom: float = 1.1) -> ModelMemory:
+    """Memory figures of ``model`` with the reservation's safety factor fitted to probes."""
+    fitted = fit_reservation(model, probes, new_tokens)
+    return ModelMemory(resident_weight_bytes(model), kv_bytes_per_token(model), widest_buffer(model),
+                       next(model.parameters()).element_size(), fitted.safety_factor, headroom)
 
 
 def describe(mm: ModelMemory) -> dict[str, Any]:
     return {"weight_bytes": mm.weight_bytes, "kv_bytes_per_token": mm.kv_bytes_per_token,
-            "act_fixed_bytes": mm.act_fixed_bytes, "act_bytes_per_token": mm.act_bytes_per_token,
-            "safety_factor": mm.safety_factor}
+            "widest_buffer": mm.widest_buffer, "dtype_bytes": mm.dtype_bytes,
+            "safety_factor": mm.safety_factor, "headroom": mm.headroom}
