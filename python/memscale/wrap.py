@@ -147,7 +147,9 @@ def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training
         example_inputs: one batch as the model's forward takes it (a tensor, a tuple of
             positional arguments or a dict of keyword arguments); used to profile and,
             if the first step is over budget, to re-profile.
-        training: only ``True`` is supported here (inference uses the weight pager).
+        training: ``True`` fits a training step (this executor); ``False`` fits inference:
+            the weight pager of :mod:`memscale.offload` pages weights per
+            ``cfg.offload`` / the engine's inference plan (see docs/offload.md).
         optimizer: ``none``, ``sgd``, ``sgd_momentum``, ``adam`` or ``adamw`` (its state
             counts towards the budget).
         verify: measure the first step and re-plan once if it exceeds the budget by 5%.
@@ -160,9 +162,15 @@ def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training
     if example_inputs is None:
         raise MemScaleError("wrap: example_inputs is required (one batch as forward takes it) "
                             "to profile the model")
+    if training is False:
+        from .offload.inference import wrap_for_inference
+
+        if config_kwargs or cfg is None:
+            cfg = _config(cfg, config_kwargs)
+        inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        return wrap_for_inference(model, cfg, inputs)
     if training is not True:
-        raise MemScaleError(f"wrap: training={training!r}; this executor handles training "
-                            "steps (training=True)")
+        raise MemScaleError(f"wrap: training={training!r}; expected True (training step) or False (inference)")
     if model in _STATE:
         raise MemScaleError(f"wrap: this {type(model).__name__} is already wrapped; call "
                             "memscale.unwrap(model) first")
@@ -189,13 +197,22 @@ def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training
 def plan_of(model: nn.Module) -> Any:
     """The Plan ``wrap`` applied to ``model`` (the re-plan, if one happened); None if unwrapped."""
     state = _STATE.get(model)
-    return None if state is None else state.plan
+    if state is None:
+        from .offload.inference import handle_of
+
+        handle = handle_of(model)
+        return None if handle is None else handle.plan
+    return state.plan
 
 
 def unwrap(model: nn.Module) -> None:
     """Remove everything ``wrap`` installed; the module is restored exactly. Idempotent."""
     state = _STATE.pop(model, None)
     if state is None:
+        from .offload.inference import handle_of, unwrap_inference
+
+        if handle_of(model) is not None:
+            unwrap_inference(model)
         return
     if state.monitor is not None:
         state.monitor.remove()
