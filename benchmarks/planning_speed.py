@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "scenario": "planning_speed",
         "model": "synthetic transformer graph",
         "label": f"{TARGET_LAYERS} layers",
+        "device": "cpu",
         "memscale_version": memscale.__version__,
         "quick": args.quick,
         "machine": machine_info(),
