@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -104,24 +102,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n:>6} layers: plan {results[-1]['plan_at_60pct']['median_ms']:.2f} ms (median of {len(pressured)}), "
               f"min-budget search {results[-1]['min_budget_search']['median_ms']:.2f} ms", file=sys.stderr)
     at_target = next(r for r in results if r["layers"] == TARGET_LAYERS)
+    from memscale.bench.machine import machine_info
+    from memscale.bench.records import write_records
+
     record = {
-        "benchmark": "planning_speed",
+        "scenario": "planning_speed",
+        "model": "synthetic transformer graph",
+        "label": f"{TARGET_LAYERS} layers",
+        "device": "cpu",
         "memscale_version": memscale.__version__,
         "quick": args.quick,
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+        "machine": machine_info(),
         "results": results,
+        "ratios": {"plan_1000_layers_vs_20ms": at_target["plan_at_60pct"]["median_ms"] / TARGET_MS},
         "target": {"layers": TARGET_LAYERS, "max_ms": TARGET_MS,
                    "median_ms": at_target["plan_at_60pct"]["median_ms"],
                    "met": at_target["plan_at_60pct"]["median_ms"] < TARGET_MS},
     }
-    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        write_records(args.out, [record])
     else:
-        sys.stdout.write(text)
-    return 0 if record["target"]["met"] else 1
+        sys.stdout.write(json.dumps({"records": [record]}, indent=2, sort_keys=True) + "\n")
+    return 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,16 @@
 namespace memscale::bindings {
 
 void bind_plan(py::module_& m) {
+  py::class_<LayerBytes>(m, "LayerBytes", "A layer's device bytes by kind.")
+      .def_readonly("weights", &LayerBytes::weights)
+      .def_readonly("grads", &LayerBytes::grads)
+      .def_readonly("optimizer", &LayerBytes::optimizer)
+      .def_readonly("activations", &LayerBytes::activations)
+      .def_readonly("kv_cache", &LayerBytes::kv_cache);
+
   py::class_<LayerPlan>(m, "LayerPlan", "Techniques and predicted bytes of one layer.")
+      .def_readonly("before", &LayerPlan::before)
+      .def_readonly("after", &LayerPlan::after)
       .def_readonly("index", &LayerPlan::index)
       .def_readonly("name", &LayerPlan::name)
       .def_readonly("kind", &LayerPlan::kind)

@@ -25,8 +25,9 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install -q torch==2.13.0
 fi
 pydeps=()
+# matplotlib draws reports, tqdm shows benchmark progress, accelerate is the offload peer.
 for mod in psutil:psutil safetensors:safetensors numpy:numpy pytest:pytest scikit_build_core:scikit-build-core \
-           cmake:cmake ninja:ninja; do
+           cmake:cmake ninja:ninja matplotlib:matplotlib tqdm:tqdm accelerate:accelerate; do
   "$PY" -c "import ${mod%%:*}" >/dev/null 2>&1 || pydeps+=("${mod##*:}")
 done
 if [ ${#pydeps[@]} -gt 0 ]; then

@@ -20,6 +20,8 @@ from .scheduler import Scheduler
 from .planning import calibrate_reservation, plan, search_tier_policy, tier_problem
 from .wrap import plan_of, unwrap, wrap
 
+format_bytes = _C.format_bytes
+parse_size = _C.parse_size
 ModelGraph = _C.ModelGraph
 Hardware = _C.Hardware
 Plan = _C.Plan
@@ -50,7 +52,9 @@ __all__ = [
     "__version__",
     "calibrate_reservation",
     "detect_hardware",
+    "format_bytes",
     "offload",
+    "parse_size",
     "plan",
     "plan_of",
     "profile",

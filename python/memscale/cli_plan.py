@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="Config JSON file (docs/config.md)")
     parser.add_argument("--mode", choices=["auto", "off", "min_memory"], help="overrides --config's mode")
     parser.add_argument("--json", action="store_true", help="print the plan JSON instead of the summary table")
+    parser.add_argument("--html", help="also draw the plan into this HTML page (PNG beside it)")
 
 
 def parse_budget(text: str) -> Any:
@@ -45,4 +46,8 @@ def run(args: argparse.Namespace) -> int:
         settings["mode"] = args.mode
     result = plan(args.graph, Config(**settings), hardware=args.hardware)
     sys.stdout.write(result.to_json() + "\n" if args.json else result.summary())
+    if args.html:
+        from .report import write_plan_report
+
+        write_plan_report(result.to_json(), args.html)
     return 0

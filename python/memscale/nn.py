@@ -52,32 +52,32 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 def _slice_logits(h: torch.Tensor, t: torch.Tensor, weight: torch.Tensor,
                   bias: torch.Tensor | None, ignore_index: int
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One slice: (softmax probabilities, computed in place in the logits buffer; per-token
-    loss; safe targets; valid mask). One slice-sized float32 array is all it allocates
-    (``torch.logsumexp`` would allocate a second one)."""
-    probs = F.linear(h, weight, bias).float()
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One slice: (exp(logits - rowmax), computed in place in the logits buffer; its row
+    sums; per-token loss; safe targets; valid mask). One slice-sized float32 array is all
+    it allocates (``torch.logsumexp`` would allocate a second one)."""
+    unnorm = F.linear(h, weight, bias).float()
     valid = t != ignore_index
     safe_t = torch.where(valid, t, torch.zeros_like(t))
-    picked = probs.gather(1, safe_t.unsqueeze(1)).squeeze(1)
-    top = probs.amax(dim=1)
-    probs.sub_(top.unsqueeze(1)).exp_()
-    total = probs.sum(dim=1)
-    probs.div_(total.unsqueeze(1))
+    picked = unnorm.gather(1, safe_t.unsqueeze(1)).squeeze(1)
+    top = unnorm.amax(dim=1)
+    unnorm.sub_(top.unsqueeze(1)).exp_()
+    total = unnorm.sum(dim=1)
     lse = top + total.log()
     loss = torch.where(valid, lse - picked, torch.zeros_like(lse))
-    return probs, loss, safe_t, valid
+    return unnorm, total, loss, safe_t, valid
 
 
 def _slice_grad(h: torch.Tensor, t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 ignore_index: int, row_scale: torch.Tensor | float
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token loss of one slice and d(loss·row_scale)/d(logits) (float32, in place)."""
-    grad, loss, safe_t, valid = _slice_logits(h, t, weight, bias, ignore_index)
-    # softmax(logits) - onehot(t), scaled per row; ignored rows become zero.
-    grad.scatter_add_(1, safe_t.unsqueeze(1), torch.full_like(loss, -1.0).unsqueeze(1))
+    grad, total, loss, safe_t, valid = _slice_logits(h, t, weight, bias, ignore_index)
     scale = valid.to(grad.dtype) * row_scale
-    grad.mul_(scale.unsqueeze(1))
+    # scale·(softmax - onehot): normalisation and scaling in one pass, then the onehot
+    # part as a scatter of -scale; ignored rows (scale 0) become zero.
+    grad.mul_((scale / total).unsqueeze(1))
+    grad.scatter_add_(1, safe_t.unsqueeze(1), (-scale).unsqueeze(1))
     return loss, grad
 
 
@@ -107,7 +107,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for rows in _slices(n, chunks):
             h, t = hidden[rows], targets[rows]
             if not grads_now:
-                losses[rows] = _slice_logits(h, t, weight, bias, ignore_index)[1]
+                losses[rows] = _slice_logits(h, t, weight, bias, ignore_index)[2]
                 continue
             loss, grad = _slice_grad(h, t, weight, bias, ignore_index, row_scale)
             losses[rows] = loss

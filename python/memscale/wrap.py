@@ -76,13 +76,32 @@ def _config(cfg: Any, config_kwargs: dict[str, Any]) -> Any:
         raise MemScaleError(f"wrap: pass either cfg or config keywords, not both (got cfg and "
                             f"{sorted(config_kwargs)})")
     if cfg is None:
-        return Config(**config_kwargs)
-    if isinstance(cfg, Config):
+        cfg = Config(**config_kwargs)
+    elif isinstance(cfg, dict):
+        cfg = Config(**cfg)
+    elif not isinstance(cfg, Config):
+        raise MemScaleError(f"wrap: cfg must be a memscale.Config, a dict or None; got "
+                            f"{type(cfg).__name__}")
+    return _training_config(cfg)
+
+
+def _training_config(cfg: Any) -> Any:
+    """Weights stay resident in training: the optimizer step touches every parameter at
+    once and the weight pager serves inference only. ``offload_weights: auto`` becomes
+    ``off`` (so the engine plans without it); an explicit ``on`` is refused."""
+    from .config import Config
+
+    data = cfg.to_dict()
+    setting = data.get("techniques", {}).get("offload_weights", "auto")
+    if setting == "on":
+        raise MemScaleError("wrap: techniques.offload_weights='on' is not supported for training "
+                            "(weights stay resident; the weight pager serves inference); use "
+                            "'auto' or 'off'")
+    if setting == "off":
         return cfg
-    if isinstance(cfg, dict):
-        return Config(**cfg)
-    raise MemScaleError(f"wrap: cfg must be a memscale.Config, a dict or None; got "
-                        f"{type(cfg).__name__}")
+    log.info("memscale: training keeps weights resident: planning with offload_weights off")
+    data["techniques"] = {**data.get("techniques", {}), "offload_weights": "off"}
+    return Config(**data)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -128,7 +147,9 @@ def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training
         example_inputs: one batch as the model's forward takes it (a tensor, a tuple of
             positional arguments or a dict of keyword arguments); used to profile and,
             if the first step is over budget, to re-profile.
-        training: only ``True`` is supported here (inference uses the weight pager).
+        training: ``True`` fits a training step (this executor); ``False`` fits inference:
+            the weight pager of :mod:`memscale.offload` pages weights per
+            ``cfg.offload`` / the engine's inference plan (see docs/offload.md).
         optimizer: ``none``, ``sgd``, ``sgd_momentum``, ``adam`` or ``adamw`` (its state
             counts towards the budget).
         verify: measure the first step and re-plan once if it exceeds the budget by 5%.
@@ -141,9 +162,15 @@ def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training
     if example_inputs is None:
         raise MemScaleError("wrap: example_inputs is required (one batch as forward takes it) "
                             "to profile the model")
+    if training is False:
+        from .offload.inference import wrap_for_inference
+
+        if config_kwargs or cfg is None:
+            cfg = _config(cfg, config_kwargs)
+        inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        return wrap_for_inference(model, cfg, inputs)
     if training is not True:
-        raise MemScaleError(f"wrap: training={training!r}; this executor handles training "
-                            "steps (training=True)")
+        raise MemScaleError(f"wrap: training={training!r}; expected True (training step) or False (inference)")
     if model in _STATE:
         raise MemScaleError(f"wrap: this {type(model).__name__} is already wrapped; call "
                             "memscale.unwrap(model) first")
@@ -170,13 +197,22 @@ def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training
 def plan_of(model: nn.Module) -> Any:
     """The Plan ``wrap`` applied to ``model`` (the re-plan, if one happened); None if unwrapped."""
     state = _STATE.get(model)
-    return None if state is None else state.plan
+    if state is None:
+        from .offload.inference import handle_of
+
+        handle = handle_of(model)
+        return None if handle is None else handle.plan
+    return state.plan
 
 
 def unwrap(model: nn.Module) -> None:
     """Remove everything ``wrap`` installed; the module is restored exactly. Idempotent."""
     state = _STATE.pop(model, None)
     if state is None:
+        from .offload.inference import handle_of, unwrap_inference
+
+        if handle_of(model) is not None:
+            unwrap_inference(model)
         return
     if state.monitor is not None:
         state.monitor.remove()

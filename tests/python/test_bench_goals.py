@@ -50,3 +50,11 @@ def test_a_record_without_the_ratio_or_no_matching_record_fails():
     assert [r.passed for r in results] == [False]
     results = check([{"scenario": "sweep", "label": "35%", "ratios": {"peak_over_budget": 1.0}}], GOALS["goals"])
     assert [r.passed for r in results] == [False]
+
+
+def test_timing_goals_can_be_left_out_and_optional_goals_need_their_ratio():
+    goals = [{"id": "t", "scenario": "s", "ratio": "time", "op": "<=", "goal": 1.0, "tolerance": 0.0, "timing": True},
+             {"id": "o", "scenario": "s", "ratio": "vs_peer", "op": "<=", "goal": 0.9, "tolerance": 0.0, "optional": True}]
+    records = [{"scenario": "s", "ratios": {"time": 5.0}}, {"scenario": "s", "ratios": {"time": 0.5, "vs_peer": 1.5}}]
+    assert [(r.goal_id, r.passed) for r in check(records, goals)] == [("t", False), ("t", True), ("o", False)]
+    assert [(r.goal_id, r.passed) for r in check(records, goals, timing=False)] == [("o", False)]

@@ -44,6 +44,7 @@ def planner(monkeypatch):
     calls = []
 
     def make(graph, cfg, hardware):
+        assert cfg.techniques["offload_weights"] == "off"  # training keeps weights resident
         calls.append({"graph": json.loads(graph.to_json()), "budget": cfg.memory_budget})
         return memscale.Plan.from_json(json.dumps(_plan_doc(graph, cfg, planner.techniques)))
     planner.techniques = ["checkpoint"]
@@ -93,6 +94,8 @@ def test_bad_calls_raise_before_modifying(planner) -> None:
         wrap(model, example_inputs=inputs, training=False)
     with pytest.raises(memscale.ConfigError):
         wrap(model, example_inputs=inputs, memory_budget="lots")
+    with pytest.raises(memscale.MemScaleError, match="offload_weights='on' is not supported"):
+        wrap(model, example_inputs=inputs, techniques={"offload_weights": "on"})
     assert module_state(model) == before
     wrap(model, memory_budget=1 << 40, example_inputs=inputs)
     with pytest.raises(memscale.MemScaleError, match="already wrapped"):
@@ -137,3 +140,50 @@ def test_over_budget_first_step_replans_before_the_next(planner, caplog) -> None
     assert_same_step(model, ref, inputs)
     unwrap(model)
     assert module_state(model) == before
+
+
+# -- with the real engine ---------------------------------------------------------------
+
+needs_engine = pytest.mark.skipif(not hasattr(memscale, "plan"),
+                                  reason="needs memscale.plan (the decision engine's Python API)")
+
+
+def _train_peak(model_fn, steps: int, prepare=None) -> tuple[int, list[float]]:
+    with memscale.track_memory("cpu") as tracker:
+        model, inputs = model_fn()
+        if prepare is not None:
+            prepare(model, inputs)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        losses = []
+        for i in range(steps):
+            torch.manual_seed(i)
+            loss = model(*inputs)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+        peak = tracker.peak_bytes
+        if prepare is not None:
+            unwrap(model)
+    return peak, losses
+
+
+@needs_engine
+@pytest.mark.parametrize("fraction", [0.8, 0.6])
+def test_real_engine_fits_measured_budget(fraction: float) -> None:
+    def gpt():
+        model = memscale.models.build("gpt", n_layers=4, d_model=128, d_ff=512, max_seq=128,
+                                      vocab=4096, dropout=0.1)
+        return model, memscale.models.example_inputs("gpt", model, batch=4, seq=128)
+    unoptimized, ref_losses = _train_peak(gpt, 3)
+    budget = int(unoptimized * fraction)
+    try:
+        peak, losses = _train_peak(gpt, 3, lambda m, i: wrap(m, memory_budget=budget,
+                                                              example_inputs=i))
+    except memscale.InfeasibleBudgetError as refusal:
+        budget = refusal.min_budget_bytes
+        peak, losses = _train_peak(gpt, 3, lambda m, i: wrap(m, memory_budget=budget,
+                                                              example_inputs=i))
+    assert peak <= 1.05 * budget, (peak, budget)
+    for a, b in zip(losses, ref_losses):
+        assert abs(a - b) <= 1e-5 * abs(b)

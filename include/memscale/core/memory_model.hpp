@@ -21,6 +21,7 @@
 
 #include "memscale/core/errors.hpp"
 #include "memscale/core/model_graph.hpp"
+#include "memscale/core/plan.hpp"
 
 namespace memscale::model {
 
@@ -43,11 +44,20 @@ inline double optimizer_transient_factor(const std::string& optimizer) {
   return optimizer == "adam" || optimizer == "adamw" ? 1.0 : 0.0;
 }
 
+/// On CPU, torch's Adam/AdamW default to the per-tensor implementation (foreach is the
+/// CUDA default): its temporaries are about three copies of the parameter being updated,
+/// so the step's workspace is 3 x the largest trainable tensor (measured with the counting
+/// allocator on torch 2.13: 3.0x for 2-64 tensors, 2.0x for a single tensor).
+inline std::uint64_t cpu_optimizer_workspace(const std::string& optimizer, std::uint64_t largest_param_bytes) {
+  return optimizer == "adam" || optimizer == "adamw" ? 3 * largest_param_bytes : 0;
+}
+
 /// Step-wide inputs of the per-layer terms.
 struct StepContext {
   bool training = true;
   std::uint64_t prefetch_n_ahead = 1;  ///< offloaded layers fetched ahead of the one computing
   double optimizer_transient = 0.0;    ///< optimizer_transient_factor(graph.optimizer)
+  std::uint64_t optimizer_workspace_bytes = 0;  ///< CPU per-tensor optimizer: a fixed workspace instead
   bool data_parallel = false;          ///< more than one device: DDP gradient buckets
   std::uint64_t input_bytes = 0;       ///< graph input, resident through the step
   std::uint64_t reservation_bytes = 0; ///< inference: activation reservation on this device
@@ -195,6 +205,7 @@ inline PeakReport evaluate_training(const ModelGraph& graph, const std::vector<L
              grad_after[l + 1], t.backward_local, windows, 0);
     saved_before += t.saved;
   }
+  opt_t += s64(ctx.optimizer_workspace_bytes);
   consider(base + grads + opt_t, "optimizer_step", -1, 0, grads, 0, 0, opt_t);
   return best;
 }
@@ -239,6 +250,26 @@ inline std::uint64_t layer_resident_bytes(const Layer& layer, const LayerState& 
   }
   const TrainTerms t = train_terms(layer, state, ctx);
   return u64(t.static_bytes + t.saved);
+}
+
+/// The same resident bytes by kind (grads included: they exist from the layer's
+/// backward to the optimizer step).
+inline LayerBytes layer_resident_terms(const Layer& layer, const LayerState& state, const StepContext& ctx) {
+  LayerBytes b;
+  if (!ctx.training) {
+    const InferTerms t = infer_terms(layer, state);
+    b.weights = u64(t.weights);
+    b.kv_cache = u64(t.kv);
+    return b;
+  }
+  const TrainTerms t = train_terms(layer, state, ctx);
+  if (!state.offload_weights) {
+    b.weights = layer.param_bytes + layer.buffer_bytes;
+    b.optimizer = layer.optimizer_bytes;
+  }
+  b.grads = u64(t.grad);
+  b.activations = u64(t.saved);
+  return b;
 }
 
 }  // namespace memscale::model

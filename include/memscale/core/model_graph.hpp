@@ -44,6 +44,9 @@ struct ModelGraph {
   std::string optimizer = "adamw";  ///< none|sgd|sgd_momentum|adam|adamw
   bool mixed_precision = false;
   std::uint64_t input_bytes = 0;
+  /// Largest single trainable parameter tensor (0 = unknown): sizes the per-tensor
+  /// optimizer's workspace on CPU.
+  std::uint64_t largest_param_bytes = 0;
   std::vector<Layer> layers;
   bool operator==(const ModelGraph&) const = default;
 
@@ -128,7 +131,8 @@ inline Layer layer_from_json(const nlohmann::json& j, const std::string& path) {
 inline void to_json(nlohmann::json& j, const ModelGraph& g) {
   j = {{"model_name", g.model_name}, {"dtype", g.dtype},         {"batch", g.batch},
        {"seq", g.seq},               {"training", g.training},   {"optimizer", g.optimizer},
-       {"mixed_precision", g.mixed_precision}, {"input_bytes", g.input_bytes}, {"layers", g.layers}};
+       {"mixed_precision", g.mixed_precision}, {"input_bytes", g.input_bytes},
+       {"largest_param_bytes", g.largest_param_bytes}, {"layers", g.layers}};
 }
 
 inline ModelGraph graph_from_json(const nlohmann::json& j) {
@@ -145,6 +149,7 @@ inline ModelGraph graph_from_json(const nlohmann::json& j) {
                           "graph.optimizer");
   g.mixed_precision = f::optional<bool>(j, "mixed_precision", path, false, f::as_bool);
   g.input_bytes = f::optional<std::uint64_t>(j, "input_bytes", path, 0, f::as_u64);
+  g.largest_param_bytes = f::optional<std::uint64_t>(j, "largest_param_bytes", path, 0, f::as_u64);
   const auto& layers = f::require(j, "layers", path);
   if (!layers.is_array()) f::wrong_type("graph.layers", layers, "an array of layers");
   for (std::size_t i = 0; i < layers.size(); ++i) {

@@ -192,7 +192,7 @@ class TrainingTracker {
     const std::int64_t windows =
         act_window_.max() + window_bytes(weight_window_.max(), weight_window_.sum(), ctx_.prefetch_n_ahead);
     Peak p{base_ + windows + tree_.max(), tree_.count(), tree_.argmax()};
-    const std::int64_t step = base_ + grads_ + opt_t_;
+    const std::int64_t step = base_ + grads_ + opt_t_ + static_cast<std::int64_t>(ctx_.optimizer_workspace_bytes);
     if (step > p.value) p = {step, 1, static_cast<std::int64_t>(2 * n_)};
     else if (step == p.value) p.count += 1;
     return p;

@@ -19,6 +19,16 @@ inline const std::vector<std::string>& plan_techniques() {
   return names;
 }
 
+/// A layer's bytes on the device by kind (reports draw them as stacked bars).
+struct LayerBytes {
+  std::uint64_t weights = 0;      ///< parameters + buffers resident on the device
+  std::uint64_t grads = 0;        ///< gradients kept once created (training)
+  std::uint64_t optimizer = 0;    ///< optimizer state resident on the device (training)
+  std::uint64_t activations = 0;  ///< kept from forward to backward (training)
+  std::uint64_t kv_cache = 0;     ///< KV cache resident on the device (inference)
+  bool operator==(const LayerBytes&) const = default;
+};
+
 struct LayerPlan {
   std::int64_t index = 0;
   std::string name, kind;
@@ -28,6 +38,7 @@ struct LayerPlan {
   std::string activation_tier = "device";  ///< device|host|disk
   bool pinned = false;
   std::uint64_t bytes_before = 0, bytes_after = 0;
+  LayerBytes before, after;  ///< the same figures by kind, without / with the techniques
   std::vector<std::string> rules, reasons;
   bool operator==(const LayerPlan&) const = default;
 
@@ -100,6 +111,17 @@ struct Plan {
   std::string to_json_text() const;
 };
 
+inline void to_json(nlohmann::json& j, const LayerBytes& b) {
+  j = {{"weights", b.weights}, {"grads", b.grads}, {"optimizer", b.optimizer}, {"activations", b.activations},
+       {"kv_cache", b.kv_cache}};
+}
+
+inline LayerBytes layer_bytes_from_json(const nlohmann::json& j, const std::string& path) {
+  namespace f = json_fields;
+  return {f::u64(j, "weights", path), f::u64(j, "grads", path), f::u64(j, "optimizer", path),
+          f::u64(j, "activations", path), f::u64(j, "kv_cache", path)};
+}
+
 inline void to_json(nlohmann::json& j, const LayerPlan& l) {
   j = {{"index", l.index},
        {"name", l.name},
@@ -111,6 +133,8 @@ inline void to_json(nlohmann::json& j, const LayerPlan& l) {
        {"pinned", l.pinned},
        {"bytes_before", l.bytes_before},
        {"bytes_after", l.bytes_after},
+       {"before", l.before},
+       {"after", l.after},
        {"rules", l.rules},
        {"reasons", l.reasons}};
 }
@@ -209,6 +233,9 @@ inline Plan plan_from_json(const nlohmann::json& j) {
     l.pinned = f::boolean(lj, "pinned", lp);
     l.bytes_before = f::u64(lj, "bytes_before", lp);
     l.bytes_after = f::u64(lj, "bytes_after", lp);
+    // Optional: plans written before the per-kind figures existed still load.
+    if (lj.contains("before")) l.before = layer_bytes_from_json(lj.at("before"), lp + ".before");
+    if (lj.contains("after")) l.after = layer_bytes_from_json(lj.at("after"), lp + ".after");
     l.rules = f::strings(lj, "rules", lp);
     l.reasons = f::strings(lj, "reasons", lp);
     p.layers.push_back(std::move(l));

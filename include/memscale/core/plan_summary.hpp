@@ -71,8 +71,9 @@ inline std::string plan_summary(const Plan& plan) {
                            ? 100.0 * (1.0 - static_cast<double>(plan.predicted_peak_bytes) /
                                                 static_cast<double>(plan.unoptimized_peak_bytes))
                            : 0.0;
-  std::snprintf(line, sizeof line, "predicted peak %s (%.1f%% below unoptimized), %s of budget %s unused\n",
-                format_bytes(plan.predicted_peak_bytes).c_str(), saved,
+  // Forced techniques can cost more than they save: say "above" then, not "-x% below".
+  std::snprintf(line, sizeof line, "predicted peak %s (%.1f%% %s unoptimized), %s of budget %s unused\n",
+                format_bytes(plan.predicted_peak_bytes).c_str(), saved < 0 ? -saved : saved, saved < 0 ? "above" : "below",
                 format_bytes(plan.budget_bytes > plan.predicted_peak_bytes ? plan.budget_bytes - plan.predicted_peak_bytes : 0)
                     .c_str(),
                 format_bytes(plan.budget_bytes).c_str());

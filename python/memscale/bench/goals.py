@@ -40,13 +40,16 @@ def _matches(record: dict[str, Any], where: dict[str, Any]) -> bool:
     return all(record.get(k) == v for k, v in where.items())
 
 
-def check(records: list[dict[str, Any]], goals: list[dict[str, Any]], scenarios: list[str] | None = None) -> list[GoalResult]:
+def check(records: list[dict[str, Any]], goals: list[dict[str, Any]], scenarios: list[str] | None = None,
+          timing: bool = True) -> list[GoalResult]:
     """Every goal whose scenario was run is checked against each matching record; a goal
-    with no matching record fails (the benchmark did not produce what it promises)."""
+    with no matching record fails (the benchmark did not produce what it promises). A goal
+    marked ``optional`` applies only to records that carry its ratio. ``timing=False``
+    leaves out goals marked ``timing`` (wall-clock ratios, meaningless on a busy machine)."""
     results: list[GoalResult] = []
     ran = {r.get("scenario") for r in records} if scenarios is None else set(scenarios)
     for g in goals:
-        if g["scenario"] not in ran:
+        if g["scenario"] not in ran or (g.get("timing") and not timing):
             continue
         matching = [r for r in records if r.get("scenario") == g["scenario"] and _matches(r, g.get("where", {}))]
         if not matching:
@@ -54,6 +57,8 @@ def check(records: list[dict[str, Any]], goals: list[dict[str, Any]], scenarios:
             continue
         for r in matching:
             value = r.get("ratios", {}).get(g["ratio"])
+            if value is None and g.get("optional"):
+                continue
             label = f"{g['id']} [{r.get('model', '')} {r.get('label', '')}]".replace(" ]", "]")
             if value is None:
                 results.append(GoalResult(g["id"], g["scenario"], False, f"{label}: record has no ratio {g['ratio']!r}"))

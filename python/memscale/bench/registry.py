@@ -1,10 +1,15 @@
-"""The scenarios ``memscale bench`` knows, in the order they run."""
+"""The scenarios ``memscale bench`` knows, in the order they run. Modules under
+``benchmarks.`` are run from the repository root (the runner finds it)."""
 from __future__ import annotations
 
 # name -> (module run as ``python -m MODULE --out FILE [--quick]``, one-line description)
 SCENARIOS: dict[str, tuple[str, str]] = {
+    "planning_speed": ("benchmarks.planning_speed", "planning time for 10 to 10,000 layers"),
     "estimate_accuracy": ("benchmarks.estimate_accuracy", "predicted vs measured unoptimized training peak, 6 models x 2 batches"),
     "profile_1b": ("benchmarks.profile_1b", "time and extra RAM of profiling a 1.1B Llama defined on meta"),
+    "tiling_lce": ("memscale.bench.scenarios.tiling_lce", "chunked LM head + cross-entropy vs untiled, 32k vocabulary"),
+    "training_sweep": ("memscale.bench.scenarios.training_sweep",
+                       "GPT training at 80/60/45/35% of its peak vs unoptimized and checkpoint-every-block"),
     "offload_inference": ("memscale.bench.scenarios.offload_inference",
                           "generation with weights 2.5x the budget: pager vs Accelerate disk offload"),
     "scheduler": ("memscale.bench.scenarios.scheduler",

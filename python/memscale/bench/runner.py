@@ -15,11 +15,23 @@ from .registry import SCENARIOS
 log = logging.getLogger("memscale")
 
 
+def repository_root() -> Path:
+    """The checkout holding ``benchmarks/goals.json``: the current directory or a parent."""
+    from ..errors import MemScaleError
+
+    for folder in [Path.cwd(), *Path.cwd().parents]:
+        if (folder / "benchmarks" / "goals.json").is_file():
+            return folder
+    raise MemScaleError(f"memscale bench: no benchmarks/goals.json in {Path.cwd()} or its parents; "
+                        "run it inside a MemScale checkout (the scenarios live in benchmarks/)")
+
+
 def run_scenarios(names: list[str], quick: bool, timeout_s: float = 1800.0) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
     from ..errors import MemScaleError
 
+    root = repository_root()
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="memscale-bench-") as tmp:
         bar = tqdm(names, desc="memscale bench", unit="scenario", file=sys.stderr)
@@ -28,7 +40,7 @@ def run_scenarios(names: list[str], quick: bool, timeout_s: float = 1800.0) -> l
             module, _ = SCENARIOS[name]
             out = Path(tmp) / f"{name}.json"
             command = [sys.executable, "-m", module, "--out", str(out)] + (["--quick"] if quick else [])
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, cwd=root)
             if done.returncode != 0:
                 raise MemScaleError(f"scenario {name} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
             got = read_records(out)

@@ -141,6 +141,9 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
         "batch": g_batch,
         "dtype": dtype,
         "input_bytes": tensor_bytes(inputs),
+        # sizes the CPU optimizer's per-tensor workspace (memory-model.md)
+        "largest_param_bytes": max((p.numel() * p.element_size() for p in model.parameters() if p.requires_grad),
+                                   default=0) if training else 0,
         "layers": layers,
         "mixed_precision": bool(mixed_precision),
         "model_name": type(model).__name__,

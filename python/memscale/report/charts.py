@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-TERMS = ("weights", "grads", "optimizer", "activations")
-COLORS = {"weights": "#4c72b0", "grads": "#dd8452", "optimizer": "#55a868", "activations": "#c44e52"}
+TERMS = ("weights", "grads", "optimizer", "activations", "kv_cache")
+COLORS = {"weights": "#4c72b0", "grads": "#dd8452", "optimizer": "#55a868", "activations": "#c44e52",
+          "kv_cache": "#937860"}
 MIB = 2.0**20
 
 

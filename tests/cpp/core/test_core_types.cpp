@@ -91,6 +91,8 @@ TEST(Plan, JsonRoundTripIsIdentity) {
   l.tile_chunks = 4;
   l.bytes_before = 500;
   l.bytes_after = 100;
+  l.before = {300, 300, 600, 200, 0};
+  l.after = {300, 300, 600, 40, 0};
   l.rules = {"CK1"};
   l.reasons = {"most activation bytes per FLOP"};
   p.layers.push_back(l);

@@ -324,3 +324,40 @@ TEST(Engine, BadInputIsAClearError) {
 
 }  // namespace
 }  // namespace memscale::test
+
+namespace memscale {
+namespace {
+
+TEST(EngineLayerBytes, ByKindAddsUpToTheLayerTotalsAndShowsTheTechnique) {
+  ModelGraph g;
+  for (int i = 0; i < 4; ++i) {
+    Layer l;
+    l.index = i;
+    l.name = "blocks." + std::to_string(i);
+    l.kind = "block";
+    l.param_bytes = 1000;
+    l.grad_bytes = 1000;
+    l.optimizer_bytes = 2000;
+    l.activation_bytes = 50000;
+    l.input_bytes = l.output_bytes = 1000;
+    g.layers.push_back(l);
+  }
+  Hardware hw;
+  hw.host_total_bytes = hw.host_available_bytes = 1ull << 30;
+  const Plan p = plan(g, hw, Config::from_json_text(R"({"memory_budget": 150000, "techniques": {"offload_activations": "off", "offload_weights": "off"}})"));
+  bool checkpointed = false;
+  for (const auto& l : p.layers) {
+    EXPECT_EQ(l.before.weights + l.before.optimizer + l.before.activations, l.bytes_before) << l.name;
+    EXPECT_EQ(l.after.weights + l.after.optimizer + l.after.activations, l.bytes_after) << l.name;
+    EXPECT_EQ(l.before.grads, 1000u);
+    if (l.has("checkpoint")) {
+      checkpointed = true;
+      EXPECT_EQ(l.before.activations, 50000u);
+      EXPECT_EQ(l.after.activations, 1000u);  // only the input is kept as the recompute boundary
+    }
+  }
+  EXPECT_TRUE(checkpointed);
+}
+
+}  // namespace
+}  // namespace memscale

@@ -75,6 +75,8 @@ inline Plan build_plan(const ModelGraph& graph, const Setup& setup, const Config
     lp.pinned = !setup.pinned[l].empty();
     lp.bytes_before = model::layer_resident_bytes(layer, none[l], setup.step);
     lp.bytes_after = model::layer_resident_bytes(layer, states[l], setup.step);
+    lp.before = model::layer_resident_terms(layer, none[l], setup.step);
+    lp.after = model::layer_resident_terms(layer, states[l], setup.step);
     for (const auto& [rule, reason] : log.layer_rules[l]) {
       lp.rules.push_back(rule);
       lp.reasons.push_back(reason);

@@ -83,6 +83,10 @@ inline Setup make_setup(const ModelGraph& graph, const Hardware& hw, const Confi
   s.step.training = graph.training;
   s.step.prefetch_n_ahead = config.offload.prefetch_n_ahead;
   s.step.optimizer_transient = graph.training ? model::optimizer_transient_factor(graph.optimizer) : 0.0;
+  if (graph.training && hw.gpu_count() == 0 && graph.largest_param_bytes > 0) {
+    s.step.optimizer_transient = 0.0;
+    s.step.optimizer_workspace_bytes = model::cpu_optimizer_workspace(graph.optimizer, graph.largest_param_bytes);
+  }
   s.step.data_parallel = graph.training && s.device_count > 1;
   s.step.input_bytes = graph.input_bytes;
   if (!graph.training) {
