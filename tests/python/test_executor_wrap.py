@@ -90,8 +90,8 @@ def test_bad_calls_raise_before_modifying(planner) -> None:
         wrap(model, memory_budget="1GiB")
     with pytest.raises(memscale.MemScaleError, match="either cfg or config keywords"):
         wrap(model, memscale.Config(), example_inputs=inputs, memory_budget="1GiB")
-    with pytest.raises(memscale.MemScaleError, match="training=False"):
-        wrap(model, example_inputs=inputs, training=False)
+    with pytest.raises(memscale.MemScaleError, match="training='yes'"):
+        wrap(model, example_inputs=inputs, training="yes")  # training=False is inference (the pager)
     with pytest.raises(memscale.ConfigError):
         wrap(model, example_inputs=inputs, memory_budget="lots")
     with pytest.raises(memscale.MemScaleError, match="offload_weights='on' is not supported"):
