@@ -9,7 +9,10 @@ log = logging.getLogger("memscale")
 
 
 def default_goals_path() -> Path:
-    return Path("benchmarks") / "goals.json"
+    """The checkout's goals file, found the same way the runner finds the scenarios."""
+    from .bench.runner import repository_root
+
+    return repository_root() / "benchmarks" / "goals.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
