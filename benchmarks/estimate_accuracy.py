@@ -2,8 +2,8 @@
 
 For each reference architecture (gpt, encoder, vit, resnet, lstm, t5) at two batch sizes:
 
-* measured: the counting allocator's peak (``memscale.track_memory("cpu")``) over the
-  *second* training step -- forward, backward, AdamW step -- so the optimizer state
+* measured: the counting allocator's peak (``memscale.track_memory("cpu")``; on CUDA the
+  caching allocator's statistics) over the *second* training step -- forward, backward, AdamW step -- so the optimizer state
   exists; tracking starts before the model is built, so parameters, inputs, gradients,
   optimizer state, activations and scratch are all in the figure;
 * predicted: the unoptimized training-step peak computed from the profiled ModelGraph
@@ -29,6 +29,7 @@ import torch  # noqa: E402
 
 from _profile_bench import main_with_records, predicted_unoptimized_peak  # noqa: E402
 from memscale import models  # noqa: E402
+from memscale.bench.device import clock  # noqa: E402
 from memscale.memory import track_memory  # noqa: E402
 from memscale.profile import profile_dict  # noqa: E402
 
@@ -51,28 +52,31 @@ def _train_step(model: torch.nn.Module, inputs: tuple, opt: torch.optim.Optimize
     opt.zero_grad(set_to_none=True)
 
 
-def measure_peak(name: str, batch: int) -> tuple[int, float, torch.nn.Module, tuple]:
-    """Counting-allocator peak of the 2nd AdamW training step (bytes) and its time (s)."""
+def measure_peak(name: str, batch: int, device: torch.device) -> tuple[int, float, torch.nn.Module, tuple]:
+    """Measured peak of the 2nd AdamW training step (bytes) and its time (s)."""
     gc.collect()
-    with track_memory("cpu") as t:
-        model = models.build(name, seed=0, **SIZES[name])
-        inputs = models.example_inputs(name, model, batch=batch, seed=0)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    with track_memory(device) as t:
+        model = models.build(name, seed=0, **SIZES[name]).to(device)
+        inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x
+                       for x in models.example_inputs(name, model, batch=batch, seed=0))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         _train_step(model, inputs, opt)  # creates the optimizer state
         t.reset_peak()
-        start = time.perf_counter()
+        start = clock(device)
         _train_step(model, inputs, opt)
-        seconds = time.perf_counter() - start
+        seconds = clock(device) - start
         peak = t.peak_bytes
     del opt
     return peak, seconds, model, inputs
 
 
-def run(quick: bool = False) -> list[dict[str, Any]]:
+def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list[dict[str, Any]]:
     records = []
     for name in SIZES:
         for batch in (QUICK_BATCHES if quick else BATCHES):
-            measured, seconds, model, inputs = measure_peak(name, batch)
+            measured, seconds, model, inputs = measure_peak(name, batch, device)
             start = time.perf_counter()
             graph = profile_dict(model, inputs, training=True, optimizer="adamw")
             profile_s = time.perf_counter() - start

@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario", action="append", metavar="NAME",
                         help=f"run only these (repeatable); known: {', '.join(SCENARIOS) or 'none'}")
     parser.add_argument("--out", default=None, help="write all records to this JSON file")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the device-aware scenarios measure (auto: CUDA when torch sees a GPU)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a measured ratio misses its goal")
     parser.add_argument("--no-timing", action="store_true",
                         help="check only goals not marked timing (memory and accuracy): for busy or shared machines")
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         names = sorted({r.get("scenario") for r in records})
     else:
         names = resolve(args.scenario)
-        records = run_scenarios(names, quick=args.quick)
+        records = run_scenarios(names, quick=args.quick, device=args.device)
     if args.out:
         write_records(args.out, records)
         log.info("wrote %d record(s) to %s", len(records), args.out)

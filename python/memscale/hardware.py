@@ -48,10 +48,10 @@ class _NvmlMemory(ctypes.Structure):
     _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
 
 
-def _cuda_devices_nvml(lib_names: tuple[str, ...] = _NVML_NAMES) -> list[dict[str, Any]]:
+def _cuda_devices_nvml(lib_names: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """GPUs through NVML loaded with ctypes; [] when the library is absent or fails."""
     lib = None
-    for name in lib_names:
+    for name in lib_names or _NVML_NAMES:  # read at call time: tests replace the names
         try:
             lib = ctypes.CDLL(name)
             break

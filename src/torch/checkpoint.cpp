@@ -4,8 +4,11 @@
 // (re-entrantly), which accumulates parameter grads and yields the input's grad.
 #include "memscale/torch/checkpoint.hpp"
 
+#include <memory>
 #include <mutex>
 #include <optional>
+#include <type_traits>
+#include <utility>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/Generator.h>
@@ -79,6 +82,17 @@ class CheckpointBackward : public torch::autograd::Node {
   at::Tensor rng_state_;
 };
 
+// torch up to 2.12 owns autograd nodes through std::shared_ptr, later versions through
+// c10::intrusive_ptr; the template defers the choice to the Node type torch defines.
+template <class N, class... Args>
+auto make_node(Args&&... args) {
+  if constexpr (std::is_base_of_v<c10::intrusive_ptr_target, N>) {
+    return c10::make_intrusive<N>(std::forward<Args>(args)...);
+  } else {
+    return std::make_shared<N>(std::forward<Args>(args)...);
+  }
+}
+
 }  // namespace
 
 at::Tensor checkpoint(const LayerFn& fn, const at::Tensor& input) {
@@ -92,7 +106,7 @@ at::Tensor checkpoint(const LayerFn& fn, const at::Tensor& input) {
   }
   // A layer that returns its input (or a view of it) holds nothing to save.
   if (output.is_same(input) || (output.is_alias_of(input))) return fn(input);
-  auto node = c10::make_intrusive<CheckpointBackward>(fn, input, input.requires_grad(), std::move(rng_state));
+  auto node = make_node<CheckpointBackward>(fn, input, input.requires_grad(), std::move(rng_state));
   node->set_next_edges(torch::autograd::collect_next_edges(input));
   torch::autograd::set_history(output, node);
   return output;

@@ -19,14 +19,14 @@ def machine_info() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    device = "cpu"
-    if torch.cuda.is_available():
-        device = torch.cuda.get_device_name(0)
+    # The GPU the machine has, if any; each record's own "device" says where it measured.
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "ram_bytes": psutil.virtual_memory().total,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "device": device,
+        "gpu": gpu,
+        "cuda": torch.version.cuda,
     }

@@ -25,25 +25,46 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 
 
 def scenario_main(run: Any, argv: list[str] | None = None) -> int:
-    """``python -m memscale.bench.scenarios.NAME [--quick] [--out FILE]``."""
+    """``python -m memscale.bench.scenarios.NAME [--quick] [--out FILE] [--device auto|cpu|cuda]``.
+
+    A scenario whose ``run`` takes ``device`` measures there; the others (planning, meta
+    profiling, the CPU pager scenarios) run on the CPU whatever is asked, and say so.
+    """
     import argparse
+    import inspect
     import logging
 
-    from .machine import machine_info
+    from .device import CHOICES, device_label, resolve_device
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="the small CI subset")
     parser.add_argument("--out", default=None, help="write the records to this JSON file")
+    parser.add_argument("--device", choices=CHOICES, default="auto",
+                        help="where to measure (auto: CUDA when available)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s: %(message)s")
-    records = run(quick=args.quick)
-    machine = machine_info()
-    for record in records:
-        record.setdefault("machine", machine)
-        record.setdefault("device", machine["device"])
-        record["quick"] = bool(args.quick)
+    device = resolve_device(args.device)
+    if "device" in inspect.signature(run).parameters:
+        records = run(quick=args.quick, device=device)
+    else:
+        if device.type != "cpu":
+            logging.getLogger("memscale").info("this scenario runs on the CPU only; --device %s ignored", args.device)
+        device = resolve_device("cpu")
+        records = run(quick=args.quick)
+    finish_records(records, quick=args.quick, device=device_label(device))
     if args.out:
         write_records(args.out, records)
     else:
         print(json.dumps({"records": records}, indent=2, sort_keys=True))
     return 0
+
+
+def finish_records(records: list[dict[str, Any]], quick: bool, device: str) -> None:
+    """Stamp the machine, the device measured on and the run size into every record."""
+    from .machine import machine_info
+
+    machine = machine_info()
+    for record in records:
+        record.setdefault("machine", machine)
+        record.setdefault("device", device)
+        record["quick"] = bool(quick)

@@ -26,7 +26,7 @@ def repository_root() -> Path:
                         "run it inside a MemScale checkout (the scenarios live in benchmarks/)")
 
 
-def run_scenarios(names: list[str], quick: bool, timeout_s: float = 1800.0) -> list[dict[str, Any]]:
+def run_scenarios(names: list[str], quick: bool, device: str = "auto", timeout_s: float = 1800.0) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
     from ..errors import MemScaleError
@@ -39,7 +39,7 @@ def run_scenarios(names: list[str], quick: bool, timeout_s: float = 1800.0) -> l
             bar.set_postfix_str(name)
             module, _ = SCENARIOS[name]
             out = Path(tmp) / f"{name}.json"
-            command = [sys.executable, "-m", module, "--out", str(out)] + (["--quick"] if quick else [])
+            command = [sys.executable, "-m", module, "--out", str(out), "--device", device] + (["--quick"] if quick else [])
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, cwd=root)
             if done.returncode != 0:
                 raise MemScaleError(f"scenario {name} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")

@@ -149,6 +149,15 @@ def estimate_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[Layer
             f"nonzero() or value-dependent control flow in forward)") from error
 
 
+def _without_cudnn_rnn(model: nn.Module, device: torch.device) -> Any:
+    """cuDNN's fused RNN needs the real flattened weight buffer, which fake parameters do
+    not have: recurrent layers on CUDA are estimated on torch's own RNN kernels instead
+    (the same saved activations up to cuDNN's reserve space)."""
+    if device.type == "cuda" and any(isinstance(m, nn.RNNBase) for m in model.modules()):
+        return torch.backends.cudnn.flags(enabled=False)
+    return contextlib.nullcontext()
+
+
 def _run(model: nn.Module, fargs: tuple, fkwargs: dict, specs: list[LayerSpec], orphans: list[torch.Tensor],
          fakes: dict[int, torch.Tensor], excluded: set[int], fake_mode: FakeTensorMode, training: bool,
          device: torch.device) -> Estimate:
@@ -166,7 +175,7 @@ def _run(model: nn.Module, fargs: tuple, fkwargs: dict, specs: list[LayerSpec], 
     tracker._on_op = on_op
     flags = set_mode(model, training)
     try:
-        with fake_mode, tracker:
+        with fake_mode, tracker, _without_cudnn_rnn(model, device):
             recorder.record_step(model, fargs, fkwargs)
     finally:
         restore_mode(flags)

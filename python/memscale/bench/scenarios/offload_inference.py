@@ -194,22 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     import json
     import logging
 
-    from memscale.bench.machine import machine_info
-    from memscale.bench.records import write_records
+    from memscale.bench.records import finish_records, write_records
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=None)
     parser.add_argument("--page-cache", choices=("drop", "keep"), default="drop")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: cores - 1)")
+    parser.add_argument("--device", default="auto", help="accepted for the suite's runner; this scenario runs on the CPU")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s: %(message)s")
     records = run(args.quick, args.page_cache, args.threads)
-    machine = machine_info()
-    for r in records:
-        r.setdefault("machine", machine)
-        r.setdefault("device", machine["device"])
-        r["quick"] = args.quick
+    finish_records(records, quick=args.quick, device="cpu")
     if args.out:
         write_records(args.out, records)
     else:

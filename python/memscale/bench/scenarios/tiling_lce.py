@@ -4,7 +4,8 @@ Both variants run the same forward + backward of an LM head's loss on the same
 inputs: ``F.cross_entropy(F.linear(hidden, W), targets)`` (untiled, full logits) and
 ``memscale.nn.linear_cross_entropy(hidden, W, targets)`` (tiled). For each one:
 
-* measured peak: ``memscale.track_memory("cpu")`` (the counting allocator) around
+* measured peak: ``memscale.track_memory(device)`` (the counting allocator on the CPU,
+  the caching allocator's statistics on CUDA) around
   forward + backward, with the inputs allocated before the scope opens, so the figure
   is everything the step allocates on top of them (logits, softmax, gradients);
 * step time: median of ``repeats`` runs, variants interleaved so that machine load
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import gc
 import statistics
-import time
 from typing import Any, Callable
 
 import torch
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 import memscale
 import memscale.nn as mnn
+from memscale.bench.device import clock
 
 VOCAB = 32_000
 
@@ -50,27 +51,30 @@ def _tiled(chunks: int | None) -> Step:
 
 def _measure_peak(step: Step, *inputs: torch.Tensor) -> tuple[int, tuple[torch.Tensor, ...]]:
     gc.collect()
-    with memscale.track_memory("cpu") as tracker:
+    with memscale.track_memory(inputs[0].device) as tracker:
         grads = step(*inputs)
     return tracker.peak_bytes, grads
 
 
 def _time(step: Step, *inputs: torch.Tensor) -> float:
-    start = time.perf_counter()
+    start = clock(inputs[0].device)
     step(*inputs)
-    return time.perf_counter() - start
+    return clock(inputs[0].device) - start
 
 
 def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
 
 
-def run(quick: bool) -> list[dict[str, Any]]:
-    tokens, hidden_size, repeats = (1024, 256, 3) if quick else (4096, 512, 5)
+def run(quick: bool, device: torch.device = torch.device("cpu")) -> list[dict[str, Any]]:
+    if device.type == "cuda":  # a GPU step of a few milliseconds needs more tokens and repeats
+        tokens, hidden_size, repeats = (8192, 1024, 10) if quick else (32768, 2048, 20)
+    else:
+        tokens, hidden_size, repeats = (1024, 256, 3) if quick else (4096, 512, 5)
     torch.manual_seed(0)
-    hidden = (torch.randn(tokens, hidden_size) * 0.5).requires_grad_()
-    weight = (torch.randn(VOCAB, hidden_size) / hidden_size ** 0.5).requires_grad_()
-    targets = torch.randint(0, VOCAB, (tokens,))
+    hidden = (torch.randn(tokens, hidden_size, device=device) * 0.5).requires_grad_()
+    weight = (torch.randn(VOCAB, hidden_size, device=device) / hidden_size ** 0.5).requires_grad_()
+    targets = torch.randint(0, VOCAB, (tokens,), device=device)
     targets[::17] = -100  # some ignored positions, as padding would be
     chunks = None  # the library's default sizing (DEFAULT_CHUNK_LOGITS_BYTES per slice)
     tiled = _tiled(chunks)
@@ -108,7 +112,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         "grad_max_rel_diff": {"hidden": diffs[0], "weight": diffs[1]},
         "grads_equal": all(d <= 1e-5 for d in diffs),
         "ratios": {"peak_ratio": peak_tiled / peak_untiled, "time_ratio": t_tiled / t_untiled},
-        "measurement": "memscale.track_memory('cpu') counting allocator; median wall time",
+        "measurement": f"memscale.track_memory('{device.type}'); median wall time (synchronized on CUDA)",
     }]
 
 

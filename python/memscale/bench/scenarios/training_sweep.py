@@ -1,17 +1,18 @@
 """Training budget sweep (issue 6): a GPT-style model trained under budgets of 80%, 60%,
 45% and 35% of its measured unoptimized peak. At each budget MemScale's measured peak
-(counting allocator) must stay within 1.05 x budget, or the engine refuses with
-InfeasibleBudgetError and its min_budget_bytes is then shown to fit. The same run
-measures no optimization and checkpoint-every-block (torch.utils.checkpoint) as peers.
+(counting allocator on the CPU, the caching allocator's statistics on CUDA) must stay
+within 1.05 x budget, or the engine refuses with InfeasibleBudgetError and its
+min_budget_bytes is then shown to fit. The same run measures no optimization and
+checkpoint-every-block (torch.utils.checkpoint) as peers. On CUDA the model is larger
+(a step of a few hundred milliseconds on a datacenter GPU) and times are synchronized.
 
-    python -m memscale.bench.scenarios.training_sweep [--quick] [--out FILE]
+    python -m memscale.bench.scenarios.training_sweep [--quick] [--out FILE] [--device auto|cpu|cuda]
 """
 from __future__ import annotations
 
 import functools
 import gc
 import logging
-import time
 from typing import Any, Callable
 
 import torch
@@ -19,19 +20,22 @@ from torch.utils.checkpoint import checkpoint
 
 import memscale
 from memscale import models
+from memscale.bench.device import clock
 
 log = logging.getLogger("memscale")
 
 FRACTIONS = (0.80, 0.60, 0.45, 0.35)
 FULL = dict(d_model=384, n_layers=6, n_heads=8, d_ff=1536, max_seq=256, vocab=8192, batch=8)
 QUICK = dict(d_model=256, n_layers=4, n_heads=8, d_ff=1024, max_seq=128, vocab=4096, batch=4)
+CUDA_FULL = dict(d_model=1024, n_layers=12, n_heads=16, d_ff=4096, max_seq=1024, vocab=32000, batch=8)
+CUDA_QUICK = dict(d_model=512, n_layers=6, n_heads=8, d_ff=2048, max_seq=512, vocab=16000, batch=8)
 
 
-def _build(sizes: dict[str, int]) -> tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+def _build(sizes: dict[str, int], device: torch.device) -> tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]:
     dims = {k: v for k, v in sizes.items() if k != "batch"}
-    model = models.build("gpt", seed=0, **dims)
-    inputs = models.example_inputs("gpt", model, batch=sizes["batch"], seq=sizes["max_seq"])
-    return model, inputs
+    model = models.build("gpt", seed=0, **dims).to(device)
+    ids, labels = models.example_inputs("gpt", model, batch=sizes["batch"], seq=sizes["max_seq"])
+    return model, (ids.to(device), labels.to(device))
 
 
 def _checkpoint_every_block(model: torch.nn.Module) -> None:
@@ -40,22 +44,25 @@ def _checkpoint_every_block(model: torch.nn.Module) -> None:
         block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
 
 
-def _train(sizes: dict[str, int], steps: int, prepare: Callable[[torch.nn.Module, tuple], Any]) -> dict[str, Any]:
+def _train(sizes: dict[str, int], steps: int, prepare: Callable[[torch.nn.Module, tuple], Any],
+           device: torch.device) -> dict[str, Any]:
     """Builds the model inside the tracking scope (so weights, grads and optimizer state
     are counted), runs `steps` AdamW steps and returns the peak, step time and losses."""
     gc.collect()
-    with memscale.track_memory("cpu") as tracker:
-        model, (ids, labels) = _build(sizes)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # each configuration starts from an empty cache
+    with memscale.track_memory(device) as tracker:
+        model, (ids, labels) = _build(sizes, device)
         prepared = prepare(model, (ids, labels))
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         times, losses = [], []
         for _ in range(steps):
-            start = time.perf_counter()
+            start = clock(device)
             loss = model(ids, labels=labels)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - start)
+            times.append(clock(device) - start)
             losses.append(float(loss))
         peak = tracker.peak_bytes
         del model, optimizer, loss
@@ -71,12 +78,15 @@ def _memscale_prepare(budget: int) -> Callable[[torch.nn.Module, tuple], Any]:
     return prepare
 
 
-def run(quick: bool) -> list[dict[str, Any]]:
-    sizes = QUICK if quick else FULL
+def run(quick: bool, device: torch.device = torch.device("cpu")) -> list[dict[str, Any]]:
+    if device.type == "cuda":
+        sizes = CUDA_QUICK if quick else CUDA_FULL
+    else:
+        sizes = QUICK if quick else FULL
     steps = 3 if quick else 4
     torch.manual_seed(0)
-    base = _train(sizes, steps, lambda m, i: None)
-    ckpt = _train(sizes, steps, lambda m, i: _checkpoint_every_block(m))
+    base = _train(sizes, steps, lambda m, i: None, device)
+    ckpt = _train(sizes, steps, lambda m, i: _checkpoint_every_block(m), device)
     log.info("unoptimized peak %.1f MiB, %.3f s/step; checkpoint-every-block peak %.1f MiB, %.3f s/step",
              base["peak_bytes"] / 2**20, base["step_time_s"], ckpt["peak_bytes"] / 2**20, ckpt["step_time_s"])
     model_name = "gpt d{d_model} L{n_layers} seq{max_seq} b{batch} V{vocab}".format(**sizes)
@@ -86,12 +96,14 @@ def run(quick: bool) -> list[dict[str, Any]]:
         record: dict[str, Any] = {
             "scenario": "training_sweep", "model": model_name, "label": f"{round(fraction * 100)}%",
             "budget_fraction": fraction, "budget_bytes": budget,
+            "measurement": (f"memscale.track_memory('{device.type}') peak over {steps} AdamW steps with the model "
+                            "built inside the scope; step time = fastest step after the first"),
             "peers": {"unoptimized": {"peak_bytes": base["peak_bytes"], "step_time_s": base["step_time_s"]},
                       "checkpoint_every_block": {"peak_bytes": ckpt["peak_bytes"], "step_time_s": ckpt["step_time_s"],
                                                  "fits_budget": ckpt["peak_bytes"] <= budget}},
         }
         try:
-            got = _train(sizes, steps, _memscale_prepare(budget))
+            got = _train(sizes, steps, _memscale_prepare(budget), device)
             measured_budget = budget
         except memscale.InfeasibleBudgetError as refusal:
             # The engine's promise: the smallest budget it names must itself fit.
@@ -99,7 +111,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
             record["refusal"] = str(refusal).splitlines()[0]
             record["min_budget_bytes"] = refusal.min_budget_bytes
             measured_budget = refusal.min_budget_bytes
-            got = _train(sizes, steps, _memscale_prepare(measured_budget))
+            got = _train(sizes, steps, _memscale_prepare(measured_budget), device)
         plan = got["prepared"]
         record.update({
             "refused": record.get("refused", False),
