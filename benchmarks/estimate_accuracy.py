@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from _profile_bench import main_with_records, predicted_unoptimized_peak  # noqa: E402
 from memscale import models  # noqa: E402
-from memscale.bench.device import clock  # noqa: E402
+from memscale.bench.device import clock, fresh_device_state  # noqa: E402
 from memscale.memory import track_memory  # noqa: E402
 from memscale.profile import profile_dict  # noqa: E402
 
@@ -55,8 +55,7 @@ def _train_step(model: torch.nn.Module, inputs: tuple, opt: torch.optim.Optimize
 def measure_peak(name: str, batch: int, device: torch.device) -> tuple[int, float, torch.nn.Module, tuple]:
     """Measured peak of the 2nd AdamW training step (bytes) and its time (s)."""
     gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    fresh_device_state(device)
     with track_memory(device) as t:
         model = models.build(name, seed=0, **SIZES[name]).to(device)
         inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x

@@ -13,6 +13,7 @@ void bind_hardware(py::module_& m) {
       .def_readonly("name", &Device::name)
       .def_readonly("total_bytes", &Device::total_bytes)
       .def_readonly("free_bytes", &Device::free_bytes)
+      .def_readonly("workspace_bytes", &Device::workspace_bytes)
       .def("__repr__", [](const Device& d) { return "<Device " + d.kind + ":" + std::to_string(d.index) + " " + d.name + ">"; });
 
   py::class_<Hardware>(m, "Hardware", "The machine a plan is made for (docs/json-schema.md).")

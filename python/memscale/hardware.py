@@ -35,12 +35,40 @@ _V1_UNLIMITED = 1 << 62
 _NVML_NAMES = ("libnvidia-ml.so.1", "libnvidia-ml.so")
 
 
+def blas_workspace_bytes(index: int) -> int:
+    """Bytes cuBLAS and cuBLASLt take from the caching allocator for one stream's workspace.
+
+    Measured, because the size depends on the GPU generation, the torch version and
+    ``CUBLAS_WORKSPACE_CONFIG``: products run on a fresh stream (the workspace is kept
+    per stream), the probe's own tensors are freed, what stays allocated is the
+    workspace. Then every workspace is released, so the training step that follows pays
+    for its own inside whatever measures it, as in a fresh process.
+    """
+    device = torch.device("cuda", index)
+    with torch.cuda.device(device):
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        stream = torch.cuda.Stream(device)
+        with torch.cuda.stream(stream):
+            a = torch.ones(64, 64, device=device)
+            bias = torch.ones(64, device=device)
+            outs = [torch.nn.functional.linear(a, a, bias), a @ a, torch.bmm(a[None], a[None])]  # Lt, mm, bmm
+            del outs, a, bias
+        stream.synchronize()
+        workspace = torch.cuda.memory_allocated(device) - before
+        clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+        if clear is not None:
+            clear()
+    return max(int(workspace), 0)
+
+
 def _cuda_devices_torch() -> list[dict[str, Any]]:
     devices = []
     for i in range(torch.cuda.device_count()):
         free, total = torch.cuda.mem_get_info(i)
         devices.append({"free_bytes": int(free), "index": i, "kind": "cuda",
-                        "name": torch.cuda.get_device_name(i), "total_bytes": int(total)})
+                        "name": torch.cuda.get_device_name(i), "total_bytes": int(total),
+                        "workspace_bytes": blas_workspace_bytes(i)})
     return devices
 
 

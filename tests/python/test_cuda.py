@@ -10,6 +10,7 @@ import torch
 import memscale
 from executor_testlib import assert_same_step, build, checkpointable, layer, layer_names, twin
 from memscale import models
+from memscale.bench.device import fresh_device_state
 from memscale.executor import apply_plan
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -74,7 +75,7 @@ def test_host_offload_lowers_the_measured_cuda_peak() -> None:
 
 def test_wrap_fits_a_cuda_budget_measured_by_the_allocator() -> None:
     def train(budget: int | None) -> tuple[int, list[float]]:
-        torch.cuda.synchronize()
+        fresh_device_state(torch.device("cuda"))  # both runs pay the BLAS workspace
         with memscale.track_memory("cuda") as tracker:
             model = models.build("gpt", seed=0, d_model=256, n_layers=6, n_heads=8, d_ff=1024, max_seq=256,
                                  vocab=8192).cuda()
@@ -104,6 +105,20 @@ def test_wrap_fits_a_cuda_budget_measured_by_the_allocator() -> None:
         peak, losses = train(budget)
     assert peak <= 1.05 * budget, (peak, budget, base_peak)
     assert losses == pytest.approx(base_losses, rel=1e-4)
+
+
+def test_detected_blas_workspace_is_what_a_first_product_allocates() -> None:
+    from memscale.hardware import blas_workspace_bytes
+
+    workspace = blas_workspace_bytes(0)
+    assert workspace > 0
+    fresh_device_state(torch.device("cuda"))
+    with memscale.track_memory("cuda") as tracker:
+        a = torch.ones(64, 64, device="cuda")
+        outs = [torch.nn.functional.linear(a, a, torch.ones(64, device="cuda")), a @ a, torch.bmm(a[None], a[None])]
+        del outs, a
+    assert tracker.current_bytes == workspace
+    assert memscale.detect_hardware().devices[0].workspace_bytes == workspace
 
 
 def test_linear_cross_entropy_on_cuda_matches_and_saves_memory() -> None:

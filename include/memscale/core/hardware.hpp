@@ -2,6 +2,7 @@
 // loaded from JSON to plan for a machine you are not on.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -17,6 +18,9 @@ struct Device {
   std::int64_t index = 0;
   std::string name;
   std::uint64_t total_bytes = 0, free_bytes = 0;
+  /// Scratch the framework takes from the device allocator once a step runs matrix
+  /// products (the cuBLAS / cuBLASLt workspace of the step's stream); resident all step.
+  std::uint64_t workspace_bytes = 0;
   bool operator==(const Device&) const = default;
 };
 
@@ -44,13 +48,21 @@ struct Hardware {
       if (d.kind == "cuda") return d.total_bytes;
     return host_available_bytes;
   }
+  /// The largest framework workspace of any GPU (every replica pays its own); 0 without one.
+  std::uint64_t workspace_bytes() const {
+    std::uint64_t most = 0;
+    for (const auto& d : devices)
+      if (d.kind == "cuda") most = std::max(most, d.workspace_bytes);
+    return most;
+  }
 
   static Hardware from_json_text(const std::string& text);
   std::string to_json_text() const;
 };
 
 inline void to_json(nlohmann::json& j, const Device& d) {
-  j = {{"kind", d.kind}, {"index", d.index}, {"name", d.name}, {"total_bytes", d.total_bytes}, {"free_bytes", d.free_bytes}};
+  j = {{"kind", d.kind}, {"index", d.index}, {"name", d.name}, {"total_bytes", d.total_bytes}, {"free_bytes", d.free_bytes},
+       {"workspace_bytes", d.workspace_bytes}};
 }
 
 inline void to_json(nlohmann::json& j, const Hardware& h) {
@@ -80,6 +92,7 @@ inline Hardware hardware_from_json(const nlohmann::json& j) {
     d.name = f::optional<std::string>(devices[i], "name", p, "", f::as_string);
     d.total_bytes = f::u64(devices[i], "total_bytes", p);
     d.free_bytes = f::optional<std::uint64_t>(devices[i], "free_bytes", p, d.total_bytes, f::as_u64);
+    d.workspace_bytes = f::optional<std::uint64_t>(devices[i], "workspace_bytes", p, 0, f::as_u64);
     h.devices.push_back(d);
   }
   h.host_total_bytes = f::u64(j, "host_total_bytes", path);

@@ -31,6 +31,19 @@ def device_label(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
+def fresh_device_state(device: torch.device) -> None:
+    """Before a measured scope on CUDA: empty the allocator's cache and release the BLAS
+    workspaces, so the scope pays for everything its step allocates, as a fresh process
+    would (the engine counts the workspace; see memscale.hardware.blas_workspace_bytes)."""
+    if device.type != "cuda":
+        return
+    torch.cuda.synchronize(device)
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()
+    torch.cuda.empty_cache()
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -361,3 +361,25 @@ TEST(EngineLayerBytes, ByKindAddsUpToTheLayerTotalsAndShowsTheTechnique) {
 
 }  // namespace
 }  // namespace memscale
+
+namespace memscale {
+namespace {
+using namespace memscale::test;
+
+TEST(Engine, GpuBlasWorkspaceIsResidentThroughTheStep) {
+  Hardware hw = fixture_hardware("gpu_24gib.json");
+  const ModelGraph g = fixture_graph("gpt2_small_train.json");
+  const std::uint64_t without = unoptimized_peak(g, hw);
+  const std::uint64_t workspace = 65u << 20;
+  hw.devices.at(0).workspace_bytes = workspace;
+  ASSERT_TRUE(g.training);
+  EXPECT_EQ(unoptimized_peak(g, hw), without + 2 * workspace) << "forward's thread and autograd's thread";
+  const Plan p = plan(g, hw, budget_config(without));
+  EXPECT_LE(p.predicted_peak_bytes, without) << "the plan makes room for the workspace";
+  EXPECT_GT(p.layers.size(), 0u);
+  const Hardware back = Hardware::from_json_text(hw.to_json_text());
+  EXPECT_EQ(back.devices.at(0).workspace_bytes, workspace);
+}
+
+}  // namespace
+}  // namespace memscale

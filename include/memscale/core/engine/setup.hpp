@@ -88,7 +88,10 @@ inline Setup make_setup(const ModelGraph& graph, const Hardware& hw, const Confi
     s.step.optimizer_workspace_bytes = model::cpu_optimizer_workspace(graph.optimizer, graph.largest_param_bytes);
   }
   s.step.data_parallel = graph.training && s.device_count > 1;
-  s.step.input_bytes = graph.input_bytes;
+  // The BLAS workspace is resident like the inputs once the first product ran (the peak
+  // report's "input" term carries both). cuBLAS keeps one per thread and stream: training
+  // pays it twice, for the caller's thread and autograd's device thread running backward.
+  s.step.input_bytes = graph.input_bytes + hw.workspace_bytes() * (graph.training ? 2 : 1);
   if (!graph.training) {
     s.reservation = activation_reservation(graph, hw, config.reservation, s.device_count, options.calibration);
     if (const auto it = config.tiers.find("activations"); it != config.tiers.end())

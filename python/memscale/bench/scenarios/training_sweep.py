@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 import memscale
 from memscale import models
-from memscale.bench.device import clock
+from memscale.bench.device import clock, fresh_device_state
 
 log = logging.getLogger("memscale")
 
@@ -49,8 +49,7 @@ def _train(sizes: dict[str, int], steps: int, prepare: Callable[[torch.nn.Module
     """Builds the model inside the tracking scope (so weights, grads and optimizer state
     are counted), runs `steps` AdamW steps and returns the peak, step time and losses."""
     gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()  # each configuration starts from an empty cache
+    fresh_device_state(device)
     with memscale.track_memory(device) as tracker:
         model, (ids, labels) = _build(sizes, device)
         prepared = prepare(model, (ids, labels))
