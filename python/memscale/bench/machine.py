@@ -6,6 +6,23 @@ import platform
 from typing import Any
 
 
+def source_commit() -> str | None:
+    """The commit of the checkout the scenario runs in (the runner starts scenarios in the
+    repository root), "+dirty" with local changes; None outside a git checkout."""
+    import subprocess
+
+    here = "."
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def machine_info() -> dict[str, Any]:
     import psutil
     import torch
@@ -28,5 +45,6 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "gpu": gpu,
+        "commit": source_commit(),
         "cuda": torch.version.cuda,
     }
