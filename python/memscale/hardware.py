@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import ctypes
+import itertools
 import json
 import logging
 import os
@@ -189,7 +190,15 @@ def disk_free(path: str | os.PathLike) -> int:
     return int(shutil.disk_usage(p).free)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's tensors live: its first parameter's (or buffer's) device; CPU if none."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 def detect_hardware_dict(offload_dir: str | os.PathLike | None = None, *,
+                         device: torch.device | str | None = None,
                          cgroup_root: str | os.PathLike = "/sys/fs/cgroup",
                          proc_cgroup: str | os.PathLike = "/proc/self/cgroup") -> dict[str, Any]:
     """This machine in the Hardware JSON schema (docs/json-schema.md) as a plain dict.
@@ -197,12 +206,15 @@ def detect_hardware_dict(offload_dir: str | os.PathLike | None = None, *,
     Args:
         offload_dir: directory of the disk tier (default: the system temp directory);
             it need not exist yet, the free space of its nearest existing ancestor is used.
+        device: the device the model runs on, when known. A CPU model is planned for host
+            RAM even on a machine with GPUs, so no GPU is reported for it.
         cgroup_root, proc_cgroup: where to read cgroup limits (overridable for tests).
     """
     if offload_dir is not None and not isinstance(offload_dir, (str, os.PathLike)):
         raise TypeError(f"offload_dir must be a path or None, got {offload_dir!r}")
     directory = str(offload_dir) if offload_dir is not None else tempfile.gettempdir()
-    devices = cuda_devices()
+    on_cpu = device is not None and torch.device(device).type == "cpu"
+    devices = [] if on_cpu else cuda_devices()
     total, available = host_memory(cgroup_root, proc_cgroup)
     return {
         "devices": devices,
@@ -217,8 +229,9 @@ def detect_hardware_dict(offload_dir: str | os.PathLike | None = None, *,
     }
 
 
-def detect_hardware(offload_dir: str | os.PathLike | None = None) -> Any:
+def detect_hardware(offload_dir: str | os.PathLike | None = None, *,
+                    device: torch.device | str | None = None) -> Any:
     """Detected hardware as a ``memscale.Hardware`` (see :func:`detect_hardware_dict`)."""
     from . import _C
 
-    return _C.Hardware.from_json(json.dumps(detect_hardware_dict(offload_dir), sort_keys=True))
+    return _C.Hardware.from_json(json.dumps(detect_hardware_dict(offload_dir, device=device), sort_keys=True))

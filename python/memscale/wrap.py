@@ -154,7 +154,7 @@ def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training
             counts towards the budget).
         verify: measure the first step and re-plan once if it exceeds the budget by 5%.
     """
-    from .hardware import detect_hardware
+    from .hardware import detect_hardware, model_device
     from .profile import profile
 
     if not isinstance(model, nn.Module):
@@ -176,7 +176,7 @@ def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training
                             "memscale.unwrap(model) first")
     cfg = _config(cfg, config_kwargs)
     graph = profile(model, example_inputs, training=True, optimizer=optimizer)
-    hardware = detect_hardware(_offload_dir(cfg, None))
+    hardware = detect_hardware(_offload_dir(cfg, None), device=model_device(model))
     plan = _make_plan(graph, cfg, hardware)
     state = _Wrapped(plan=plan, graph=graph, cfg=cfg, example_inputs=example_inputs,
                      optimizer=optimizer, offload_dir=_offload_dir(cfg, hardware), handle=None)
@@ -342,7 +342,7 @@ class _FirstStepMonitor:
 def _replan(model: nn.Module, state: _Wrapped, measured: int) -> None:
     """Replace the plan with one made from measured per-layer figures and a tighter budget."""
     from .config import Config
-    from .hardware import detect_hardware
+    from .hardware import detect_hardware, model_device
     from .profile import profile
 
     if state.monitor is not None:
@@ -364,7 +364,7 @@ def _replan(model: nn.Module, state: _Wrapped, measured: int) -> None:
     predicted = max(1, int(state.plan.predicted_peak_bytes))
     tighter = max(1, int(budget * min(1.0, predicted / max(measured, 1))))
     cfg = Config(**{**state.cfg.to_dict(), "memory_budget": tighter})
-    hardware = detect_hardware(state.offload_dir)
+    hardware = detect_hardware(state.offload_dir, device=model_device(model))
     plan = _make_plan(graph, cfg, hardware)
     log.warning("memscale: re-planned %s: measured step %d > %.2f x budget %d; activations "
                 "from a measured profile, budget for planning scaled to %d (predicted/"

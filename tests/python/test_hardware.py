@@ -97,3 +97,15 @@ def test_cuda_devices_through_torch() -> None:
     d = hw["devices"][0]
     assert d["kind"] == "cuda" and 0 < d["free_bytes"] <= d["total_bytes"]
     assert hw["pinned_limit_bytes"] > 0
+
+
+def test_a_cpu_model_is_planned_for_host_ram_even_beside_a_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    gpu = {"free_bytes": 1 << 30, "index": 0, "kind": "cuda", "name": "fake", "total_bytes": 1 << 30,
+           "workspace_bytes": 1 << 20}
+    monkeypatch.setattr(hardware, "cuda_devices", lambda: [gpu])
+    assert hardware.detect_hardware_dict(tmp_path)["devices"] == [gpu]
+    assert hardware.detect_hardware_dict(tmp_path, device="cuda:0")["devices"] == [gpu]
+    assert hardware.detect_hardware_dict(tmp_path, device="cpu")["devices"] == []
+    assert hardware.detect_hardware(tmp_path, device=torch.device("cpu")).gpu_count == 0
+    assert hardware.model_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
+    assert hardware.model_device(torch.nn.ReLU()) == torch.device("cpu")

@@ -32,8 +32,11 @@ def inference_plan(model: nn.Module, cfg: Config, example_inputs: tuple | None, 
 
     if example_inputs is None or getattr(memscale, "plan", None) is None:
         return None
+    from ..hardware import detect_hardware, model_device
+
     graph = memscale.profile(model, tuple(example_inputs), training=False)
-    result = memscale.plan(graph, cfg, calibration=calibration)
+    hardware = detect_hardware(cfg.offload.get("disk_dir") or None, device=model_device(model))
+    result = memscale.plan(graph, cfg, hardware=hardware, calibration=calibration)
     log.info("offloaded inference: engine plan\n%s", result.summary())
     return result
 
