@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the JSON record here (default: print it)")
     parser.add_argument("--quick", action="store_true", help="fewer repeats (CI smoke run)")
+    parser.add_argument("--device", default="auto", help="accepted for the suite's runner; planning runs on the CPU")
     args = parser.parse_args(argv)
     import memscale
 

@@ -25,9 +25,10 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install -q torch==2.13.0
 fi
 pydeps=()
-# matplotlib draws reports, tqdm shows benchmark progress, accelerate is the offload peer.
+# matplotlib draws reports, tqdm shows benchmark progress, accelerate is the offload peer,
+# jsonschema checks that the Config schema is a valid JSON Schema (a test).
 for mod in psutil:psutil safetensors:safetensors numpy:numpy pytest:pytest scikit_build_core:scikit-build-core \
-           cmake:cmake ninja:ninja matplotlib:matplotlib tqdm:tqdm accelerate:accelerate; do
+           cmake:cmake ninja:ninja matplotlib:matplotlib tqdm:tqdm accelerate:accelerate jsonschema:jsonschema; do
   "$PY" -c "import ${mod%%:*}" >/dev/null 2>&1 || pydeps+=("${mod##*:}")
 done
 if [ ${#pydeps[@]} -gt 0 ]; then
