@@ -1,5 +1,6 @@
 #include "bindings.hpp"
 #include "memscale/core/config.hpp"
+#include "memscale/core/config_schema.hpp"
 #include "memscale/core/sizes.hpp"
 
 namespace memscale::bindings {
@@ -8,6 +9,10 @@ void bind_config(py::module_& m) {
   m.def("format_bytes", &format_bytes, py::arg("bytes"), "Bytes in binary units for people: 1.50 GiB.");
   m.def("parse_size", &parse_size, py::arg("text"), py::arg("path") = "size",
         "Bytes of a size string such as \"6GiB\" or \"512MB\"; ConfigError names `path` when invalid.");
+  m.def("config_schema_json", [] { return config_schema().dump(); },
+        "The Config schema (JSON Schema with x- annotations) as JSON text, keys in declared order.");
+  m.def("config_example_json", [] { return config_example().dump(); },
+        "A Config as JSON text giving every schema key its first example.");
   py::class_<Config>(m, "Config", "Validated, immutable configuration (memscale.Config wraps it).")
       .def_static(
           "from_json", [](const std::string& text_or_path) { return Config::from_json_text(json_fields::load_json_document(text_or_path)); },

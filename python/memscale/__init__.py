@@ -10,7 +10,7 @@ import torch  # noqa: F401  (loads libtorch before the extension module links ag
 
 from . import _C
 from ._logging import install as _install_logging
-from .config import Config
+from .config import Config, config_schema
 from .errors import ConfigError, InfeasibleBudgetError, MemScaleError
 from .hardware import detect_hardware
 from .memory import track_memory
@@ -51,6 +51,7 @@ __all__ = [
     "TierSplit",
     "__version__",
     "calibrate_reservation",
+    "config_schema",
     "detect_hardware",
     "format_bytes",
     "offload",

@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("memscale.cli_report", "write an HTML report (and PNGs) of benchmark results"),
     "profile": ("memscale.cli_profile", "profile a model (module:factory) and print its ModelGraph"),
     "plan": ("memscale.cli_plan", "plan a recorded ModelGraph for a memory budget and print the plan"),
+    "docs": ("memscale.cli_docs", "generate a page of docs/ from its source (config: from the Config schema)"),
 }
 
 

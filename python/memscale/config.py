@@ -14,6 +14,23 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"Config value {value!r} of type {type(value).__name__} is not JSON-serialisable")
 
 
+def config_schema() -> dict[str, Any]:
+    """The Config schema: JSON Schema (draft 2020-12) of every Config key, with its type,
+    default, allowed values, the offload policies it applies to (``x-policies``) and a
+    one-line ``description``. The C++ parser takes its keys and defaults from it, and
+    docs/config.md is generated from it (``python -m memscale docs config``).
+
+    Example:
+        >>> import memscale
+        >>> schema = memscale.config_schema()
+        >>> schema["properties"]["safety_margin"]["default"]
+        0.1
+        >>> schema["properties"]["offload"]["properties"]["pin_last_n_layers"]["x-policies"]
+        ['pinned_hot_set']
+    """
+    return json.loads(_C.config_schema_json())
+
+
 class Config:
     """Immutable MemScale configuration. Keyword arguments are the JSON keys of
     docs/config.md; invalid input raises :class:`memscale.ConfigError` naming the key.

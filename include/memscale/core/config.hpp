@@ -1,6 +1,7 @@
 // Config: what the user asks for. Parsed strictly from JSON (Python kwargs become the
 // same JSON), so every entry point shares one validator and one set of messages.
-// docs/config.md documents every key.
+// Key sets, defaults, enumerations and offload-policy rules come from the schema in
+// config_schema.hpp, from which docs/config.md is generated.
 #pragma once
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "memscale/core/config_schema.hpp"
 #include "memscale/core/json_fields.hpp"
 #include "memscale/core/offload_policy.hpp"
 #include "memscale/core/sizes.hpp"
@@ -24,7 +26,7 @@ enum class Switch { automatic, on, off };
 
 /// Technique names as Config spells them (the Plan calls tiling "tile").
 inline const std::vector<std::string>& technique_keys() {
-  static const std::vector<std::string> keys = {"checkpoint", "offload_activations", "offload_weights", "tiling"};
+  static const std::vector<std::string> keys = config_schema_nodes::keys("techniques");
   return keys;
 }
 
@@ -46,6 +48,8 @@ struct ReservationConfig {
   bool operator==(const ReservationConfig&) const = default;
 };
 
+/// Member defaults mirror the schema's (config_schema.hpp); the parser reads the
+/// schema's, and tests/cpp/core/test_config_schema.cpp checks Config{} equals a parse of "{}".
 struct Config {
   Mode mode = Mode::automatic;
   MemoryBudget memory_budget;
@@ -85,6 +89,7 @@ inline const char* to_string(Switch s) { return s == Switch::on ? "on" : s == Sw
 namespace config_detail {
 
 namespace f = json_fields;
+namespace schema = config_schema_nodes;
 using nlohmann::json;
 
 inline std::size_t edit_distance(const std::string& a, const std::string& b) {
@@ -129,11 +134,30 @@ inline json require_object(const json& value, const std::string& path) {
   return value;
 }
 
-inline Switch parse_switch(const json& value, const std::string& path, bool allow_auto) {
-  std::vector<std::string> allowed = allow_auto ? std::vector<std::string>{"auto", "on", "off"}
-                                                : std::vector<std::string>{"on", "off"};
+/// `object[key]`, or the schema's default for `path.key` when it is absent or null: the
+/// parser takes every default from the schema. `path` is both the key's parent in
+/// messages and its path in the schema.
+inline json given_or_default(const json& object, const std::string& key, const std::string& path) {
+  const auto it = object.find(key);
+  if (it != object.end() && !it->is_null()) return *it;
+  return schema::default_value(f::join_path(path, key));
+}
+
+/// A key holding an object of keys with their own defaults: absent or null reads as {}.
+inline json given_or_empty(const json& object, const std::string& key) {
+  const auto it = object.find(key);
+  return it == object.end() || it->is_null() ? json::object() : *it;
+}
+
+template <typename Reader>
+auto field(const json& object, const std::string& key, const std::string& path, Reader read) {
+  return read(given_or_default(object, key, path), f::join_path(path, key));
+}
+
+/// `schema_path` names the switch in the schema, which says whether "auto" is allowed.
+inline Switch parse_switch(const json& value, const std::string& path, const std::string& schema_path) {
   if (value.is_boolean()) return value.get<bool>() ? Switch::on : Switch::off;
-  const std::string s = f::one_of(f::as_string(value, path), allowed, path);
+  const std::string s = f::one_of(f::as_string(value, path), schema::enum_strings(schema_path), path);
   return s == "on" ? Switch::on : s == "off" ? Switch::off : Switch::automatic;
 }
 
@@ -177,38 +201,50 @@ inline MemoryBudget parse_budget(const json& value, const std::string& path) {
   return b;
 }
 
+/// `"a"`, `"a" and "b"`, `"a", "b" and "c"`: policy names in messages.
+inline std::string quoted_list(const std::vector<std::string>& items) {
+  std::string out;
+  for (std::size_t i = 0; i < items.size(); ++i)
+    out += (i == 0 ? "" : i + 1 == items.size() ? " and " : ", ") + ("\"" + items[i] + "\"");
+  return out;
+}
+
+/// `path` is "offload" (its schema path) in every caller.
 inline OffloadPolicy parse_offload(const json& value, const std::string& path) {
   require_object(value, path);
-  OffloadPolicy p;
-  const std::string kind = f::one_of(f::optional<std::string>(value, "policy", path, "none", f::as_string),
-                                     {"none", "budget", "pinned_hot_set"}, path + ".policy");
-  std::vector<std::string> allowed = {"policy", "disk_dir"};
-  if (kind != "none") allowed.insert(allowed.end(), {"ram_bytes", "prefetch_n_ahead"});
-  if (kind == "pinned_hot_set") allowed.insert(allowed.end(), {"pin_embeddings", "pin_output_head", "pin_last_n_layers"});
+  const std::string kind =
+      f::one_of(field(value, "policy", path, f::as_string), schema::enum_strings("offload.policy"), path + ".policy");
+  const std::vector<std::string> known = schema::keys("offload");
+  // A known key given with a policy it does not apply to (x-policies) is refused before
+  // unknown keys are, so the message can say which policy it needs.
   for (auto it = value.begin(); it != value.end(); ++it) {
-    const bool known = it.key() == "ram_bytes" || it.key() == "prefetch_n_ahead" || it.key() == "pin_embeddings" ||
-                       it.key() == "pin_output_head" || it.key() == "pin_last_n_layers";
-    if (known && std::find(allowed.begin(), allowed.end(), it.key()) == allowed.end())
-      throw ConfigError(f::join_path(path, it.key()) + ": not allowed with policy \"" + kind + "\"; it applies to " +
-                        (it.key().rfind("pin_", 0) == 0 ? "policy \"pinned_hot_set\"" : "policies \"budget\" and \"pinned_hot_set\""));
+    if (std::find(known.begin(), known.end(), it.key()) == known.end()) continue;
+    const auto policies = schema::annotation("offload." + it.key(), "x-policies");
+    if (std::find(policies.begin(), policies.end(), kind) != policies.end()) continue;
+    throw ConfigError(f::join_path(path, it.key()) + ": not allowed with policy \"" + kind + "\"; it applies to " +
+                      (policies.size() == 1 ? "policy " : "policies ") + quoted_list(policies));
   }
-  check_keys(value, {"policy", "disk_dir", "ram_bytes", "prefetch_n_ahead", "pin_embeddings", "pin_output_head",
-                     "pin_last_n_layers"},
-             path);
+  check_keys(value, known, path);
+  for (const auto& key : known) {
+    const auto required = schema::annotation("offload." + key, "x-required-for-policies");
+    if (std::find(required.begin(), required.end(), kind) == required.end() || value.contains(key)) continue;
+    const auto& node = schema::node("offload." + key);
+    throw ConfigError(path + "." + key + ": required with policy \"" + kind + "\" (" +
+                      node.at("description").get<std::string>() + ", e.g. " + node.at("examples").at(0).dump() + ")");
+  }
+  OffloadPolicy p;
   p.kind = kind == "budget" ? OffloadPolicy::Kind::budget
            : kind == "pinned_hot_set" ? OffloadPolicy::Kind::pinned_hot_set
                                       : OffloadPolicy::Kind::none;
-  p.disk_dir = f::optional<std::string>(value, "disk_dir", path, "", f::as_string);
+  p.disk_dir = field(value, "disk_dir", path, f::as_string);
   if (kind != "none") {
-    if (!value.contains("ram_bytes"))
-      throw ConfigError(path + ".ram_bytes: required with policy \"" + kind + "\" (the resident weight budget, e.g. \"2GiB\")");
     p.ram_bytes = parse_size_value(value.at("ram_bytes"), path + ".ram_bytes", true);
-    p.prefetch_n_ahead = f::optional<std::uint64_t>(value, "prefetch_n_ahead", path, 1, f::as_u64);
+    p.prefetch_n_ahead = field(value, "prefetch_n_ahead", path, f::as_u64);
   }
   if (kind == "pinned_hot_set") {
-    p.pin_embeddings = f::optional<bool>(value, "pin_embeddings", path, true, f::as_bool);
-    p.pin_output_head = f::optional<bool>(value, "pin_output_head", path, true, f::as_bool);
-    p.pin_last_n_layers = f::optional<std::uint64_t>(value, "pin_last_n_layers", path, 0, f::as_u64);
+    p.pin_embeddings = field(value, "pin_embeddings", path, f::as_bool);
+    p.pin_output_head = field(value, "pin_output_head", path, f::as_bool);
+    p.pin_last_n_layers = field(value, "pin_last_n_layers", path, f::as_u64);
   }
   return p;
 }
@@ -222,12 +258,12 @@ inline double parse_percent(const json& object, const std::string& key, const st
 
 inline std::map<std::string, TierSplit> parse_tiers(const json& value, const std::string& path) {
   require_object(value, path);
-  check_keys(value, {"weights", "kv_cache", "activations"}, path);
+  check_keys(value, schema::keys("tiers"), path);
   std::map<std::string, TierSplit> tiers;
   for (auto it = value.begin(); it != value.end(); ++it) {
     const std::string p = path + "." + it.key();
     require_object(it.value(), p);
-    check_keys(it.value(), {"gpu", "cpu"}, p);
+    check_keys(it.value(), schema::keys("tiers." + it.key()), p);
     TierSplit split{parse_percent(it.value(), "gpu", p), parse_percent(it.value(), "cpu", p)};
     if (split.gpu + split.cpu > 100.0 + 1e-9)
       throw ConfigError(p + ": gpu + cpu = " + f::format_number(split.gpu + split.cpu) +
@@ -237,19 +273,45 @@ inline std::map<std::string, TierSplit> parse_tiers(const json& value, const std
   return tiers;
 }
 
+inline std::map<std::string, std::map<std::string, Switch>> parse_layer_overrides(const json& value,
+                                                                                  const std::string& path) {
+  require_object(value, path);
+  std::map<std::string, std::map<std::string, Switch>> overrides;
+  for (auto it = value.begin(); it != value.end(); ++it) {
+    const std::string p = path + "[\"" + it.key() + "\"]";
+    if (it.key().empty()) throw ConfigError(p + ": the layer-name glob is empty");
+    require_object(it.value(), p);
+    if (it.value().empty()) throw ConfigError(p + ": names no technique; give e.g. {\"checkpoint\": \"on\"}");
+    check_keys(it.value(), schema::keys("layer_overrides.*"), p);
+    for (auto t = it.value().begin(); t != it.value().end(); ++t)
+      overrides[it.key()][t.key()] = parse_switch(t.value(), p + "." + t.key(), "layer_overrides.*." + t.key());
+  }
+  return overrides;
+}
+
+inline std::map<std::string, Switch> parse_techniques(const json& value, const std::string& path) {
+  require_object(value, path);
+  check_keys(value, technique_keys(), path);
+  std::map<std::string, Switch> techniques;
+  for (const auto& name : technique_keys())
+    techniques[name] = parse_switch(given_or_default(value, name, path), path + "." + name, path + "." + name);
+  return techniques;
+}
+
 inline ReservationConfig parse_reservation(const json& value, const std::string& path) {
   require_object(value, path);
-  check_keys(value, {"safety_factor", "prefill_tokens", "flat_bytes", "graph_capture_bytes"}, path);
+  check_keys(value, schema::keys("reservation"), path);
   ReservationConfig r;
-  r.safety_factor = f::optional<double>(value, "safety_factor", path, r.safety_factor, f::as_double);
+  r.safety_factor = field(value, "safety_factor", path, f::as_double);
   if (!(r.safety_factor > 0.0))
     throw ConfigError(path + ".safety_factor: got " + f::show(value.at("safety_factor")) + ", must be greater than 0");
-  r.prefill_tokens = f::optional<std::int64_t>(value, "prefill_tokens", path, r.prefill_tokens, f::as_i64);
+  r.prefill_tokens = field(value, "prefill_tokens", path, f::as_i64);
   if (r.prefill_tokens < 1)
     throw ConfigError(path + ".prefill_tokens: got " + f::show(value.at("prefill_tokens")) + ", must be at least 1");
-  if (value.contains("flat_bytes")) r.flat_bytes = parse_size_value(value.at("flat_bytes"), path + ".flat_bytes", true);
-  if (value.contains("graph_capture_bytes"))
-    r.graph_capture_bytes = parse_size_value(value.at("graph_capture_bytes"), path + ".graph_capture_bytes", false);
+  const auto positive_size = [](const json& v, const std::string& p) { return parse_size_value(v, p, true); };
+  const auto size = [](const json& v, const std::string& p) { return parse_size_value(v, p, false); };
+  r.flat_bytes = field(value, "flat_bytes", path, positive_size);
+  r.graph_capture_bytes = field(value, "graph_capture_bytes", path, size);
   return r;
 }
 
@@ -258,44 +320,22 @@ inline ReservationConfig parse_reservation(const json& value, const std::string&
 inline Config config_from_json(const nlohmann::json& j) {
   namespace f = json_fields;
   namespace d = config_detail;
-  const std::string path = "";
   if (!j.is_object()) f::wrong_type("config", j, "a JSON object");
-  d::check_keys(j,
-                {"mode", "memory_budget", "safety_margin", "techniques", "layer_overrides", "force_optimize",
-                 "auto_policy", "offload", "tiers", "reservation"},
-                path);
+  d::check_keys(j, d::schema::keys(""), "");
   Config c;
-  const std::string mode =
-      f::one_of(f::optional<std::string>(j, "mode", path, "auto", f::as_string), {"auto", "off", "min_memory"}, "mode");
+  const std::string mode = f::one_of(d::field(j, "mode", "", f::as_string), d::schema::enum_strings("mode"), "mode");
   c.mode = mode == "off" ? Mode::off : mode == "min_memory" ? Mode::min_memory : Mode::automatic;
-  if (j.contains("memory_budget")) c.memory_budget = d::parse_budget(j.at("memory_budget"), "memory_budget");
-  c.safety_margin = f::optional<double>(j, "safety_margin", path, 0.10, f::as_double);
+  c.memory_budget = d::field(j, "memory_budget", "", d::parse_budget);
+  c.safety_margin = d::field(j, "safety_margin", "", f::as_double);
   if (c.safety_margin < 0.0 || c.safety_margin >= 1.0)
     throw ConfigError("safety_margin: got " + f::show(j.at("safety_margin")) + ", expected a fraction in [0, 1)");
-  if (j.contains("techniques") && !j.at("techniques").is_null()) {
-    const auto& t = d::require_object(j.at("techniques"), "techniques");
-    d::check_keys(t, technique_keys(), "techniques");
-    for (auto it = t.begin(); it != t.end(); ++it)
-      c.techniques[it.key()] = d::parse_switch(it.value(), "techniques." + it.key(), true);
-  }
-  if (j.contains("layer_overrides") && !j.at("layer_overrides").is_null()) {
-    const auto& o = d::require_object(j.at("layer_overrides"), "layer_overrides");
-    for (auto it = o.begin(); it != o.end(); ++it) {
-      const std::string p = "layer_overrides[\"" + it.key() + "\"]";
-      if (it.key().empty()) throw ConfigError(p + ": the layer-name glob is empty");
-      d::require_object(it.value(), p);
-      if (it.value().empty()) throw ConfigError(p + ": names no technique; give e.g. {\"checkpoint\": \"on\"}");
-      d::check_keys(it.value(), technique_keys(), p);
-      for (auto t = it.value().begin(); t != it.value().end(); ++t)
-        c.layer_overrides[it.key()][t.key()] = d::parse_switch(t.value(), p + "." + t.key(), false);
-    }
-  }
-  c.force_optimize = f::optional<bool>(j, "force_optimize", path, false, f::as_bool);
-  c.auto_policy = f::optional<bool>(j, "auto_policy", path, false, f::as_bool);
-  if (j.contains("offload") && !j.at("offload").is_null()) c.offload = d::parse_offload(j.at("offload"), "offload");
-  if (j.contains("tiers") && !j.at("tiers").is_null()) c.tiers = d::parse_tiers(j.at("tiers"), "tiers");
-  if (j.contains("reservation") && !j.at("reservation").is_null())
-    c.reservation = d::parse_reservation(j.at("reservation"), "reservation");
+  c.techniques = d::parse_techniques(d::given_or_empty(j, "techniques"), "techniques");
+  c.layer_overrides = d::field(j, "layer_overrides", "", d::parse_layer_overrides);
+  c.force_optimize = d::field(j, "force_optimize", "", f::as_bool);
+  c.auto_policy = d::field(j, "auto_policy", "", f::as_bool);
+  c.offload = d::parse_offload(d::given_or_empty(j, "offload"), "offload");
+  c.tiers = d::field(j, "tiers", "", d::parse_tiers);
+  c.reservation = d::parse_reservation(d::given_or_empty(j, "reservation"), "reservation");
   return c;
 }
 
