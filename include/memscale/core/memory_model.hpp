@@ -59,6 +59,7 @@ struct StepContext {
   double optimizer_transient = 0.0;    ///< optimizer_transient_factor(graph.optimizer)
   std::uint64_t optimizer_workspace_bytes = 0;  ///< CPU per-tensor optimizer: a fixed workspace instead
   bool data_parallel = false;          ///< more than one device: DDP gradient buckets
+  std::uint64_t element_bytes = 4;     ///< bytes per element of the graph's dtype
   std::uint64_t input_bytes = 0;       ///< graph input, resident through the step
   std::uint64_t reservation_bytes = 0; ///< inference: activation reservation on this device
   /// Share of a layer's profiled forward FLOPs one step runs: 1 in training; 1/seq for an
@@ -82,20 +83,42 @@ struct TrainTerms {
   bool operator==(const TrainTerms&) const = default;
 };
 
+/// A tiled output head is executed fused with its loss (memscale.nn.linear_cross_entropy):
+/// the logits and their gradient never exist. Instead the fused loss makes the gradients
+/// in forward and holds them until backward: one input-sized buffer (the gradient it passes
+/// on) and the head's gradient accumulated in float32.
+inline bool fused_head(const Layer& layer, const LayerState& state) {
+  return state.tiled() && layer.kind == "lm_head";
+}
+
+/// Bytes a fused head + loss holds from its forward to its backward (see fused_head).
+inline std::int64_t fused_head_buffers(const Layer& layer, const StepContext& ctx) {
+  const std::uint64_t element = std::max<std::uint64_t>(ctx.element_bytes, 1);
+  const std::uint64_t grad_f32 = layer.grad_bytes / element * 4;
+  return s64(layer.input_bytes) + s64(std::max(layer.grad_bytes, grad_f32));
+}
+
 /// Terms of `layer` under `state`. Checkpointing keeps only the input (the recompute
 /// boundary) and recomputes the saved bytes in backward; tiling into c chunks runs each
 /// chunk under checkpointing (as the executor does), so it too keeps only the input and
 /// divides the working set (saved + transient) by c; activation offload moves what would be
 /// kept to the next tier; weight offload moves params, buffers, grads and optimizer state.
+/// A tiled output head is fused with its loss (fused_head): its gradient buffers take the
+/// place of the logits and of their gradient, and stay on the device (they are not saved
+/// tensors, so activation offload cannot move them).
 inline TrainTerms train_terms(const Layer& layer, const LayerState& state, const StepContext& ctx) {
   const std::int64_t a = s64(layer.activation_bytes), t = s64(layer.transient_bytes);
-  const std::int64_t in = s64(layer.input_bytes), out = s64(layer.output_bytes);
+  const std::int64_t in = s64(layer.input_bytes);
+  const bool fused = fused_head(layer, state);
+  const std::int64_t held = fused ? fused_head_buffers(layer, ctx) : 0;
+  const std::int64_t out = fused ? held : s64(layer.output_bytes);
   const bool recomputed = state.checkpoint || state.tiled();
   const std::int64_t body = state.tiled() ? ceil_div(a + t, state.chunks) : a + t;
-  const std::int64_t kept = recomputed ? in : a;
+  const std::int64_t kept = fused ? held : recomputed ? in : a;
+  const bool moved = state.offload_activations && !fused;
   TrainTerms terms;
-  terms.saved = state.offload_activations ? 0 : kept;
-  terms.activation_window = state.offload_activations ? kept : 0;
+  terms.saved = moved ? 0 : kept;
+  terms.activation_window = moved ? kept : 0;
   // The input is live throughout the layer's forward; a tiled layer also accumulates its
   // whole output while one chunk's working set is live.
   terms.forward_local = in + (state.tiled() ? out : 0) + body;

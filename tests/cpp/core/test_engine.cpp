@@ -322,6 +322,66 @@ TEST(Engine, BadInputIsAClearError) {
   }
 }
 
+// A tiled output head runs fused with its loss (memscale.nn.linear_cross_entropy): the
+// logits never exist, the loss's gradient buffers (input-sized + float32 weight gradient)
+// are held from forward to backward instead, and nothing is recomputed.
+Layer head_layer(const std::string& kind) {
+  Layer l;
+  l.name = "head";
+  l.kind = kind;
+  l.param_bytes = l.grad_bytes = 12 << 20;
+  l.activation_bytes = 67 << 20;
+  l.transient_bytes = 128 << 20;
+  l.input_bytes = 3 << 20;
+  l.output_bytes = 64 << 20;
+  l.flops = 12'880'000'000;
+  l.tileable = {"seq", "batch"};
+  return l;
+}
+
+TEST(Engine, TiledOutputHeadIsFusedWithItsLoss) {
+  const Layer head = head_layer("lm_head"), mlp = head_layer("mlp");
+  model::StepContext ctx;
+  model::LayerState tiled;
+  tiled.chunks = 8;
+  const std::int64_t held = (3 << 20) + (12 << 20), body = ((67 + 128) << 20) / 8;
+  const model::TrainTerms fused = model::train_terms(head, tiled, ctx);
+  EXPECT_EQ(fused.saved, held);
+  EXPECT_EQ(fused.forward_local, (3 << 20) + held + body);
+  EXPECT_EQ(fused.backward_local, held + (3 << 20) + body);
+  // An MLP tiled the same way accumulates its whole output and keeps its input.
+  const model::TrainTerms plain = model::train_terms(mlp, tiled, ctx);
+  EXPECT_EQ(plain.saved, 3 << 20);
+  EXPECT_EQ(plain.forward_local, (3 << 20) + (64 << 20) + body);
+  // Half precision: the weight gradient is accumulated in float32 (twice its bytes).
+  ctx.element_bytes = 2;
+  EXPECT_EQ(model::train_terms(head, tiled, ctx).saved, (3 << 20) + (24 << 20));
+  ctx.element_bytes = 4;
+  // The fused loss's buffers are not saved tensors: activation offload cannot move them.
+  model::LayerState offloaded = tiled;
+  offloaded.offload_activations = true;
+  EXPECT_EQ(model::train_terms(head, offloaded, ctx).saved, held);
+  EXPECT_EQ(model::train_terms(head, offloaded, ctx).activation_window, 0);
+
+  // Its first tiling costs only the chunk overhead; an MLP's also pays one recompute.
+  ModelGraph g;
+  g.layers = {head};
+  g.batch = 8;
+  g.seq = 256;
+  const cost::Rates rates;
+  const rules::RuleContext rc{g, ctx, rates};
+  const rules::Candidate head_tile = rules::tile_rule(head, model::LayerState{}, rc);
+  const rules::Candidate mlp_tile = rules::tile_rule(mlp, model::LayerState{}, rc);
+  ASSERT_TRUE(head_tile.eligible);
+  ASSERT_TRUE(mlp_tile.eligible);
+  // bytes it saves: half its working set, its saved activations and logits minus the buffers
+  const double head_cost = head_tile.cost_per_byte * (97.5 + 67 - 15 + 64 - 15) * (1 << 20);
+  EXPECT_NEAR(head_cost, rules::kTileChunkOverhead * 12.88e9 / rates.flops_per_s, 1e-9);
+  EXPECT_GT(mlp_tile.cost_per_byte, 20 * head_tile.cost_per_byte);
+  EXPECT_NE(head_tile.reason.find("head + loss fused"), std::string::npos) << head_tile.reason;
+  EXPECT_FALSE(rules::activation_offload_rule(head, tiled, rc).eligible);
+}
+
 }  // namespace
 }  // namespace memscale::test
 

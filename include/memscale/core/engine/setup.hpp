@@ -89,6 +89,7 @@ inline Setup make_setup(const ModelGraph& graph, const Hardware& hw, const Confi
   }
   s.step.data_parallel = graph.training && s.device_count > 1;
   s.step.input_bytes = graph.input_bytes;
+  s.step.element_bytes = cost::dtype_bytes(graph.dtype);
   if (!graph.training) {
     s.reservation = activation_reservation(graph, hw, config.reservation, s.device_count, options.calibration);
     if (const auto it = config.tiers.find("activations"); it != config.tiers.end())
