@@ -7,8 +7,9 @@ inputs: ``F.cross_entropy(F.linear(hidden, W), targets)`` (untiled, full logits)
 * measured peak: ``memscale.track_memory("cpu")`` (the counting allocator) around
   forward + backward, with the inputs allocated before the scope opens, so the figure
   is everything the step allocates on top of them (logits, softmax, gradients);
-* step time: median of ``repeats`` runs, variants interleaved so that machine load
-  affects both alike;
+* step time: ``memscale.bench.timing.interleave`` (fixed torch threads, warm-up, the
+  variants interleaved round by round so machine load affects both alike; medians, and
+  the time ratio as the median of the paired per-round ratios);
 * gradients of ``hidden`` and ``W`` compared (max |diff| relative to the scale).
 
 Goals (issue 6): ``peak_ratio`` = tiled / untiled peak ≤ 0.25, ``time_ratio`` ≤ 1.15.
@@ -19,8 +20,6 @@ Run: ``python benchmarks/tiling_lce.py [--quick] [--out FILE]`` or
 from __future__ import annotations
 
 import gc
-import statistics
-import time
 from typing import Any, Callable
 
 import torch
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 
 import memscale
 import memscale.nn as mnn
+from memscale.bench.timing import fixed_threads, interleave
 
 VOCAB = 32_000
 
@@ -55,18 +55,17 @@ def _measure_peak(step: Step, *inputs: torch.Tensor) -> tuple[int, tuple[torch.T
     return tracker.peak_bytes, grads
 
 
-def _time(step: Step, *inputs: torch.Tensor) -> float:
-    start = time.perf_counter()
-    step(*inputs)
-    return time.perf_counter() - start
-
-
 def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
-    tokens, hidden_size, repeats = (1024, 256, 3) if quick else (4096, 512, 5)
+    with fixed_threads():
+        return _run(quick)
+
+
+def _run(quick: bool) -> list[dict[str, Any]]:
+    tokens, hidden_size, repeats = (1024, 256, 15) if quick else (4096, 512, 9)
     torch.manual_seed(0)
     hidden = (torch.randn(tokens, hidden_size) * 0.5).requires_grad_()
     weight = (torch.randn(VOCAB, hidden_size) / hidden_size ** 0.5).requires_grad_()
@@ -82,12 +81,10 @@ def run(quick: bool) -> list[dict[str, Any]]:
     diffs = [_rel_diff(a, b) for a, b in zip(grads_tiled, grads_untiled)]
     del grads_tiled, grads_untiled
 
-    times_untiled, times_tiled = [], []
-    for i in range(repeats):
-        order = [(_untiled, times_untiled), (tiled, times_tiled)]
-        for step, out in (order if i % 2 == 0 else order[::-1]):
-            out.append(_time(step, hidden, weight, targets))
-    t_untiled, t_tiled = statistics.median(times_untiled), statistics.median(times_tiled)
+    timing = interleave({"untiled": lambda: _untiled(hidden, weight, targets),
+                         "tiled": lambda: tiled(hidden, weight, targets)}, rounds=repeats, warmup=1)
+    times_untiled, times_tiled = timing.times_s["untiled"], timing.times_s["tiled"]
+    t_untiled, t_tiled = timing.median("untiled"), timing.median("tiled")
     n_chunks = max(1, -(-tokens * VOCAB * 4 // mnn.DEFAULT_CHUNK_LOGITS_BYTES))
     return [{
         "scenario": "tiling_lce",
@@ -107,8 +104,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
         "full_logits_bytes": tokens * VOCAB * 4,
         "grad_max_rel_diff": {"hidden": diffs[0], "weight": diffs[1]},
         "grads_equal": all(d <= 1e-5 for d in diffs),
-        "ratios": {"peak_ratio": peak_tiled / peak_untiled, "time_ratio": t_tiled / t_untiled},
+        "ratios": {"peak_ratio": peak_tiled / peak_untiled, "time_ratio": timing.ratio("tiled", "untiled")},
         "measurement": "memscale.track_memory('cpu') counting allocator; median wall time",
+        "timing": timing.method(),
     }]
 
 

@@ -4,6 +4,12 @@
 InfeasibleBudgetError and its min_budget_bytes is then shown to fit. The same run
 measures no optimization and checkpoint-every-block (torch.utils.checkpoint) as peers.
 
+Peaks: each configuration is built inside its own ``memscale.track_memory("cpu")`` scope
+(weights, gradients and optimizer state counted) and runs a few steps there. Step times:
+all configurations stay alive and are then timed together by ``memscale.bench.timing``
+(interleaved rounds, fixed torch threads, medians, paired per-round ratios), so machine
+load on a shared CPU falls on every configuration alike; the record's ``timing`` says how.
+
     python -m memscale.bench.scenarios.training_sweep [--quick] [--out FILE]
 """
 from __future__ import annotations
@@ -11,7 +17,6 @@ from __future__ import annotations
 import functools
 import gc
 import logging
-import time
 from typing import Any, Callable
 
 import torch
@@ -19,12 +24,17 @@ from torch.utils.checkpoint import checkpoint
 
 import memscale
 from memscale import models
+from memscale.bench.timing import fixed_threads, interleave
 
 log = logging.getLogger("memscale")
 
 FRACTIONS = (0.80, 0.60, 0.45, 0.35)
 FULL = dict(d_model=384, n_layers=6, n_heads=8, d_ff=1536, max_seq=256, vocab=8192, batch=8)
 QUICK = dict(d_model=256, n_layers=4, n_heads=8, d_ff=1024, max_seq=128, vocab=4096, batch=4)
+#: Steps inside the tracking scope: the first allocates the optimizer state, then steady ones.
+PEAK_STEPS = 3
+#: (timed rounds, warm-up rounds) of the interleaved timing; quick steps are short.
+ROUNDS = {True: (15, 2), False: (7, 1)}
 
 
 def _build(sizes: dict[str, int]) -> tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]:
@@ -42,25 +52,24 @@ def _checkpoint_every_block(model: torch.nn.Module) -> None:
 
 def _train(sizes: dict[str, int], steps: int, prepare: Callable[[torch.nn.Module, tuple], Any]) -> dict[str, Any]:
     """Builds the model inside the tracking scope (so weights, grads and optimizer state
-    are counted), runs `steps` AdamW steps and returns the peak, step time and losses."""
+    are counted), runs `steps` AdamW steps and returns the peak, the losses and `step`, a
+    callable running one more step of the same model (for the interleaved timing)."""
     gc.collect()
     with memscale.track_memory("cpu") as tracker:
         model, (ids, labels) = _build(sizes)
         prepared = prepare(model, (ids, labels))
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        times, losses = [], []
-        for _ in range(steps):
-            start = time.perf_counter()
+
+        def step() -> float:
             loss = model(ids, labels=labels)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - start)
-            losses.append(float(loss))
+            return float(loss)
+
+        losses = [step() for _ in range(steps)]
         peak = tracker.peak_bytes
-        del model, optimizer, loss
-    # The first step allocates optimizer state and warms caches: time the others.
-    return {"peak_bytes": int(peak), "step_time_s": min(times[1:]), "losses": losses, "prepared": prepared}
+    return {"peak_bytes": int(peak), "losses": losses, "prepared": prepared, "step": step}
 
 
 def _memscale_prepare(budget: int) -> Callable[[torch.nn.Module, tuple], Any]:
@@ -73,25 +82,28 @@ def _memscale_prepare(budget: int) -> Callable[[torch.nn.Module, tuple], Any]:
 
 def run(quick: bool) -> list[dict[str, Any]]:
     sizes = QUICK if quick else FULL
-    steps = 3 if quick else 4
+    rounds, warmup = ROUNDS[quick]
+    with fixed_threads():
+        return _sweep(sizes, rounds, warmup)
+
+
+def _sweep(sizes: dict[str, int], rounds: int, warmup: int) -> list[dict[str, Any]]:
     torch.manual_seed(0)
-    base = _train(sizes, steps, lambda m, i: None)
-    ckpt = _train(sizes, steps, lambda m, i: _checkpoint_every_block(m))
-    log.info("unoptimized peak %.1f MiB, %.3f s/step; checkpoint-every-block peak %.1f MiB, %.3f s/step",
-             base["peak_bytes"] / 2**20, base["step_time_s"], ckpt["peak_bytes"] / 2**20, ckpt["step_time_s"])
+    runs = {"unoptimized": _train(sizes, PEAK_STEPS, lambda m, i: None),
+            "checkpoint_every_block": _train(sizes, PEAK_STEPS, lambda m, i: _checkpoint_every_block(m))}
+    base, ckpt = runs["unoptimized"], runs["checkpoint_every_block"]
     model_name = "gpt d{d_model} L{n_layers} seq{max_seq} b{batch} V{vocab}".format(**sizes)
     records = []
+    by_budget: dict[int, str] = {}  # a refused budget runs at min_budget_bytes: same plan, measured once
     for fraction in FRACTIONS:
+        label = f"{round(fraction * 100)}%"
         budget = int(base["peak_bytes"] * fraction)
         record: dict[str, Any] = {
-            "scenario": "training_sweep", "model": model_name, "label": f"{round(fraction * 100)}%",
+            "scenario": "training_sweep", "model": model_name, "label": label,
             "budget_fraction": fraction, "budget_bytes": budget,
-            "peers": {"unoptimized": {"peak_bytes": base["peak_bytes"], "step_time_s": base["step_time_s"]},
-                      "checkpoint_every_block": {"peak_bytes": ckpt["peak_bytes"], "step_time_s": ckpt["step_time_s"],
-                                                 "fits_budget": ckpt["peak_bytes"] <= budget}},
         }
         try:
-            got = _train(sizes, steps, _memscale_prepare(budget))
+            got = _train(sizes, PEAK_STEPS, _memscale_prepare(budget))
             measured_budget = budget
         except memscale.InfeasibleBudgetError as refusal:
             # The engine's promise: the smallest budget it names must itself fit.
@@ -99,27 +111,53 @@ def run(quick: bool) -> list[dict[str, Any]]:
             record["refusal"] = str(refusal).splitlines()[0]
             record["min_budget_bytes"] = refusal.min_budget_bytes
             measured_budget = refusal.min_budget_bytes
-            got = _train(sizes, steps, _memscale_prepare(measured_budget))
+            got = None if measured_budget in by_budget else _train(sizes, PEAK_STEPS, _memscale_prepare(measured_budget))
+        owner = by_budget.setdefault(measured_budget, label)
+        if owner != label:
+            record["same_run_as"] = owner
+        runs.setdefault(owner, got)
+        record["measured_against_bytes"] = measured_budget
+        records.append(record)
+
+    timing = interleave({name: r["step"] for name, r in runs.items()}, rounds=rounds, warmup=warmup)
+    log.info("unoptimized peak %.1f MiB, %.3f s/step; checkpoint-every-block peak %.1f MiB, %.3f s/step "
+             "(median of %d interleaved rounds, %d torch thread(s))", base["peak_bytes"] / 2**20,
+             timing.median("unoptimized"), ckpt["peak_bytes"] / 2**20,
+             timing.median("checkpoint_every_block"), rounds, timing.threads)
+    peers = {
+        "unoptimized": {"peak_bytes": base["peak_bytes"], "step_time_s": timing.median("unoptimized"),
+                        "times_s": timing.times_s["unoptimized"]},
+        "checkpoint_every_block": {"peak_bytes": ckpt["peak_bytes"],
+                                   "step_time_s": timing.median("checkpoint_every_block"),
+                                   "times_s": timing.times_s["checkpoint_every_block"],
+                                   "time_vs_unoptimized": timing.ratio("checkpoint_every_block", "unoptimized")},
+    }
+    for record in records:
+        name = record.get("same_run_as", record["label"])
+        got, budget, measured_budget = runs[name], record["budget_bytes"], record["measured_against_bytes"]
         plan = got["prepared"]
         record.update({
+            "peers": {**peers, "checkpoint_every_block": {**peers["checkpoint_every_block"],
+                                                          "fits_budget": ckpt["peak_bytes"] <= budget}},
             "refused": record.get("refused", False),
-            "measured_against_bytes": measured_budget,
             "measured_peak_bytes": got["peak_bytes"],
             "predicted_peak_bytes": int(plan.predicted_peak_bytes),
-            "step_time_s": got["step_time_s"],
+            "step_time_s": timing.median(name),
+            "times_s": timing.times_s[name],
+            "timing": timing.method(),
             "losses": got["losses"],
             "techniques": {l.name: list(l.techniques) for l in plan.layers if l.techniques},
             "plan": plan.to_json(),
         })
         ratios = {"peak_over_budget": got["peak_bytes"] / measured_budget,
-                  "time_vs_unoptimized": got["step_time_s"] / base["step_time_s"],
+                  "time_vs_unoptimized": timing.ratio(name, "unoptimized"),
                   "predicted_over_measured": plan.predicted_peak_bytes / got["peak_bytes"]}
         if ckpt["peak_bytes"] <= budget:
-            ratios["time_vs_checkpoint_every_block"] = got["step_time_s"] / ckpt["step_time_s"]
+            ratios["time_vs_checkpoint_every_block"] = timing.ratio(name, "checkpoint_every_block")
         record["ratios"] = ratios
-        log.info("budget %s: peak %.1f MiB (%.3f x), %.3f s/step%s", record["label"], got["peak_bytes"] / 2**20,
-                 ratios["peak_over_budget"], got["step_time_s"], " (refused, ran at min budget)" if record["refused"] else "")
-        records.append(record)
+        log.info("budget %s: peak %.1f MiB (%.3f x), %.3f s/step, %.3f x unoptimized%s", record["label"],
+                 got["peak_bytes"] / 2**20, ratios["peak_over_budget"], record["step_time_s"],
+                 ratios["time_vs_unoptimized"], " (refused, ran at min budget)" if record["refused"] else "")
     return records
 
 
