@@ -91,11 +91,25 @@ inline bool fused_head(const Layer& layer, const LayerState& state) {
   return state.tiled() && layer.kind == "lm_head";
 }
 
+/// Bytes of the weights a layer computes with, and of their gradient.
+struct LayerWeights {
+  std::uint64_t weights = 0, grads = 0;
+};
+
+/// A head tied to the embedding has its parameters counted there (param_bytes 0), yet it
+/// reads its vocab x hidden weight and fills that weight's gradient like an untied one.
+inline LayerWeights layer_weights(const Layer& layer, std::uint64_t element_bytes) {
+  if (layer.param_bytes > 0 || layer.kind != "lm_head" || layer.dims.vocab <= 0 || layer.dims.hidden <= 0)
+    return {layer.param_bytes, layer.grad_bytes};
+  const std::uint64_t tied = static_cast<std::uint64_t>(layer.dims.vocab * layer.dims.hidden) * element_bytes;
+  return {tied, tied};
+}
+
 /// Bytes a fused head + loss holds from its forward to its backward (see fused_head).
 inline std::int64_t fused_head_buffers(const Layer& layer, const StepContext& ctx) {
   const std::uint64_t element = std::max<std::uint64_t>(ctx.element_bytes, 1);
-  const std::uint64_t grad_f32 = layer.grad_bytes / element * 4;
-  return s64(layer.input_bytes) + s64(std::max(layer.grad_bytes, grad_f32));
+  const std::uint64_t grads = layer_weights(layer, element).grads;
+  return s64(layer.input_bytes) + s64(std::max(grads, grads / element * 4));
 }
 
 /// Terms of `layer` under `state`. Checkpointing keeps only the input (the recompute

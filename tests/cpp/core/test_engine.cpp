@@ -357,13 +357,21 @@ TEST(Engine, TiledOutputHeadIsFusedWithItsLoss) {
   ctx.element_bytes = 2;
   EXPECT_EQ(model::train_terms(head, tiled, ctx).saved, (3 << 20) + (24 << 20));
   ctx.element_bytes = 4;
+  // A head tied to the embedding (its parameters counted there) still fills a
+  // vocab x hidden float32 gradient.
+  Layer tied = head;
+  tied.param_bytes = tied.grad_bytes = 0;
+  tied.dims.vocab = 8192;
+  tied.dims.hidden = 384;
+  EXPECT_EQ(model::train_terms(tied, tiled, ctx).saved, (3 << 20) + 8192 * 384 * 4);
   // The fused loss's buffers are not saved tensors: activation offload cannot move them.
   model::LayerState offloaded = tiled;
   offloaded.offload_activations = true;
   EXPECT_EQ(model::train_terms(head, offloaded, ctx).saved, held);
   EXPECT_EQ(model::train_terms(head, offloaded, ctx).activation_window, 0);
 
-  // Its first tiling costs only the chunk overhead; an MLP's also pays one recompute.
+  // Its first tiling costs only one more chunk (latency + weight and gradient traffic);
+  // an MLP's also pays one recompute.
   ModelGraph g;
   g.layers = {head};
   g.batch = 8;
@@ -376,10 +384,12 @@ TEST(Engine, TiledOutputHeadIsFusedWithItsLoss) {
   ASSERT_TRUE(mlp_tile.eligible);
   // bytes it saves: half its working set, its saved activations and logits minus the buffers
   const double head_cost = head_tile.cost_per_byte * (97.5 + 67 - 15 + 64 - 15) * (1 << 20);
-  EXPECT_NEAR(head_cost, rules::kTileChunkOverhead * 12.88e9 / rates.flops_per_s, 1e-9);
+  EXPECT_NEAR(head_cost, rules::kTileChunkLatencyS + 2.0 * (24 << 20) / rates.memory, 1e-9);
   EXPECT_GT(mlp_tile.cost_per_byte, 20 * head_tile.cost_per_byte);
   EXPECT_NE(head_tile.reason.find("head + loss fused"), std::string::npos) << head_tile.reason;
   EXPECT_FALSE(rules::activation_offload_rule(head, tiled, rc).eligible);
+  // A tied head reads and accumulates the same weight: each chunk costs the same.
+  EXPECT_DOUBLE_EQ(rules::tile_chunk_seconds(tied, rc), rules::tile_chunk_seconds(head, rc));
 }
 
 }  // namespace

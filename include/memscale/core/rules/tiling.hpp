@@ -15,11 +15,19 @@ namespace memscale::rules {
 inline constexpr std::int64_t kMaxTileChunks = 64;
 /// Chunk count of a tile that a Config forces on (the greedy loop may split further).
 inline constexpr std::int64_t kForcedTileChunks = 4;
-/// Extra step time per additional chunk, as a share of the layer's forward: smaller
-/// matmuls and one more kernel round per chunk. Measured for the fused head + loss
-/// (docs/memory-model.md#costs): 3.1 ms per extra chunk from 4 to 64 chunks of a 12.9 GFLOP
-/// head whose forward takes about 160 ms, i.e. 2% of it.
-inline constexpr double kTileChunkOverhead = 0.02;
+/// Fixed cost of one more chunk: a checkpoint call, slicing and op dispatch (measured 75 to
+/// 110 us per chunk on CPU with torch 2.13, docs/memory-model.md#costs).
+inline constexpr double kTileChunkLatencyS = 100e-6;
+
+/// Extra step time of one more chunk. Every chunk re-reads the layer's weights twice (its
+/// forward or recompute, and the matmul of the input gradient) and reads and writes the
+/// weight gradient once more (each chunk's contribution is accumulated into it): that
+/// traffic at the device's memory bandwidth is what a chunk costs, whatever its share of
+/// the FLOPs (measured: the cost per chunk follows the weight size, not the token count).
+inline double tile_chunk_seconds(const Layer& layer, const RuleContext& ctx) {
+  const model::LayerWeights w = model::layer_weights(layer, ctx.step.element_bytes);
+  return kTileChunkLatencyS + 2.0 * static_cast<double>(w.weights + w.grads) / ctx.rates.memory;
+}
 
 /// Length of the longest axis the layer may be chunked over (0 when not tileable).
 inline std::int64_t tile_axis_length(const Layer& layer, const ModelGraph& graph) {
@@ -65,10 +73,8 @@ inline Candidate tile_rule(const Layer& layer, const model::LayerState& state, c
     saved += (state.checkpoint ? in : a) - held + model::s64(layer.output_bytes) - held;
   }
   if (saved <= 0) return reject("tile.no_gain", "splitting further would not lower its working set");
-  const double flops = cost::layer_flops(layer, ctx.graph);
-  const double seconds =
-      ((first_recompute ? flops : 0.0) + kTileChunkOverhead * flops * static_cast<double>(next - state.chunks)) /
-      ctx.rates.flops_per_s;
+  const double recompute = first_recompute ? cost::layer_flops(layer, ctx.graph) / ctx.rates.flops_per_s : 0.0;
+  const double seconds = recompute + tile_chunk_seconds(layer, ctx) * static_cast<double>(next - state.chunks);
   Candidate c = accept("tile.split_working_set",
                        !explain ? "" : std::string(fused ? "head + loss fused, " : "") + "transient " + bytes(t) +
                            " + saved " + bytes(a) + " in " + std::to_string(next) + " chunks of " +
