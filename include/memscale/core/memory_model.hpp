@@ -112,6 +112,19 @@ inline std::int64_t fused_head_buffers(const Layer& layer, const StepContext& ct
   return s64(layer.input_bytes) + s64(std::max(grads, grads / element * 4));
 }
 
+/// Working set of one slice of a fused head + loss in `chunks` slices: the slice's logits in
+/// float32 (softmax and its gradient are computed in place there), plus, below float32,
+/// the slice's logits in their own dtype (made before the float32 copy, and again when the
+/// gradient is cast back for the matmuls) and the slice's input in float32 (for the
+/// float32 weight gradient), plus a copy of its input (a forward that slices the hidden
+/// states for shifted labels makes one).
+inline std::int64_t fused_head_slice(const Layer& layer, std::int64_t chunks, const StepContext& ctx) {
+  const std::int64_t element = s64(std::max<std::uint64_t>(ctx.element_bytes, 1));
+  const std::int64_t out = s64(layer.output_bytes), in = s64(layer.input_bytes);
+  const std::int64_t per_slice = out / element * 4 + (element < 4 ? out + in / element * 4 : 0);
+  return in + ceil_div(per_slice, chunks);
+}
+
 /// Terms of `layer` under `state`. Checkpointing keeps only the input (the recompute
 /// boundary) and recomputes the saved bytes in backward; tiling into c chunks runs each
 /// chunk under checkpointing (as the executor does), so it too keeps only the input and
@@ -119,15 +132,20 @@ inline std::int64_t fused_head_buffers(const Layer& layer, const StepContext& ct
 /// kept to the next tier; weight offload moves params, buffers, grads and optimizer state.
 /// A tiled output head is fused with its loss (fused_head): its gradient buffers take the
 /// place of the logits and of their gradient, and stay on the device (they are not saved
-/// tensors, so activation offload cannot move them).
+/// tensors, so activation offload cannot move them); one slice's logits are its working set.
 inline TrainTerms train_terms(const Layer& layer, const LayerState& state, const StepContext& ctx) {
   const std::int64_t a = s64(layer.activation_bytes), t = s64(layer.transient_bytes);
   const std::int64_t in = s64(layer.input_bytes);
   const bool fused = fused_head(layer, state);
-  const std::int64_t held = fused ? fused_head_buffers(layer, ctx) : 0;
+  // A fused head still keeps what it saves before its logits Linear (a BERT-style
+  // transform): its saved bytes less the loss's log-softmax (logits-sized) and its input.
+  const std::int64_t internals = fused ? std::max<std::int64_t>(0, a - s64(layer.output_bytes) - in) : 0;
+  const std::int64_t held = fused ? fused_head_buffers(layer, ctx) + internals : 0;
   const std::int64_t out = fused ? held : s64(layer.output_bytes);
   const bool recomputed = state.checkpoint || state.tiled();
-  const std::int64_t body = state.tiled() ? ceil_div(a + t, state.chunks) : a + t;
+  const std::int64_t body = fused            ? fused_head_slice(layer, state.chunks, ctx)
+                            : state.tiled() ? ceil_div(a + t, state.chunks)
+                                            : a + t;
   const std::int64_t kept = fused ? held : recomputed ? in : a;
   const bool moved = state.offload_activations && !fused;
   TrainTerms terms;

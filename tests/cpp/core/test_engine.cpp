@@ -344,7 +344,8 @@ TEST(Engine, TiledOutputHeadIsFusedWithItsLoss) {
   model::StepContext ctx;
   model::LayerState tiled;
   tiled.chunks = 8;
-  const std::int64_t held = (3 << 20) + (12 << 20), body = ((67 + 128) << 20) / 8;
+  // working set: one slice's float32 logits and a copy of the input
+  const std::int64_t held = (3 << 20) + (12 << 20), body = (3 << 20) + (64 << 20) / 8;
   const model::TrainTerms fused = model::train_terms(head, tiled, ctx);
   EXPECT_EQ(fused.saved, held);
   EXPECT_EQ(fused.forward_local, (3 << 20) + held + body);
@@ -352,10 +353,13 @@ TEST(Engine, TiledOutputHeadIsFusedWithItsLoss) {
   // An MLP tiled the same way accumulates its whole output and keeps its input.
   const model::TrainTerms plain = model::train_terms(mlp, tiled, ctx);
   EXPECT_EQ(plain.saved, 3 << 20);
-  EXPECT_EQ(plain.forward_local, (3 << 20) + (64 << 20) + body);
-  // Half precision: the weight gradient is accumulated in float32 (twice its bytes).
+  EXPECT_EQ(plain.forward_local, (3 << 20) + (64 << 20) + ((67 + 128) << 20) / 8);
+  // Half precision: the weight gradient is accumulated in float32 (twice its bytes), and a
+  // slice's logits exist in float32 and in half at once, beside its input in float32.
   ctx.element_bytes = 2;
   EXPECT_EQ(model::train_terms(head, tiled, ctx).saved, (3 << 20) + (24 << 20));
+  EXPECT_EQ(model::train_terms(head, tiled, ctx).forward_local,
+            (3 << 20) + (3 << 20) + (24 << 20) + (3 << 20) + ((128 + 64 + 6) << 20) / 8);
   ctx.element_bytes = 4;
   // A head tied to the embedding (its parameters counted there) still fills a
   // vocab x hidden float32 gradient.
@@ -382,8 +386,9 @@ TEST(Engine, TiledOutputHeadIsFusedWithItsLoss) {
   const rules::Candidate mlp_tile = rules::tile_rule(mlp, model::LayerState{}, rc);
   ASSERT_TRUE(head_tile.eligible);
   ASSERT_TRUE(mlp_tile.eligible);
-  // bytes it saves: half its working set, its saved activations and logits minus the buffers
-  const double head_cost = head_tile.cost_per_byte * (97.5 + 67 - 15 + 64 - 15) * (1 << 20);
+  // bytes it saves: saved 67 -> 15 MiB; own peak 259 MiB (backward: logits gradient +
+  // saved + transient) -> 53 MiB (input + buffers + input copy + a 32 MiB slice)
+  const double head_cost = head_tile.cost_per_byte * (67 - 15 + 259 - 53) * (1 << 20);
   EXPECT_NEAR(head_cost, rules::kTileChunkLatencyS + 2.0 * (24 << 20) / rates.memory, 1e-9);
   EXPECT_GT(mlp_tile.cost_per_byte, 20 * head_tile.cost_per_byte);
   EXPECT_NE(head_tile.reason.find("head + loss fused"), std::string::npos) << head_tile.reason;

@@ -58,28 +58,35 @@ inline Candidate tile_rule(const Layer& layer, const model::LayerState& state, c
                                          std::to_string(limit) + " (axis length, cap " + std::to_string(kMaxTileChunks) + ")");
   const std::int64_t a = model::s64(layer.activation_bytes), t = model::s64(layer.transient_bytes);
   const std::int64_t in = model::s64(layer.input_bytes);
-  const bool first = !state.tiled();
   // An output head is tiled fused with its loss (model::fused_head): the loss gradient is
   // made in forward slice by slice, with the same matmuls as untiled, so nothing is
   // recomputed, and the logits and their gradient give way to the fused loss's buffers.
   model::LayerState tiled_state = state;
   tiled_state.chunks = next;
   const bool fused = model::fused_head(layer, tiled_state);
-  const bool first_recompute = first && !state.checkpoint && !fused;
+  const bool first_recompute = !state.tiled() && !state.checkpoint && !fused;
   std::int64_t saved = model::ceil_div(a + t, state.chunks) - model::ceil_div(a + t, next);
   if (first_recompute) saved += a - in;
-  if (fused && first) {
-    const std::int64_t held = model::fused_head_buffers(layer, ctx.step);
-    saved += (state.checkpoint ? in : a) - held + model::s64(layer.output_bytes) - held;
+  if (fused) {  // what it keeps, and its own working set, before and after
+    const model::TrainTerms before = model::train_terms(layer, state, ctx.step);
+    const model::TrainTerms after = model::train_terms(layer, tiled_state, ctx.step);
+    saved = before.saved - after.saved + std::max(before.forward_local, before.backward_local) -
+            std::max(after.forward_local, after.backward_local);
   }
   if (saved <= 0) return reject("tile.no_gain", "splitting further would not lower its working set");
   const double recompute = first_recompute ? cost::layer_flops(layer, ctx.graph) / ctx.rates.flops_per_s : 0.0;
   const double seconds = recompute + tile_chunk_seconds(layer, ctx) * static_cast<double>(next - state.chunks);
-  Candidate c = accept("tile.split_working_set",
-                       !explain ? "" : std::string(fused ? "head + loss fused, " : "") + "transient " + bytes(t) +
-                           " + saved " + bytes(a) + " in " + std::to_string(next) + " chunks of " +
-                           bytes(model::ceil_div(a + t, next)) + " (" + format_seconds(seconds) + ")",
-                       Phase::recompute, seconds, saved);
+  if (!explain) {
+    Candidate c = accept("tile.split_working_set", "", Phase::recompute, seconds, saved);
+    c.chunks = next;
+    return c;
+  }
+  const std::string what = fused ? "head + loss fused, logits " + bytes(model::s64(layer.output_bytes)) + " in " +
+                                       std::to_string(next) + " slices of " +
+                                       bytes(model::fused_head_slice(layer, next, ctx.step) - in)
+                                 : "transient " + bytes(t) + " + saved " + bytes(a) + " in " + std::to_string(next) +
+                                       " chunks of " + bytes(model::ceil_div(a + t, next));
+  Candidate c = accept("tile.split_working_set", what + " (" + format_seconds(seconds) + ")", Phase::recompute, seconds, saved);
   c.chunks = next;
   return c;
 }
