@@ -19,7 +19,10 @@ inline constexpr double kDefaultCpuFlopsPerS = 0.1e12;      ///< a few AVX2/AVX-
 inline constexpr double kDefaultHostToDeviceBytesPerS = 16e9;  ///< PCIe 4.0 x16, achieved
 inline constexpr double kDefaultDiskReadBytesPerS = 2e9;    ///< NVMe SSD, sequential
 inline constexpr double kDefaultDiskWriteBytesPerS = 1e9;
-inline constexpr double kHostMemoryBytesPerS = 10e9;        ///< host optimizer step of offloaded layers
+/// Host memory streaming by one or two cores: the host optimizer step of offloaded layers,
+/// and the weight traffic of tiling on a CPU-only machine (11-15 GB/s measured, 1 thread).
+inline constexpr double kHostMemoryBytesPerS = 10e9;
+inline constexpr double kDefaultGpuMemoryBytesPerS = 2e12;  ///< HBM of a datacenter GPU (A100/H100 PCIe)
 /// Fixed cost of one transfer (launch, synchronisation, pager bookkeeping): keeps the
 /// engine from paging many tiny layers (norms, biases) before a few large ones.
 inline constexpr double kTransferLatencyS = 20e-6;
@@ -34,6 +37,7 @@ struct Rates {
   double host_to_device = kDefaultHostToDeviceBytesPerS;
   double disk_read = kDefaultDiskReadBytesPerS;
   double disk_write = kDefaultDiskWriteBytesPerS;
+  double memory = kHostMemoryBytesPerS;  ///< the planning device's own memory bandwidth
 };
 
 inline double or_default(std::uint64_t value, double fallback) {
@@ -47,6 +51,7 @@ inline Rates rates_of(const Hardware& hw) {
   r.host_to_device = or_default(hw.host_to_device_bytes_per_s, kDefaultHostToDeviceBytesPerS);
   r.disk_read = or_default(hw.disk_read_bytes_per_s, kDefaultDiskReadBytesPerS);
   r.disk_write = or_default(hw.disk_write_bytes_per_s, kDefaultDiskWriteBytesPerS);
+  r.memory = r.gpu ? kDefaultGpuMemoryBytesPerS : kHostMemoryBytesPerS;
   return r;
 }
 

@@ -59,6 +59,7 @@ struct StepContext {
   double optimizer_transient = 0.0;    ///< optimizer_transient_factor(graph.optimizer)
   std::uint64_t optimizer_workspace_bytes = 0;  ///< CPU per-tensor optimizer: a fixed workspace instead
   bool data_parallel = false;          ///< more than one device: DDP gradient buckets
+  std::uint64_t element_bytes = 4;     ///< bytes per element of the graph's dtype
   std::uint64_t input_bytes = 0;       ///< graph input, resident through the step
   std::uint64_t reservation_bytes = 0; ///< inference: activation reservation on this device
   /// Share of a layer's profiled forward FLOPs one step runs: 1 in training; 1/seq for an
@@ -82,20 +83,74 @@ struct TrainTerms {
   bool operator==(const TrainTerms&) const = default;
 };
 
+/// A tiled output head is executed fused with its loss (memscale.nn.linear_cross_entropy):
+/// the logits and their gradient never exist. Instead the fused loss makes the gradients
+/// in forward and holds them until backward: one input-sized buffer (the gradient it passes
+/// on) and the head's gradient accumulated in float32.
+inline bool fused_head(const Layer& layer, const LayerState& state) {
+  return state.tiled() && layer.kind == "lm_head";
+}
+
+/// Bytes of the weights a layer computes with, and of their gradient.
+struct LayerWeights {
+  std::uint64_t weights = 0, grads = 0;
+};
+
+/// A head tied to the embedding has its parameters counted there (param_bytes 0), yet it
+/// reads its vocab x hidden weight and fills that weight's gradient like an untied one.
+inline LayerWeights layer_weights(const Layer& layer, std::uint64_t element_bytes) {
+  if (layer.param_bytes > 0 || layer.kind != "lm_head" || layer.dims.vocab <= 0 || layer.dims.hidden <= 0)
+    return {layer.param_bytes, layer.grad_bytes};
+  const std::uint64_t tied = static_cast<std::uint64_t>(layer.dims.vocab * layer.dims.hidden) * element_bytes;
+  return {tied, tied};
+}
+
+/// Bytes a fused head + loss holds from its forward to its backward (see fused_head).
+inline std::int64_t fused_head_buffers(const Layer& layer, const StepContext& ctx) {
+  const std::uint64_t element = std::max<std::uint64_t>(ctx.element_bytes, 1);
+  const std::uint64_t grads = layer_weights(layer, element).grads;
+  return s64(layer.input_bytes) + s64(std::max(grads, grads / element * 4));
+}
+
+/// Working set of one slice of a fused head + loss in `chunks` slices: the slice's logits in
+/// float32 (softmax and its gradient are computed in place there), plus, below float32,
+/// the slice's logits in their own dtype (made before the float32 copy, and again when the
+/// gradient is cast back for the matmuls) and the slice's input in float32 (for the
+/// float32 weight gradient), plus a copy of its input (a forward that slices the hidden
+/// states for shifted labels makes one).
+inline std::int64_t fused_head_slice(const Layer& layer, std::int64_t chunks, const StepContext& ctx) {
+  const std::int64_t element = s64(std::max<std::uint64_t>(ctx.element_bytes, 1));
+  const std::int64_t out = s64(layer.output_bytes), in = s64(layer.input_bytes);
+  const std::int64_t per_slice = out / element * 4 + (element < 4 ? out + in / element * 4 : 0);
+  return in + ceil_div(per_slice, chunks);
+}
+
 /// Terms of `layer` under `state`. Checkpointing keeps only the input (the recompute
 /// boundary) and recomputes the saved bytes in backward; tiling into c chunks runs each
 /// chunk under checkpointing (as the executor does), so it too keeps only the input and
 /// divides the working set (saved + transient) by c; activation offload moves what would be
 /// kept to the next tier; weight offload moves params, buffers, grads and optimizer state.
+/// A tiled output head is fused with its loss (fused_head): its gradient buffers take the
+/// place of the logits and of their gradient, and stay on the device (they are not saved
+/// tensors, so activation offload cannot move them); one slice's logits are its working set.
 inline TrainTerms train_terms(const Layer& layer, const LayerState& state, const StepContext& ctx) {
   const std::int64_t a = s64(layer.activation_bytes), t = s64(layer.transient_bytes);
-  const std::int64_t in = s64(layer.input_bytes), out = s64(layer.output_bytes);
+  const std::int64_t in = s64(layer.input_bytes);
+  const bool fused = fused_head(layer, state);
+  // A fused head still keeps what it saves before its logits Linear (a BERT-style
+  // transform): its saved bytes less the loss's log-softmax (logits-sized) and its input.
+  const std::int64_t internals = fused ? std::max<std::int64_t>(0, a - s64(layer.output_bytes) - in) : 0;
+  const std::int64_t held = fused ? fused_head_buffers(layer, ctx) + internals : 0;
+  const std::int64_t out = fused ? held : s64(layer.output_bytes);
   const bool recomputed = state.checkpoint || state.tiled();
-  const std::int64_t body = state.tiled() ? ceil_div(a + t, state.chunks) : a + t;
-  const std::int64_t kept = recomputed ? in : a;
+  const std::int64_t body = fused            ? fused_head_slice(layer, state.chunks, ctx)
+                            : state.tiled() ? ceil_div(a + t, state.chunks)
+                                            : a + t;
+  const std::int64_t kept = fused ? held : recomputed ? in : a;
+  const bool moved = state.offload_activations && !fused;
   TrainTerms terms;
-  terms.saved = state.offload_activations ? 0 : kept;
-  terms.activation_window = state.offload_activations ? kept : 0;
+  terms.saved = moved ? 0 : kept;
+  terms.activation_window = moved ? kept : 0;
   // The input is live throughout the layer's forward; a tiled layer also accumulates its
   // whole output while one chunk's working set is live.
   terms.forward_local = in + (state.tiled() ? out : 0) + body;

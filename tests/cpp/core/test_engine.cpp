@@ -322,6 +322,81 @@ TEST(Engine, BadInputIsAClearError) {
   }
 }
 
+// A tiled output head runs fused with its loss (memscale.nn.linear_cross_entropy): the
+// logits never exist, the loss's gradient buffers (input-sized + float32 weight gradient)
+// are held from forward to backward instead, and nothing is recomputed.
+Layer head_layer(const std::string& kind) {
+  Layer l;
+  l.name = "head";
+  l.kind = kind;
+  l.param_bytes = l.grad_bytes = 12 << 20;
+  l.activation_bytes = 67 << 20;
+  l.transient_bytes = 128 << 20;
+  l.input_bytes = 3 << 20;
+  l.output_bytes = 64 << 20;
+  l.flops = 12'880'000'000;
+  l.tileable = {"seq", "batch"};
+  return l;
+}
+
+TEST(Engine, TiledOutputHeadIsFusedWithItsLoss) {
+  const Layer head = head_layer("lm_head"), mlp = head_layer("mlp");
+  model::StepContext ctx;
+  model::LayerState tiled;
+  tiled.chunks = 8;
+  // working set: one slice's float32 logits and a copy of the input
+  const std::int64_t held = (3 << 20) + (12 << 20), body = (3 << 20) + (64 << 20) / 8;
+  const model::TrainTerms fused = model::train_terms(head, tiled, ctx);
+  EXPECT_EQ(fused.saved, held);
+  EXPECT_EQ(fused.forward_local, (3 << 20) + held + body);
+  EXPECT_EQ(fused.backward_local, held + (3 << 20) + body);
+  // An MLP tiled the same way accumulates its whole output and keeps its input.
+  const model::TrainTerms plain = model::train_terms(mlp, tiled, ctx);
+  EXPECT_EQ(plain.saved, 3 << 20);
+  EXPECT_EQ(plain.forward_local, (3 << 20) + (64 << 20) + ((67 + 128) << 20) / 8);
+  // Half precision: the weight gradient is accumulated in float32 (twice its bytes), and a
+  // slice's logits exist in float32 and in half at once, beside its input in float32.
+  ctx.element_bytes = 2;
+  EXPECT_EQ(model::train_terms(head, tiled, ctx).saved, (3 << 20) + (24 << 20));
+  EXPECT_EQ(model::train_terms(head, tiled, ctx).forward_local,
+            (3 << 20) + (3 << 20) + (24 << 20) + (3 << 20) + ((128 + 64 + 6) << 20) / 8);
+  ctx.element_bytes = 4;
+  // A head tied to the embedding (its parameters counted there) still fills a
+  // vocab x hidden float32 gradient.
+  Layer tied = head;
+  tied.param_bytes = tied.grad_bytes = 0;
+  tied.dims.vocab = 8192;
+  tied.dims.hidden = 384;
+  EXPECT_EQ(model::train_terms(tied, tiled, ctx).saved, (3 << 20) + 8192 * 384 * 4);
+  // The fused loss's buffers are not saved tensors: activation offload cannot move them.
+  model::LayerState offloaded = tiled;
+  offloaded.offload_activations = true;
+  EXPECT_EQ(model::train_terms(head, offloaded, ctx).saved, held);
+  EXPECT_EQ(model::train_terms(head, offloaded, ctx).activation_window, 0);
+
+  // Its first tiling costs only one more chunk (latency + weight and gradient traffic);
+  // an MLP's also pays one recompute.
+  ModelGraph g;
+  g.layers = {head};
+  g.batch = 8;
+  g.seq = 256;
+  const cost::Rates rates;
+  const rules::RuleContext rc{g, ctx, rates};
+  const rules::Candidate head_tile = rules::tile_rule(head, model::LayerState{}, rc);
+  const rules::Candidate mlp_tile = rules::tile_rule(mlp, model::LayerState{}, rc);
+  ASSERT_TRUE(head_tile.eligible);
+  ASSERT_TRUE(mlp_tile.eligible);
+  // bytes it saves: saved 67 -> 15 MiB; own peak 259 MiB (backward: logits gradient +
+  // saved + transient) -> 53 MiB (input + buffers + input copy + a 32 MiB slice)
+  const double head_cost = head_tile.cost_per_byte * (67 - 15 + 259 - 53) * (1 << 20);
+  EXPECT_NEAR(head_cost, rules::kTileChunkLatencyS + 2.0 * (24 << 20) / rates.memory, 1e-9);
+  EXPECT_GT(mlp_tile.cost_per_byte, 20 * head_tile.cost_per_byte);
+  EXPECT_NE(head_tile.reason.find("head + loss fused"), std::string::npos) << head_tile.reason;
+  EXPECT_FALSE(rules::activation_offload_rule(head, tiled, rc).eligible);
+  // A tied head reads and accumulates the same weight: each chunk costs the same.
+  EXPECT_DOUBLE_EQ(rules::tile_chunk_seconds(tied, rc), rules::tile_chunk_seconds(head, rc));
+}
+
 }  // namespace
 }  // namespace memscale::test
 

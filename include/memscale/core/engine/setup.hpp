@@ -92,6 +92,7 @@ inline Setup make_setup(const ModelGraph& graph, const Hardware& hw, const Confi
   // report's "input" term carries both). cuBLAS keeps one per thread and stream: training
   // pays it twice, for the caller's thread and autograd's device thread running backward.
   s.step.input_bytes = graph.input_bytes + hw.workspace_bytes() * (graph.training ? 2 : 1);
+  s.step.element_bytes = cost::dtype_bytes(graph.dtype);
   if (!graph.training) {
     s.reservation = activation_reservation(graph, hw, config.reservation, s.device_count, options.calibration);
     if (const auto it = config.tiers.find("activations"); it != config.tiers.end())

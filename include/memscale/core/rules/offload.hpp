@@ -36,6 +36,9 @@ inline Candidate activation_offload_rule(const Layer& layer, const model::LayerS
                   !explain ? "" : "stream its KV cache (" + bytes(kv) + ") in each step (" + format_seconds(seconds) + " exposed)",
                   Phase::offload_activations, seconds, kv);
   }
+  if (model::fused_head(layer, state))
+    return reject("offload_activations.no_gain",
+                  "a tiled output head keeps its fused loss's gradient buffers, which are not saved tensors");
   const std::int64_t kept = model::train_terms(layer, state, ctx.step).saved;
   if (kept <= 0) return reject("offload_activations.no_gain", "keeps no activations on the device");
   // Out during forward, back during backward; hidden behind the layer's forward and

@@ -8,8 +8,9 @@ inputs: ``F.cross_entropy(F.linear(hidden, W), targets)`` (untiled, full logits)
   the caching allocator's statistics on CUDA) around
   forward + backward, with the inputs allocated before the scope opens, so the figure
   is everything the step allocates on top of them (logits, softmax, gradients);
-* step time: median of ``repeats`` runs, variants interleaved so that machine load
-  affects both alike;
+* step time: ``memscale.bench.timing.interleave`` (fixed torch threads, warm-up, the
+  variants interleaved round by round so machine load affects both alike; medians, and
+  the time ratio as the median of the paired per-round ratios);
 * gradients of ``hidden`` and ``W`` compared with each other (max |diff| relative to
   the scale) and, since fp32 sums in a different order differ by rounding, both against
   a float64 reference: ``grad_error_vs_untiled`` is the tiled error over the untiled
@@ -23,7 +24,6 @@ Run: ``python benchmarks/tiling_lce.py [--quick] [--out FILE]`` or
 from __future__ import annotations
 
 import gc
-import statistics
 from typing import Any, Callable
 
 import torch
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 import memscale
 import memscale.nn as mnn
-from memscale.bench.device import clock
+from memscale.bench.timing import fixed_threads, interleave
 
 VOCAB = 32_000
 
@@ -59,12 +59,6 @@ def _measure_peak(step: Step, *inputs: torch.Tensor) -> tuple[int, tuple[torch.T
     return tracker.peak_bytes, grads
 
 
-def _time(step: Step, *inputs: torch.Tensor) -> float:
-    start = clock(inputs[0].device)
-    step(*inputs)
-    return clock(inputs[0].device) - start
-
-
 def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
 
@@ -77,16 +71,21 @@ def _reference_errors(grads: list[tuple[torch.Tensor, ...]], hidden: torch.Tenso
 
 
 def run(quick: bool, device: torch.device = torch.device("cpu")) -> list[dict[str, Any]]:
+    with fixed_threads():
+        return _run(quick, device)
+
+
+def _run(quick: bool, device: torch.device) -> list[dict[str, Any]]:
     if device.type == "cuda":  # a GPU step of a few milliseconds needs more tokens and repeats
-        tokens, hidden_size, repeats = (8192, 1024, 10) if quick else (32768, 2048, 20)
+        tokens, hidden_size, repeats = (8192, 1024, 15) if quick else (32768, 2048, 20)
     else:
-        tokens, hidden_size, repeats = (1024, 256, 3) if quick else (4096, 512, 5)
+        tokens, hidden_size, repeats = (1024, 256, 15) if quick else (4096, 512, 9)
     torch.manual_seed(0)
     hidden = (torch.randn(tokens, hidden_size, device=device) * 0.5).requires_grad_()
     weight = (torch.randn(VOCAB, hidden_size, device=device) / hidden_size ** 0.5).requires_grad_()
     targets = torch.randint(0, VOCAB, (tokens,), device=device)
     targets[::17] = -100  # some ignored positions, as padding would be
-    chunks = None  # the library's default sizing (memscale.nn.default_chunks)
+    chunks = None  # the library's default sizing (DEFAULT_CHUNK_LOGITS_BYTES per slice)
     tiled = _tiled(chunks)
 
     _untiled(hidden, weight, targets)  # warm-up: thread pools, allocator caches
@@ -98,12 +97,11 @@ def run(quick: bool, device: torch.device = torch.device("cpu")) -> list[dict[st
     error_ratio = max(t / max(u, 1e-12) for t, u in zip(err_tiled, err_untiled))
     del grads_tiled, grads_untiled
 
-    times_untiled, times_tiled = [], []
-    for i in range(repeats):
-        order = [(_untiled, times_untiled), (tiled, times_tiled)]
-        for step, out in (order if i % 2 == 0 else order[::-1]):
-            out.append(_time(step, hidden, weight, targets))
-    t_untiled, t_tiled = statistics.median(times_untiled), statistics.median(times_tiled)
+    timing = interleave({"untiled": lambda: _untiled(hidden, weight, targets),
+                         "tiled": lambda: tiled(hidden, weight, targets)}, rounds=repeats, warmup=1,
+                        device=device)
+    times_untiled, times_tiled = timing.times_s["untiled"], timing.times_s["tiled"]
+    t_untiled, t_tiled = timing.median("untiled"), timing.median("tiled")
     n_chunks = mnn.default_chunks(tokens, VOCAB, device)
     return [{
         "scenario": "tiling_lce",
@@ -125,9 +123,10 @@ def run(quick: bool, device: torch.device = torch.device("cpu")) -> list[dict[st
         "grad_error_vs_float64": {"tiled": dict(zip(("hidden", "weight"), err_tiled)),
                                   "untiled": dict(zip(("hidden", "weight"), err_untiled))},
         "grads_equal": error_ratio <= 2.0,
-        "ratios": {"peak_ratio": peak_tiled / peak_untiled, "time_ratio": t_tiled / t_untiled,
+        "ratios": {"peak_ratio": peak_tiled / peak_untiled, "time_ratio": timing.ratio("tiled", "untiled"),
                    "grad_error_vs_untiled": error_ratio},
         "measurement": f"memscale.track_memory('{device.type}'); median wall time (synchronized on CUDA)",
+        "timing": timing.method(),
     }]
 
 

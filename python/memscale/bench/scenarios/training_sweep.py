@@ -6,6 +6,12 @@ min_budget_bytes is then shown to fit. The same run measures no optimization and
 checkpoint-every-block (torch.utils.checkpoint) as peers. On CUDA the model is larger
 (a step of a few hundred milliseconds on a datacenter GPU) and times are synchronized.
 
+Peaks: each configuration is built inside its own ``memscale.track_memory(device)`` scope
+(weights, gradients and optimizer state counted) and runs a few steps there. Step times:
+all configurations stay alive and are then timed together by ``memscale.bench.timing``
+(interleaved rounds, fixed torch threads, medians, paired per-round ratios), so machine
+load on a shared CPU falls on every configuration alike; the record's ``timing`` says how.
+
     python -m memscale.bench.scenarios.training_sweep [--quick] [--out FILE] [--device auto|cpu|cuda]
 """
 from __future__ import annotations
@@ -20,7 +26,8 @@ from torch.utils.checkpoint import checkpoint
 
 import memscale
 from memscale import models
-from memscale.bench.device import clock, fresh_device_state
+from memscale.bench.device import fresh_device_state
+from memscale.bench.timing import fixed_threads, interleave
 
 log = logging.getLogger("memscale")
 
@@ -29,6 +36,10 @@ FULL = dict(d_model=384, n_layers=6, n_heads=8, d_ff=1536, max_seq=256, vocab=81
 QUICK = dict(d_model=256, n_layers=4, n_heads=8, d_ff=1024, max_seq=128, vocab=4096, batch=4)
 CUDA_FULL = dict(d_model=1024, n_layers=12, n_heads=16, d_ff=4096, max_seq=1024, vocab=32000, batch=8)
 CUDA_QUICK = dict(d_model=512, n_layers=6, n_heads=8, d_ff=2048, max_seq=512, vocab=16000, batch=8)
+#: Steps inside the tracking scope: the first allocates the optimizer state, then steady ones.
+PEAK_STEPS = 3
+#: (timed rounds, warm-up rounds) of the interleaved timing; quick steps are short.
+ROUNDS = {True: (15, 2), False: (7, 1)}
 
 
 def _build(sizes: dict[str, int], device: torch.device) -> tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]:
@@ -47,26 +58,25 @@ def _checkpoint_every_block(model: torch.nn.Module) -> None:
 def _train(sizes: dict[str, int], steps: int, prepare: Callable[[torch.nn.Module, tuple], Any],
            device: torch.device) -> dict[str, Any]:
     """Builds the model inside the tracking scope (so weights, grads and optimizer state
-    are counted), runs `steps` AdamW steps and returns the peak, step time and losses."""
+    are counted), runs `steps` AdamW steps and returns the peak, the losses and `step`, a
+    callable running one more step of the same model (for the interleaved timing)."""
     gc.collect()
     fresh_device_state(device)
     with memscale.track_memory(device) as tracker:
         model, (ids, labels) = _build(sizes, device)
         prepared = prepare(model, (ids, labels))
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        times, losses = [], []
-        for _ in range(steps):
-            start = clock(device)
+
+        def step() -> float:
             loss = model(ids, labels=labels)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            times.append(clock(device) - start)
-            losses.append(float(loss))
+            return float(loss.detach())
+
+        losses = [step() for _ in range(steps)]
         peak = tracker.peak_bytes
-        del model, optimizer, loss
-    # The first step allocates optimizer state and warms caches: time the others.
-    return {"peak_bytes": int(peak), "step_time_s": min(times[1:]), "losses": losses, "prepared": prepared}
+    return {"peak_bytes": int(peak), "losses": losses, "prepared": prepared, "step": step}
 
 
 def _memscale_prepare(budget: int) -> Callable[[torch.nn.Module, tuple], Any]:
@@ -82,27 +92,28 @@ def run(quick: bool, device: torch.device = torch.device("cpu")) -> list[dict[st
         sizes = CUDA_QUICK if quick else CUDA_FULL
     else:
         sizes = QUICK if quick else FULL
-    steps = 3 if quick else 4
+    rounds, warmup = ROUNDS[quick]
+    with fixed_threads():
+        return _sweep(sizes, rounds, warmup, device)
+
+
+def _sweep(sizes: dict[str, int], rounds: int, warmup: int, device: torch.device) -> list[dict[str, Any]]:
     torch.manual_seed(0)
-    base = _train(sizes, steps, lambda m, i: None, device)
-    ckpt = _train(sizes, steps, lambda m, i: _checkpoint_every_block(m), device)
-    log.info("unoptimized peak %.1f MiB, %.3f s/step; checkpoint-every-block peak %.1f MiB, %.3f s/step",
-             base["peak_bytes"] / 2**20, base["step_time_s"], ckpt["peak_bytes"] / 2**20, ckpt["step_time_s"])
+    runs = {"unoptimized": _train(sizes, PEAK_STEPS, lambda m, i: None, device),
+            "checkpoint_every_block": _train(sizes, PEAK_STEPS, lambda m, i: _checkpoint_every_block(m), device)}
+    base, ckpt = runs["unoptimized"], runs["checkpoint_every_block"]
     model_name = "gpt d{d_model} L{n_layers} seq{max_seq} b{batch} V{vocab}".format(**sizes)
     records = []
+    by_budget: dict[int, str] = {}  # a refused budget runs at min_budget_bytes: same plan, measured once
     for fraction in FRACTIONS:
+        label = f"{round(fraction * 100)}%"
         budget = int(base["peak_bytes"] * fraction)
         record: dict[str, Any] = {
-            "scenario": "training_sweep", "model": model_name, "label": f"{round(fraction * 100)}%",
+            "scenario": "training_sweep", "model": model_name, "label": label,
             "budget_fraction": fraction, "budget_bytes": budget,
-            "measurement": (f"memscale.track_memory('{device.type}') peak over {steps} AdamW steps with the model "
-                            "built inside the scope; step time = fastest step after the first"),
-            "peers": {"unoptimized": {"peak_bytes": base["peak_bytes"], "step_time_s": base["step_time_s"]},
-                      "checkpoint_every_block": {"peak_bytes": ckpt["peak_bytes"], "step_time_s": ckpt["step_time_s"],
-                                                 "fits_budget": ckpt["peak_bytes"] <= budget}},
         }
         try:
-            got = _train(sizes, steps, _memscale_prepare(budget), device)
+            got = _train(sizes, PEAK_STEPS, _memscale_prepare(budget), device)
             measured_budget = budget
         except memscale.InfeasibleBudgetError as refusal:
             # The engine's promise: the smallest budget it names must itself fit.
@@ -110,27 +121,56 @@ def run(quick: bool, device: torch.device = torch.device("cpu")) -> list[dict[st
             record["refusal"] = str(refusal).splitlines()[0]
             record["min_budget_bytes"] = refusal.min_budget_bytes
             measured_budget = refusal.min_budget_bytes
-            got = _train(sizes, steps, _memscale_prepare(measured_budget), device)
+            got = None if measured_budget in by_budget else _train(sizes, PEAK_STEPS, _memscale_prepare(measured_budget), device)
+        owner = by_budget.setdefault(measured_budget, label)
+        if owner != label:
+            record["same_run_as"] = owner
+        runs.setdefault(owner, got)
+        record["measured_against_bytes"] = measured_budget
+        records.append(record)
+
+    timing = interleave({name: r["step"] for name, r in runs.items()}, rounds=rounds, warmup=warmup,
+                        device=device)
+    log.info("unoptimized peak %.1f MiB, %.3f s/step; checkpoint-every-block peak %.1f MiB, %.3f s/step "
+             "(median of %d interleaved rounds, %d torch thread(s))", base["peak_bytes"] / 2**20,
+             timing.median("unoptimized"), ckpt["peak_bytes"] / 2**20,
+             timing.median("checkpoint_every_block"), rounds, timing.threads)
+    peers = {
+        "unoptimized": {"peak_bytes": base["peak_bytes"], "step_time_s": timing.median("unoptimized"),
+                        "times_s": timing.times_s["unoptimized"]},
+        "checkpoint_every_block": {"peak_bytes": ckpt["peak_bytes"],
+                                   "step_time_s": timing.median("checkpoint_every_block"),
+                                   "times_s": timing.times_s["checkpoint_every_block"],
+                                   "time_vs_unoptimized": timing.ratio("checkpoint_every_block", "unoptimized")},
+    }
+    for record in records:
+        name = record.get("same_run_as", record["label"])
+        got, budget, measured_budget = runs[name], record["budget_bytes"], record["measured_against_bytes"]
         plan = got["prepared"]
         record.update({
+            "peers": {**peers, "checkpoint_every_block": {**peers["checkpoint_every_block"],
+                                                          "fits_budget": ckpt["peak_bytes"] <= budget}},
             "refused": record.get("refused", False),
-            "measured_against_bytes": measured_budget,
             "measured_peak_bytes": got["peak_bytes"],
             "predicted_peak_bytes": int(plan.predicted_peak_bytes),
-            "step_time_s": got["step_time_s"],
+            "step_time_s": timing.median(name),
+            "times_s": timing.times_s[name],
+            "timing": timing.method(),
+            "measurement": f"memscale.track_memory('{device.type}') peak over {PEAK_STEPS} AdamW steps "
+                           "with the model built inside the scope",
             "losses": got["losses"],
             "techniques": {l.name: list(l.techniques) for l in plan.layers if l.techniques},
             "plan": plan.to_json(),
         })
         ratios = {"peak_over_budget": got["peak_bytes"] / measured_budget,
-                  "time_vs_unoptimized": got["step_time_s"] / base["step_time_s"],
+                  "time_vs_unoptimized": timing.ratio(name, "unoptimized"),
                   "predicted_over_measured": plan.predicted_peak_bytes / got["peak_bytes"]}
         if ckpt["peak_bytes"] <= budget:
-            ratios["time_vs_checkpoint_every_block"] = got["step_time_s"] / ckpt["step_time_s"]
+            ratios["time_vs_checkpoint_every_block"] = timing.ratio(name, "checkpoint_every_block")
         record["ratios"] = ratios
-        log.info("budget %s: peak %.1f MiB (%.3f x), %.3f s/step%s", record["label"], got["peak_bytes"] / 2**20,
-                 ratios["peak_over_budget"], got["step_time_s"], " (refused, ran at min budget)" if record["refused"] else "")
-        records.append(record)
+        log.info("budget %s: peak %.1f MiB (%.3f x), %.3f s/step, %.3f x unoptimized%s", record["label"],
+                 got["peak_bytes"] / 2**20, ratios["peak_over_budget"], record["step_time_s"],
+                 ratios["time_vs_unoptimized"], " (refused, ran at min budget)" if record["refused"] else "")
     return records
 
 
