@@ -85,7 +85,7 @@ def _run(quick: bool, device: torch.device) -> list[dict[str, Any]]:
     weight = (torch.randn(VOCAB, hidden_size, device=device) / hidden_size ** 0.5).requires_grad_()
     targets = torch.randint(0, VOCAB, (tokens,), device=device)
     targets[::17] = -100  # some ignored positions, as padding would be
-    chunks = None  # the library's default sizing (DEFAULT_CHUNK_LOGITS_BYTES per slice)
+    chunks = None  # the library's default sizing (memscale.nn.default_chunks)
     tiled = _tiled(chunks)
 
     _untiled(hidden, weight, targets)  # warm-up: thread pools, allocator caches
