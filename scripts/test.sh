@@ -30,6 +30,7 @@ dpkg -s chromium >/dev/null 2>&1 || { [ "$(id -u)" -eq 0 ] && SUDO="" || SUDO=su
 "$PY" -m pytest tests/python -q -p no:cacheprovider "$@"
 
 echo "== Benchmarks, quick subset, goals checked"
-# Wall-clock goals are checked on full runs (benchmarks/results/); on a CI machine they
-# would measure the neighbours' load as much as MemScale.
-"$PY" -m memscale bench --quick --check --no-timing
+# Wall-clock goals of --quick records are held to their quick_tolerance (goals.json): the
+# smoke configurations on a shared machine catch a slowdown without failing on noise; the
+# committed full runs in benchmarks/results/ meet the strict tolerance.
+"$PY" -m memscale bench --quick --check

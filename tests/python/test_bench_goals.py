@@ -58,3 +58,24 @@ def test_timing_goals_can_be_left_out_and_optional_goals_need_their_ratio():
     records = [{"scenario": "s", "ratios": {"time": 5.0}}, {"scenario": "s", "ratios": {"time": 0.5, "vs_peer": 1.5}}]
     assert [(r.goal_id, r.passed) for r in check(records, goals)] == [("t", False), ("t", True), ("o", False)]
     assert [(r.goal_id, r.passed) for r in check(records, goals, timing=False)] == [("o", False)]
+
+
+def test_quick_records_use_the_quick_tolerance_and_full_records_the_strict_one():
+    goals = [{"id": "t", "scenario": "s", "ratio": "time", "op": "<=", "goal": 0.9, "tolerance": 0.0,
+              "quick_tolerance": 0.15, "timing": True}]
+    quick = [{"scenario": "s", "quick": True, "ratios": {"time": 1.0}}]
+    full = [{"scenario": "s", "quick": False, "ratios": {"time": 1.0}}]
+    assert [r.passed for r in check(quick, goals)] == [True]
+    assert "quick-run tolerance 15%" in check(quick, goals)[0].message
+    assert [r.passed for r in check(full, goals)] == [False]
+    assert [r.passed for r in check([{"scenario": "s", "quick": True, "ratios": {"time": 1.36}}], goals)] == [False]
+
+
+def test_the_committed_goals_give_quick_tolerances_only_to_timing_goals():
+    from pathlib import Path
+
+    from memscale.bench.goals import load_goals
+
+    goals = load_goals(Path(__file__).resolve().parents[2] / "benchmarks" / "goals.json")
+    widened = [g for g in goals if "quick_tolerance" in g]
+    assert widened and all(g.get("timing") and g["quick_tolerance"] >= g["tolerance"] for g in widened)
