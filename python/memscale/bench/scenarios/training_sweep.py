@@ -34,7 +34,7 @@ QUICK = dict(d_model=256, n_layers=4, n_heads=8, d_ff=1024, max_seq=128, vocab=4
 #: Steps inside the tracking scope: the first allocates the optimizer state, then steady ones.
 PEAK_STEPS = 3
 #: (timed rounds, warm-up rounds) of the interleaved timing; quick steps are short.
-ROUNDS = {True: (15, 2), False: (7, 1)}
+ROUNDS = {True: (15, 2), False: (9, 1)}
 
 
 def _build(sizes: dict[str, int]) -> tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]:
