@@ -39,7 +39,7 @@ CUDA_QUICK = dict(d_model=512, n_layers=6, n_heads=8, d_ff=2048, max_seq=512, vo
 #: Steps inside the tracking scope: the first allocates the optimizer state, then steady ones.
 PEAK_STEPS = 3
 #: (timed rounds, warm-up rounds) of the interleaved timing; quick steps are short.
-ROUNDS = {True: (15, 2), False: (7, 1)}
+ROUNDS = {True: (15, 2), False: (9, 1)}
 
 
 def _build(sizes: dict[str, int], device: torch.device) -> tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]:
