@@ -119,8 +119,13 @@ inline std::int64_t fused_head_buffers(const Layer& layer, const StepContext& ct
 /// float32 weight gradient), plus a copy of its input (a forward that slices the hidden
 /// states for shifted labels makes one).
 inline std::int64_t fused_head_slice(const Layer& layer, std::int64_t chunks, const StepContext& ctx) {
-  const std::int64_t element = s64(std::max<std::uint64_t>(ctx.element_bytes, 1));
   const std::int64_t out = s64(layer.output_bytes), in = s64(layer.input_bytes);
+  // The logits' element size from their bytes and count (autocast may run the head below
+  // the parameters' dtype), else the graph's dtype.
+  const std::int64_t logits = layer.dims.batch * layer.dims.seq * layer.dims.vocab;
+  const std::int64_t element = logits > 0 && out > 0 && out % logits == 0
+                                   ? std::max<std::int64_t>(1, out / logits)
+                                   : s64(std::max<std::uint64_t>(ctx.element_bytes, 1));
   const std::int64_t per_slice = out / element * 4 + (element < 4 ? out + in / element * 4 : 0);
   return in + ceil_div(per_slice, chunks);
 }

@@ -361,6 +361,11 @@ TEST(Engine, TiledOutputHeadIsFusedWithItsLoss) {
   EXPECT_EQ(model::train_terms(head, tiled, ctx).forward_local,
             (3 << 20) + (3 << 20) + (24 << 20) + (3 << 20) + ((128 + 64 + 6) << 20) / 8);
   ctx.element_bytes = 4;
+  // Logits below the parameters' dtype (autocast) are told by their bytes per element.
+  Layer autocast = head;
+  autocast.dims.batch = 8, autocast.dims.seq = 256, autocast.dims.vocab = 16384;  // 2 bytes each
+  EXPECT_EQ(model::train_terms(autocast, tiled, ctx).forward_local,
+            (3 << 20) + held + (3 << 20) + ((128 + 64 + 6) << 20) / 8);
   // A head tied to the embedding (its parameters counted there) still fills a
   // vocab x hidden float32 gradient.
   Layer tied = head;
