@@ -57,10 +57,15 @@ def blas_workspace_bytes(index: int) -> int:
             del outs, a, bias
         stream.synchronize()
         workspace = torch.cuda.memory_allocated(device) - before
-        clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
-        if clear is not None:
-            clear()
+        release_blas_workspaces()
     return max(int(workspace), 0)
+
+
+def release_blas_workspaces() -> None:
+    """Free every cuBLAS/cuBLASLt workspace; the next product on a stream allocates its own."""
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()
 
 
 def _cuda_devices_torch() -> list[dict[str, Any]]:

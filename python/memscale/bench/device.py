@@ -37,10 +37,10 @@ def fresh_device_state(device: torch.device) -> None:
     would (the engine counts the workspace; see memscale.hardware.blas_workspace_bytes)."""
     if device.type != "cuda":
         return
+    from ..hardware import release_blas_workspaces
+
     torch.cuda.synchronize(device)
-    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
-    if clear is not None:
-        clear()
+    release_blas_workspaces()
     torch.cuda.empty_cache()
 
 

@@ -34,6 +34,8 @@ def scenario_main(run: Any, argv: list[str] | None = None) -> int:
     import inspect
     import logging
 
+    import torch
+
     from .device import CHOICES, device_label, resolve_device
 
     parser = argparse.ArgumentParser()
@@ -49,7 +51,7 @@ def scenario_main(run: Any, argv: list[str] | None = None) -> int:
     else:
         if device.type != "cpu":
             logging.getLogger("memscale").info("this scenario runs on the CPU only; --device %s ignored", args.device)
-        device = resolve_device("cpu")
+        device = torch.device("cpu")
         records = run(quick=args.quick)
     finish_records(records, quick=args.quick, device=device_label(device))
     if args.out:

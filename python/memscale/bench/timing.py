@@ -30,7 +30,6 @@ import contextlib
 import gc
 import os
 import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -112,7 +111,7 @@ class Timing:
 
 
 def interleave(steps: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1,
-               threads: int | None = None, device: torch.device | None = None) -> Timing:
+               threads: int | None = None, device: torch.device = torch.device("cpu")) -> Timing:
     """Time ``steps`` (name -> one step) in ``rounds`` interleaved rounds; see module doc.
     On a CUDA ``device`` each step is timed from and to a synchronized device."""
     from .device import clock
@@ -127,9 +126,9 @@ def interleave(steps: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1
             gc.collect()  # a collection inside a timed step would bill whichever ran then
             shift = r % len(names)
             for name in names[shift:] + names[:shift]:
-                start = clock(device) if device is not None else time.perf_counter()
+                start = clock(device)
                 steps[name]()
-                elapsed = (clock(device) if device is not None else time.perf_counter()) - start
+                elapsed = clock(device) - start
                 if r >= warmup:
                     times[name].append(elapsed)
         load_after = _load()
