@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from _profile_bench import main_with_records, predicted_unoptimized_peak  # noqa: E402
-from memscale import models  # noqa: E402
+from memscale.testing import models  # noqa: E402
 from memscale.bench.device import clock, fresh_device_state  # noqa: E402
 from memscale.memory import track_memory  # noqa: E402
 from memscale.profile import profile_dict  # noqa: E402

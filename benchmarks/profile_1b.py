@@ -1,6 +1,6 @@
 """Profiling cost of a ~1.1B-parameter Llama-style model defined on the meta device.
 
-Builds ``memscale.models.llama`` with ``preset="1b"`` under ``torch.device("meta")`` (no
+Builds ``memscale.testing.models.llama`` with ``preset="1b"`` under ``torch.device("meta")`` (no
 weights exist) and times ``memscale.profile.profile_dict`` for a training step; records
 the wall time and the extra resident memory of the process (psutil RSS after minus
 before, and the growth of the peak RSS, ``ru_maxrss``). Limits from the issue: < 10 s and
@@ -24,7 +24,7 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 
 from _profile_bench import main_with_records, predicted_unoptimized_peak  # noqa: E402
-from memscale import models  # noqa: E402
+from memscale.testing import models  # noqa: E402
 from memscale.profile import profile_dict  # noqa: E402
 
 log = logging.getLogger("memscale")

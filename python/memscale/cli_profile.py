@@ -2,7 +2,7 @@
 
 Example::
 
-    memscale profile --model memscale.models.gpt:build --arg n_layers=2 \\
+    memscale profile --model memscale.testing.models.gpt:build --arg n_layers=2 \\
         --input-shape 2,64 --input-dtype int64 --json
 
 Inputs are zeros of the given shapes and dtypes on the meta device (values do not affect
@@ -21,7 +21,7 @@ _DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "bool"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="MODULE:FACTORY",
-                        help="importable factory returning an nn.Module, e.g. memscale.models.gpt:build")
+                        help="importable factory returning an nn.Module, e.g. memscale.testing.models.gpt:build")
     parser.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
                         help="keyword argument for the factory (VALUE parsed as JSON, else a string); repeatable")
     parser.add_argument("--input-shape", action="append", required=True, metavar="D0,D1,...",
@@ -44,7 +44,7 @@ def load_factory(spec: str) -> Any:
 
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(f"--model: expected MODULE:FACTORY (e.g. memscale.models.gpt:build), got {spec!r}")
+        raise ConfigError(f"--model: expected MODULE:FACTORY (e.g. memscale.testing.models.gpt:build), got {spec!r}")
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as error:

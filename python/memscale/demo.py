@@ -48,7 +48,7 @@ def run_demo(budget_fraction: float = 0.5, steps: int = 12, on_step: Any = None)
     copy of the model with a budget of ``budget_fraction`` of it, trains ``steps`` steps
     and measures the wrapped peak the same way."""
     import memscale
-    from memscale import models
+    from memscale.testing import models
 
     if not 0.0 < budget_fraction <= 1.0:
         raise memscale.ConfigError(f"budget_fraction: got {budget_fraction}, expected a fraction in (0, 1]")

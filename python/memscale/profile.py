@@ -30,7 +30,7 @@ What the per-layer figures mean (the engine's memory model relies on exactly thi
   BatchNorm or recurrence.
 
 Example:
-    >>> from memscale import models
+    >>> from memscale.testing import models
     >>> from memscale.profile import profile_dict
     >>> model = models.build("gpt", n_layers=2)
     >>> graph = profile_dict(model, models.example_inputs("gpt", model, batch=2, seq=16))

@@ -15,7 +15,7 @@ measured peak next to the prediction, so "never over budget" is a measured claim
 
 Example:
     >>> import torch, memscale
-    >>> from memscale.models import gpt
+    >>> from memscale.testing.models import gpt
     >>> sched = memscale.Scheduler("64MB")
     >>> _ = sched.add_model("gpt", gpt.build(n_layers=2).eval())
     >>> for n in (4, 8):

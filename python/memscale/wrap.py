@@ -19,7 +19,7 @@ predicted/measured so the engine's residual misprediction is absorbed, applies t
 plan and logs why. It re-plans at most once.
 
 Example (needs the engine, ``memscale.plan``):
-    >>> from memscale import models
+    >>> from memscale.testing import models
     >>> from memscale.wrap import plan_of, unwrap, wrap
     >>> model = models.build("gpt", n_layers=2)
     >>> batch = models.example_inputs("gpt", model, batch=2, seq=16)

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from memscale import models
+from memscale.testing import models
 
 # Zoo model -> (architecture style, output-head layer, MLP submodules to tile (suffixes)).
 ZOO: dict[str, tuple[str, str, tuple[str, ...]]] = {

@@ -1,10 +1,10 @@
-"""GPT-style model and prompts for the pager and scheduler tests (memscale.models.gpt)."""
+"""GPT-style model and prompts for the pager and scheduler tests (memscale.testing.models.gpt)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from memscale.models import gpt
+from memscale.testing.models import gpt
 
 
 def build_gpt(seed: int = 0, **overrides) -> nn.Module:

@@ -9,7 +9,7 @@ import torch
 
 import memscale
 from executor_testlib import assert_same_step, build, checkpointable, layer, layer_names, twin
-from memscale import models
+from memscale.testing import models
 from memscale.bench.device import fresh_device_state
 from memscale.executor import apply_plan
 

@@ -172,9 +172,9 @@ def _train_peak(model_fn, steps: int, prepare=None) -> tuple[int, list[float]]:
 @pytest.mark.parametrize("fraction", [0.8, 0.6])
 def test_real_engine_fits_measured_budget(fraction: float) -> None:
     def gpt():
-        model = memscale.models.build("gpt", n_layers=4, d_model=128, d_ff=512, max_seq=128,
+        model = memscale.testing.models.build("gpt", n_layers=4, d_model=128, d_ff=512, max_seq=128,
                                       vocab=4096, dropout=0.1)
-        return model, memscale.models.example_inputs("gpt", model, batch=4, seq=128)
+        return model, memscale.testing.models.example_inputs("gpt", model, batch=4, seq=128)
     unoptimized, ref_losses = _train_peak(gpt, 3)
     budget = int(unoptimized * fraction)
     try:

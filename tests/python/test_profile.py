@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import memscale
-from memscale import models
+from memscale.testing import models
 from memscale.profile import profile_dict
 
 GRAPH_KEYS = {"model_name", "dtype", "batch", "seq", "training", "optimizer", "mixed_precision",

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from memscale import models
+from memscale.testing import models
 from memscale.memory import track_memory
 from memscale.profile import profile_dict
 

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from memscale import models
+from memscale.testing import models
 from memscale.profile import profile_dict
 from memscale.profiler.discovery import discover_layers
 

@@ -1,8 +1,8 @@
-"""Reference model zoo (memscale.models): builds, runs a training step, deterministic, validates input."""
+"""Reference model zoo (memscale.testing.models): builds, runs a training step, deterministic, validates input."""
 import pytest
 import torch
 
-from memscale import models
+from memscale.testing import models
 
 NAMES = sorted(models.MODELS)
 

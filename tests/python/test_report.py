@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import memscale
-from memscale import models
+from memscale.testing import models
 from memscale.report import write_results_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

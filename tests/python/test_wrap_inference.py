@@ -2,7 +2,7 @@
 import torch
 
 import memscale
-from memscale import models
+from memscale.testing import models
 
 
 def test_inference_wrap_pages_weights_with_identical_outputs(tmp_path):

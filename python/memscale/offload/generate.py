@@ -4,7 +4,7 @@ activations placed per the tier policy (seed 004).
 Two model families:
 
 * GPT-style modules with ``wte``, ``wpe``, ``blocks[i].{ln1, attn.{qkv, proj, n_heads}, ln2,
-  mlp}``, ``ln_f``, ``head`` (memscale.models.gpt): an incremental decoder here, with the
+  mlp}``, ``ln_f``, ``head`` (memscale.testing.models.gpt): an incremental decoder here, with the
   KV cache of each block on its tier and the hidden state parked on its boundary's tier
   while the next block's weights become resident.
 * Hugging Face causal LMs (``past_key_values``), when ``transformers`` is installed; their
@@ -13,7 +13,7 @@ Two model families:
 
 Example:
     >>> import torch
-    >>> from memscale.models import gpt
+    >>> from memscale.testing.models import gpt
     >>> from memscale.offload import generate
     >>> model = gpt.build(n_layers=2).eval()
     >>> ids, = gpt.example_inputs(model, batch=2, seq=8, labels=False)

@@ -8,7 +8,7 @@ allocated). The fitted factor covers every probe; ``headroom`` adds a margin for
 the probes did not see.
 
 Example:
-    >>> from memscale.models import gpt
+    >>> from memscale.testing.models import gpt
     >>> from memscale.offload.memory_model import calibrate
     >>> mm = calibrate(gpt.build(n_layers=2).eval())
     >>> p = mm.predict(batch=4, prompt=16, new=8)

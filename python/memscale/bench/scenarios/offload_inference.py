@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 
 import memscale
-from memscale.models import gpt
+from memscale.testing.models import gpt
 from memscale.offload import generate, handle_of, unwrap_inference, wrap_for_inference
 from memscale.offload.memory_model import fit_reservation
 

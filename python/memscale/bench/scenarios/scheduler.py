@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import memscale
-from memscale.models import gpt
+from memscale.testing.models import gpt
 from memscale.offload.memory_model import calibrate
 
 PROMPTS = (16, 32, 64)

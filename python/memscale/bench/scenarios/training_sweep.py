@@ -25,7 +25,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 import memscale
-from memscale import models
+from memscale.testing import models
 from memscale.bench.device import fresh_device_state
 from memscale.bench.timing import fixed_threads, interleave
 

@@ -1,7 +1,7 @@
 """ResNet-style CNN with BatchNorm, laid out like torchvision (``layer1`` .. ``layer4``).
 
 Example:
-    >>> from memscale.models import resnet
+    >>> from memscale.testing.models import resnet
     >>> model = resnet.build(block="basic", layers=(1, 1, 1, 1))
     >>> loss = model(*resnet.example_inputs(model, batch=2))
 """

@@ -4,7 +4,7 @@
 meta device to profile it without allocating weights::
 
     >>> import torch
-    >>> from memscale.models import llama
+    >>> from memscale.testing.models import llama
     >>> with torch.device("meta"):
     ...     big = llama.build(preset="1b")
     >>> small = llama.build()

@@ -7,7 +7,7 @@ overrides are fields of its config dataclass, the config is ``model.config``) an
 scalar mean cross-entropy loss, otherwise logits).
 
 Example:
-    >>> from memscale import models
+    >>> from memscale.testing import models
     >>> model = models.build("gpt", n_layers=2)
     >>> loss = model(*models.example_inputs("gpt", model, batch=2, seq=16))
     >>> loss.backward()

@@ -3,7 +3,7 @@
 Attention uses ``nn.MultiheadAttention`` (batch_first), blocks live in an ``nn.Sequential``.
 
 Example:
-    >>> from memscale.models import vit
+    >>> from memscale.testing.models import vit
     >>> model = vit.build(depth=2)
     >>> loss = model(*vit.example_inputs(model, batch=2))
 """

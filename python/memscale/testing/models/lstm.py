@@ -1,7 +1,7 @@
 """LSTM language model: embedding, multi-layer ``nn.LSTM`` (batch_first), linear head.
 
 Example:
-    >>> from memscale.models import lstm
+    >>> from memscale.testing.models import lstm
     >>> model = lstm.build(num_layers=1)
     >>> loss = model(*lstm.example_inputs(model, batch=2, seq=16))
 """

@@ -5,7 +5,7 @@ The module layout follows Hugging Face BERT (``embeddings``, ``encoder.layer[i]`
 on attention written with explicit matmul + softmax rather than fused SDPA.
 
 Example:
-    >>> from memscale.models import encoder
+    >>> from memscale.testing.models import encoder
     >>> model = encoder.build(n_layers=2)
     >>> loss = model(*encoder.example_inputs(model, batch=2, seq=16))
 """

@@ -4,7 +4,7 @@ Shared token embedding, RMS-normed pre-norm blocks, ReLU feed-forward, decoder b
 causal self-attention and cross-attention over the encoder output, LM head.
 
 Example:
-    >>> from memscale.models import t5
+    >>> from memscale.testing.models import t5
     >>> model = t5.build(num_layers=1)
     >>> loss = model(*t5.example_inputs(model, batch=2, seq=16))
 """

@@ -1,7 +1,7 @@
 """GPT-style decoder: token + position embedding, pre-LN causal blocks, tied-free LM head.
 
 Example:
-    >>> from memscale.models import gpt
+    >>> from memscale.testing.models import gpt
     >>> model = gpt.build(n_layers=2)
     >>> ids, labels = gpt.example_inputs(model, batch=2, seq=16)
     >>> loss = model(ids, labels)
