@@ -14,11 +14,11 @@ from .config import Config, config_schema
 from .errors import ConfigError, InfeasibleBudgetError, MemScaleError
 from .hardware import detect_hardware
 from .memory import track_memory
-from .profile import profile
-from . import offload
+from .profiler.profile import profile
+from .runtime import inference as offload  # the inference API, as memscale.offload
 from .scheduler import Scheduler
 from .planning import calibrate_reservation, plan, search_tier_policy, tier_problem
-from .wrap import plan_of, unwrap, wrap
+from .api import plan_of, unwrap, wrap
 
 format_bytes = _C.format_bytes
 parse_size = _C.parse_size

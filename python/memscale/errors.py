@@ -22,3 +22,14 @@ class InfeasibleBudgetError(MemScaleError):
     def __init__(self, message: str, min_budget_bytes: int = 0) -> None:
         super().__init__(message)
         self.min_budget_bytes = int(min_budget_bytes)
+
+
+class ExecutorError(MemScaleError, ValueError):
+    """A plan cannot be applied to this model (names the layer, value and what is allowed).
+
+    Raised *before* the model is modified: the runtime validates a whole plan first.
+    """
+
+
+class OffloadDirError(ExecutorError):
+    """The disk tier's directory is missing, not creatable, not writable or too small."""

@@ -1,9 +1,10 @@
-"""``memscale.plan``: the decision engine from Python, plus the seed-002 reservation
-calibration and the seed-004 tier-policy search.
+"""``memscale.plan``: the only caller of the decision engine, plus the inference
+reservation calibration and the tier-policy search.
 
 The engine is a pure C++ function of (ModelGraph, Hardware, Config); these wrappers only
 turn Python arguments into those three documents. Identical inputs give byte-identical
-``plan.to_json()``.
+``plan.to_json()``. The runtime asks for its plans here (:func:`plan_model`), never
+from ``_C`` directly.
 
 Example:
     >>> import memscale
@@ -22,7 +23,10 @@ import logging
 import os
 from typing import Any, Iterable, Mapping, Union
 
+from torch import nn
+
 from . import _C
+from ._coerce import as_config
 from .config import Config
 from .errors import ConfigError
 
@@ -47,24 +51,9 @@ def _hardware(hardware: HardwareLike) -> Any:
         return _C.Hardware.from_json(os.fspath(hardware))
     if hardware is not None:
         raise TypeError(f"hardware: expected a memscale.Hardware, JSON text or a path, got {type(hardware).__name__}")
-    import memscale
+    from .hardware import detect_hardware
 
-    detect = getattr(memscale, "detect_hardware", None)
-    if detect is None:
-        raise ConfigError(
-            "hardware: not given, and this build has no memscale.detect_hardware(); pass "
-            "hardware=memscale.Hardware.from_json('hw.json') (see docs/json-schema.md#hardware)")
-    return _hardware(detect())
-
-
-def _config(cfg: Config | None, config_kwargs: Mapping[str, Any]) -> Config:
-    if cfg is None:
-        return Config(**config_kwargs)
-    if not isinstance(cfg, Config):
-        raise TypeError(f"cfg: expected a memscale.Config, got {type(cfg).__name__}")
-    if not config_kwargs:
-        return cfg
-    return Config(**{**cfg.to_dict(), **config_kwargs})
+    return detect_hardware()
 
 
 def plan(graph: GraphLike, cfg: Config | None = None, hardware: HardwareLike = None, *,
@@ -89,11 +78,26 @@ def plan(graph: GraphLike, cfg: Config | None = None, hardware: HardwareLike = N
             budget that has one under the same Config.
         memscale.ConfigError: invalid input or an override that cannot be honoured.
     """
-    result = _C.plan(_graph(graph), _config(cfg, config_kwargs).cpp, _hardware(hardware), calibration)
+    result = _C.plan(_graph(graph), as_config(cfg, config_kwargs, allow_dict=False).cpp, _hardware(hardware), calibration)
     _log.debug("plan: predicted peak %d of budget %d bytes (pressure %.3f, %s)", result.predicted_peak_bytes,
                result.budget_bytes, result.pressure, "skipped" if result.skipped else
                f"{sum(1 for layer in result.layers if layer.techniques)} layers changed")
     return result
+
+
+def plan_model(model: nn.Module, example_inputs: Any, cfg: Config, *, training: bool,
+               optimizer: str = "adamw", offload_dir: str | None = None, calibration: Any = None,
+               graph: Any = None) -> tuple[Any, Any, Any]:
+    """Profile ``model`` (unless ``graph`` is given), detect the hardware of the device it
+    is on and plan it: ``(plan, graph, hardware)``. What ``wrap`` and the inference
+    runtime call; raises what :func:`plan` raises."""
+    from .hardware import detect_hardware, model_device
+    from .profiler.profile import profile
+
+    if graph is None:
+        graph = profile(model, example_inputs, training=training, optimizer=optimizer if training else "none")
+    hardware = detect_hardware(offload_dir or None, device=model_device(model))
+    return plan(graph, cfg, hardware=hardware, calibration=calibration), graph, hardware
 
 
 def _sample(item: Any) -> Any:
@@ -133,7 +137,7 @@ def _split(value: Any) -> Any:
 
 
 def search_tier_policy(problem: Any = None, **fields: Any) -> Any:
-    """Minimum-latency tier policy (seed 004) for ``problem`` or for the given fields.
+    """Minimum-latency tier policy (FlexGen-style per tensor type split) for ``problem`` or for the given fields.
 
     Fields are those of ``memscale.TierProblem``: ``weights_bytes``, ``kv_cache_bytes``,
     ``activation_bytes``, ``gpu_capacity``, ``cpu_capacity``, ``disk_capacity``,
@@ -163,4 +167,4 @@ def tier_problem(graph: GraphLike, cfg: Config | None = None, hardware: Hardware
                  **config_kwargs: Any) -> Any:
     """The tier problem an inference graph poses on ``hardware`` (GPU capacity = the
     budget, ``Config.tiers`` as fixed splits); feed it to :func:`search_tier_policy`."""
-    return _C.tier_problem(_graph(graph), _hardware(hardware), _config(cfg, config_kwargs).cpp)
+    return _C.tier_problem(_graph(graph), _hardware(hardware), as_config(cfg, config_kwargs, allow_dict=False).cpp)

@@ -1,4 +1,4 @@
-"""``memscale.Scheduler``: memory-aware inference scheduling (seed 003).
+"""``memscale.Scheduler``: memory-aware inference scheduling.
 
 Requests (a prompt and a number of tokens to generate) for one or more models that share
 one memory budget are queued; each step the scheduler takes the oldest waiting request
@@ -7,7 +7,7 @@ keep
 
     weights of every model + KV cache of the batch + activation reservation <= budget
 
-(:mod:`memscale.offload.memory_model`: the engine's seed-002 reservation, its safety
+(:mod:`memscale.runtime.inference.memory_model`: the engine's activation reservation, its safety
 factor fitted to measured probes). What does not
 fit waits; a request that cannot fit even alone is refused at ``submit`` with the budget
 it would need. Every batch runs under ``memscale.track_memory`` and the report gives the
@@ -36,9 +36,10 @@ import torch
 from torch import nn
 
 from .config import Config
+from .memory import track_memory
 from .errors import ConfigError, InfeasibleBudgetError
-from .offload.generate import generate
-from .offload.memory_model import ModelMemory, calibrate, describe
+from .runtime.inference.generate import generate
+from .runtime.inference.memory_model import ModelMemory, calibrate, describe
 
 log = logging.getLogger("memscale")
 
@@ -235,13 +236,11 @@ class Scheduler:
     def run(self) -> SchedulerReport:
         """Runs until the queue is empty; measures every batch's peak (CPU counting allocator
         or CUDA allocator statistics)."""
-        import memscale
-
         devices = {next(m.parameters()).device for m, _ in self.models.values()}
         device = next(iter(devices)) if devices else torch.device("cpu")
         first = len(self.batches)
         start = time.perf_counter()
-        with memscale.track_memory(device) as tracker:
+        with track_memory(device) as tracker:
             while self.step(tracker) is not None:
                 pass
         wall = time.perf_counter() - start

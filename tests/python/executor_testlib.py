@@ -1,8 +1,7 @@
 """Shared helpers of the executor tests: zoo models, layer lists, plans, comparisons.
 
-The layer lists follow the profiler's discovery rule (repeated blocks of a
-ModuleList/Sequential are layers; stacks holding blocks are split; other children are
-layers), so the plans look like the ones ``memscale.plan`` produces.
+The layer lists come from the profiler's discovery (``memscale.profiler.discovery``), so
+the plans look like the ones ``memscale.plan`` produces.
 """
 from __future__ import annotations
 
@@ -12,6 +11,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from memscale.profiler.discovery import discover_layers
 from memscale.testing import models
 
 # Zoo model -> (architecture style, output-head layer, MLP submodules to tile (suffixes)).
@@ -39,40 +39,14 @@ def build(name: str, dropout: float = 0.1, seed: int = 0) -> tuple[nn.Module, tu
 
 
 def layer_names(model: nn.Module) -> list[str]:
-    """Layer paths by the profiler's discovery rule."""
-    def repeated(container: nn.Module) -> set[str]:
-        if not isinstance(container, (nn.ModuleList, nn.Sequential)):
-            return set()
-        kids = list(container.named_children())
-        counts: dict[type, int] = {}
-        for _, c in kids:
-            counts[type(c)] = counts.get(type(c), 0) + 1
-        return {n for n, c in kids if counts[type(c)] >= 2 and next(c.children(), None) is not None}
-
-    def holds_blocks(m: nn.Module) -> bool:
-        return any(repeated(x) for x in m.modules())
-
-    out: list[str] = []
-
-    def visit(module: nn.Module, path: str) -> None:
-        blocks = repeated(module)
-        for cname, child in module.named_children():
-            cpath = f"{path}.{cname}" if path else cname
-            if cname in blocks:
-                out.append(cpath)
-            elif isinstance(child, (nn.ModuleList, nn.ModuleDict)) or (
-                    next(child.children(), None) is not None and holds_blocks(child)):
-                visit(child, cpath)
-            else:
-                out.append(cpath)
-    visit(model, "")
-    return out
+    """Layer paths by the profiler's discovery rule (the one discovery, not a copy)."""
+    return [spec.name for spec in discover_layers(model)]
 
 
 def checkpointable(model: nn.Module, names: Iterable[str]) -> list[str]:
     """The layers checkpointing can take (not in-place modules)."""
-    from memscale.executor.checkpoint import check_checkpointable
-    from memscale.executor.errors import ExecutorError
+    from memscale.runtime.training.checkpoint import check_checkpointable
+    from memscale.errors import ExecutorError
     out = []
     for n in names:
         try:

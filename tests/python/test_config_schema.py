@@ -8,7 +8,7 @@ import pytest
 import memscale
 from memscale import _C
 from memscale.cli import main as cli_main
-from memscale.config_doc import REGENERATE, render_config_doc
+from memscale.report.config_doc import REGENERATE, render_config_doc
 
 CONFIG_DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 SCHEMA = memscale.config_schema()

@@ -11,7 +11,7 @@ import memscale
 from executor_testlib import assert_same_step, build, checkpointable, layer, layer_names, twin
 from memscale.testing import models
 from memscale.bench.device import fresh_device_state
-from memscale.executor import apply_plan
+from memscale.runtime.training import apply_plan
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -142,7 +142,7 @@ def test_linear_cross_entropy_on_cuda_matches_and_saves_memory() -> None:
 
 @pytest.mark.parametrize("weights", [{"gpu": 0, "cpu": 100}, {"gpu": 0, "cpu": 50}])
 def test_pager_with_device_layers_is_bit_identical(tmp_path, weights) -> None:
-    from memscale.offload import generate, handle_of, unwrap_inference, wrap_for_inference
+    from memscale.runtime.inference import generate, handle_of, unwrap_inference, wrap_for_inference
     from pager_models import build_gpt, prompt
 
     model = build_gpt(n_layers=6).cuda()

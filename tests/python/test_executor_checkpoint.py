@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from memscale.executor.checkpoint import checkpoint_module
+from memscale.runtime.training.checkpoint import checkpoint_module
 
 
 @dataclass

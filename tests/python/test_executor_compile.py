@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from executor_testlib import build, layer, layer_names, mlp_names, twin
-from memscale.executor import apply_plan
+from memscale.runtime.training import apply_plan
 
 
 def test_compiled_step_with_every_technique(tmp_path) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from executor_testlib import (ZOO, assert_same_step, build, checkpointable, layer, layer_names,
                              mlp_names, twin)
-from memscale.executor import apply_plan
+from memscale.runtime.training import apply_plan
 
 MODELS = ["gpt", "vit", "resnet", "t5", "encoder", "llama", "lstm"]
 
@@ -120,7 +120,7 @@ def test_many_steps_with_sgd(tmp_path) -> None:
 def test_profiled_layers_every_technique(name: str, tmp_path) -> None:
     """Layers, kinds and tileable axes from memscale.profile: checkpoint + disk offload on
     every layer that takes them, tile on every layer the profiler marks tileable."""
-    from memscale.profile import profile_dict
+    from memscale.profiler.profile import profile_dict
 
     model, inputs = build(name, dropout=0.1)
     ref = twin(model)

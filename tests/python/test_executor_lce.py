@@ -10,8 +10,9 @@ from torch import nn
 
 import memscale.nn as mnn
 from executor_testlib import layer
-from memscale.executor import ExecutorError, apply_plan
-from memscale.executor.head_loss import DeferredLogits
+from memscale.errors import ExecutorError
+from memscale.runtime.training import apply_plan
+from memscale.runtime.training.head_loss import DeferredLogits
 
 
 def _case(bias: bool = True, n: int = 37, d: int = 24, vocab: int = 300, seed: int = 0):

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from executor_testlib import layer, module_state
-from memscale.executor import OffloadDirError, active_handle, apply_plan
-from memscale.executor.offload_activations import DEFAULT_MIN_OFFLOAD_BYTES, ActivationStore
-from memscale.executor.offload_dir import check_offload_dir
+from memscale.errors import OffloadDirError
+from memscale.runtime.training import active_handle, apply_plan
+from memscale.runtime.training.offload_activations import DEFAULT_MIN_OFFLOAD_BYTES, ActivationStore
+from memscale.runtime.offload_dir import check_offload_dir
 
 
 def _mlp() -> nn.Module:
@@ -182,7 +183,7 @@ def test_dir_too_little_space(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 << 20, 9 << 20, 1 << 20))
     target = tmp_path / "new"
     # the plan offloads 5 MiB - 1 MiB = 4 MiB to disk; 1 MiB is free
-    _assert_refused(target, r"1\.0 MiB free but the plan offloads 4\.0 MiB")
+    _assert_refused(target, r"1\.00 MiB free but the plan offloads 4\.00 MiB")
     assert not target.exists()  # created for the check, removed again
     model = _mlp()
     apply_plan(model, _plan(), offload_dir=target, required_disk_bytes=1 << 19).remove()

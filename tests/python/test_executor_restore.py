@@ -10,7 +10,8 @@ from torch import nn
 from executor_testlib import (ZOO, build, checkpointable, layer, layer_names, mlp_names,
                               module_state, step)
 from memscale.errors import MemScaleError
-from memscale.executor import ExecutorError, active_handle, apply_plan
+from memscale.errors import ExecutorError
+from memscale.runtime.training import active_handle, apply_plan
 
 
 def _full_plan(model: nn.Module, name: str) -> dict:
@@ -177,7 +178,7 @@ def test_head_tiling_refused_without_labels() -> None:
 
 
 def test_failure_while_installing_rolls_back(monkeypatch) -> None:
-    from memscale.executor import apply as apply_mod
+    from memscale.runtime.training import apply as apply_mod
 
     model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3))
     before = module_state(model)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from memscale.executor import ExecutorError
-from memscale.executor.tiling import tile_module
+from memscale.errors import ExecutorError
+from memscale.runtime.training.tiling import tile_module
 
 
 def _mlp(d: int = 16, ff: int = 64) -> nn.Module:

@@ -17,10 +17,11 @@ import importlib
 
 import memscale
 from executor_testlib import assert_same_step, build, module_state, twin
-from memscale.wrap import plan_of, unwrap, wrap
+from memscale.api import plan_of, unwrap, wrap
+from memscale.runtime.hooks import handle_of
 
-# `memscale.wrap` the attribute is the function; the module is reached through importlib.
-wrap_mod = importlib.import_module("memscale.wrap")
+# The engine's one entry point; the planner fixture replaces it.
+planning_mod = importlib.import_module("memscale.planning")
 
 
 def _plan_doc(graph, cfg, techniques_for_blocks) -> dict:
@@ -43,13 +44,13 @@ def _plan_doc(graph, cfg, techniques_for_blocks) -> dict:
 def planner(monkeypatch):
     calls = []
 
-    def make(graph, cfg, hardware):
+    def make(graph, cfg, hardware=None, calibration=None):
         assert cfg.techniques["offload_weights"] == "off"  # training keeps weights resident
         calls.append({"graph": json.loads(graph.to_json()), "budget": cfg.memory_budget})
         return memscale.Plan.from_json(json.dumps(_plan_doc(graph, cfg, planner.techniques)))
     planner.techniques = ["checkpoint"]
     planner.calls = calls
-    monkeypatch.setattr(wrap_mod, "_make_plan", make)
+    monkeypatch.setattr(planning_mod, "plan", make)
     return planner
 
 
@@ -106,7 +107,7 @@ def test_bad_calls_raise_before_modifying(planner) -> None:
 def test_first_step_within_budget_is_verified_once(planner, caplog) -> None:
     model, inputs = build("gpt")
     wrap(model, memory_budget=1 << 40, example_inputs=inputs)
-    state = wrap_mod._STATE[model]
+    state = handle_of(model)
     assert state.monitor is not None
     with caplog.at_level(logging.INFO, logger="memscale"):
         model(*inputs).backward()
@@ -123,7 +124,7 @@ def test_over_budget_first_step_replans_before_the_next(planner, caplog) -> None
     before = module_state(model)
     wrap(model, memory_budget=1 << 20, example_inputs=inputs)  # 1 MiB: far too small
     first_plan = plan_of(model)
-    state = wrap_mod._STATE[model]
+    state = handle_of(model)
     with caplog.at_level(logging.INFO, logger="memscale"):
         assert_same_step(model, ref, inputs)  # measured here; over budget
         assert state.monitor is not None and state.monitor.pending_replan

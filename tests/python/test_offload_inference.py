@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import memscale
-from memscale.offload import generate, handle_of, unwrap_inference, wrap_for_inference
-from memscale.offload.units import paging_units
+from memscale.runtime.inference import generate, handle_of, unwrap_inference, wrap_for_inference
+from memscale.runtime.inference.units import paging_units
 from pager_models import build_gpt, prompt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -172,7 +172,7 @@ def test_files_are_removed_at_exit_without_unwrap(tmp_path):
         import sys, torch, memscale
         sys.path.insert(0, {HERE!r})
         from pager_models import build_gpt, prompt
-        from memscale.offload import wrap_for_inference, handle_of
+        from memscale.runtime.inference import wrap_for_inference, handle_of
         m = build_gpt(n_layers=4)
         ids = prompt(m, 1, 8)
         wrap_for_inference(m, memscale.Config(offload={{"policy": "budget", "ram_bytes": "3MB",
@@ -270,7 +270,7 @@ def test_read_only_directory(tmp_path, gpt):
 def test_full_directory(tmp_path, gpt, monkeypatch):
     model, ids = gpt
     before = _snapshot(model)
-    import memscale.offload.inference as inference
+    import memscale.runtime.inference.pager as inference
 
     class Usage:
         total, used, free = 10 << 30, 10 << 30, 4096
@@ -324,7 +324,7 @@ def test_tier_percentages_over_100(tmp_path, gpt):
 
 def test_kv_cache_on_disk_uses_private_0600_files_that_go_away(tmp_path, gpt, monkeypatch):
     model, ids = gpt
-    import memscale.offload.kv_cache as kv
+    import memscale.runtime.inference.kv_cache as kv
 
     created = []
     real = kv.DiskRows.__init__

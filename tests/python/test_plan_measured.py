@@ -11,7 +11,7 @@ import torch
 
 import memscale
 from memscale.testing import models
-from memscale.executor import apply_plan
+from memscale.runtime.training import apply_plan
 
 HOST = memscale.Hardware.from_json('{"devices": [], "host_total_bytes": 68719476736, "offload_dir_free_bytes": 1000000000}')
 

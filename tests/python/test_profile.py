@@ -8,7 +8,7 @@ from torch import nn
 
 import memscale
 from memscale.testing import models
-from memscale.profile import profile_dict
+from memscale.profiler.profile import profile_dict
 
 GRAPH_KEYS = {"model_name", "dtype", "batch", "seq", "training", "optimizer", "mixed_precision",
               "input_bytes", "largest_param_bytes", "layers"}

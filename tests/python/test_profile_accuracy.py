@@ -4,7 +4,7 @@ import torch
 
 from memscale.testing import models
 from memscale.memory import track_memory
-from memscale.profile import profile_dict
+from memscale.profiler.profile import profile_dict
 
 
 def _retained_after_forward(model: torch.nn.Module, inputs: tuple) -> int:

@@ -7,7 +7,7 @@ import torch
 import memscale
 from memscale.testing import models
 from memscale.cli import main
-from memscale.profile import profile_dict
+from memscale.profiler.profile import profile_dict
 
 
 def test_profile_json_matches_the_api(capsys: pytest.CaptureFixture, tmp_path) -> None:

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from memscale.testing import models
-from memscale.profile import profile_dict
+from memscale.profiler.profile import profile_dict
 from memscale.profiler.discovery import discover_layers
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import memscale
-from memscale.offload.memory_model import calibrate
+from memscale.runtime.inference.memory_model import calibrate
 from pager_models import build_gpt
 
 
@@ -63,7 +63,7 @@ def test_batched_output_rows_equal_the_same_batch_generated_directly(small):
     sched.add_model("gpt", model, mm)
     reqs = [sched.submit("gpt", _prompt(16, i), 6) for i in range(4)]
     sched.run()
-    direct = memscale.offload.generate(model, torch.stack([r.prompt for r in reqs]), 6)
+    direct = memscale.runtime.inference.generate(model, torch.stack([r.prompt for r in reqs]), 6)
     for row, r in enumerate(reqs):
         assert torch.equal(r.tokens, direct.tokens[row])
 

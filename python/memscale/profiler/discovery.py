@@ -10,14 +10,19 @@ Rules (general; no model is special-cased):
   ``transformer.h.3`` and ``transformer.wte`` become layers, not ``transformer``).
 * Every other child is one layer (embeddings, norms, heads, the remaining children).
 
-Kinds are assigned by :mod:`memscale.profiler.introspect` once execution order is known.
+Kinds (:func:`layer_kinds`) come from each layer's modules (:func:`memscale.profiler.
+introspect.classify`) once execution order is known: the output head is the last
+executed Linear-bearing layer after every block. The profiler and the inference
+runtime's paging units both use these two functions, so a paged layer is a planned one.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from torch import nn
+
+from . import introspect
 
 _UNCALLED_CONTAINERS = (nn.ModuleList, nn.ModuleDict)
 _SEQUENCE_CONTAINERS = (nn.ModuleList, nn.Sequential)
@@ -85,3 +90,20 @@ def discover_layers(model: nn.Module) -> list[LayerSpec]:
         return [LayerSpec("", model, False)]
     specs = list(_visit(model, "", set()))
     return specs if specs else [LayerSpec("", model, False)]
+
+
+def layer_kinds(layers: Sequence[LayerSpec], executed: Sequence[bool]) -> list[str]:
+    """Kind of each layer of ``layers`` (in execution order; ``executed[i]``: it ran).
+
+    >>> from torch import nn
+    >>> m = nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4), nn.Linear(4, 10))
+    >>> layer_kinds(discover_layers(m), [True, True, True])
+    ['embedding', 'norm', 'lm_head']
+    """
+    kinds = [introspect.classify(spec.module, spec.repeated) for spec in layers]
+    last_block = max((p for p, kind in enumerate(kinds) if kind == "block"), default=-1)
+    for p in range(len(layers) - 1, last_block, -1):
+        if executed[p] and kinds[p] in ("other", "mlp") and introspect.has_linear(layers[p].module):
+            kinds[p] = "lm_head"
+            break
+    return kinds

@@ -25,7 +25,8 @@ from torch.utils._pytree import tree_leaves, tree_map_only
 from .discovery import LayerSpec
 from .flops import op_flops
 from .recorder import LayerRecord, StepRecorder
-from .tracker import LiveTracker, storage_key
+from .storage import storage_key
+from .tracker import LiveTracker
 
 log = logging.getLogger("memscale")
 

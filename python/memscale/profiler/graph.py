@@ -8,8 +8,9 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from . import introspect as ins
-from .discovery import LayerSpec
-from .recorder import LayerRecord, tensor_bytes
+from .discovery import LayerSpec, layer_kinds
+from .recorder import LayerRecord
+from .storage import tensor_bytes
 
 OPTIMIZERS = ("none", "sgd", "sgd_momentum", "adam", "adamw")
 # optimizer state bytes per trainable parameter byte (docs/json-schema.md)
@@ -48,15 +49,9 @@ def execution_order(specs: list[LayerSpec], records: list[LayerRecord]) -> list[
 
 
 def assign_kinds(specs: list[LayerSpec], order: list[int], records: list[LayerRecord]) -> dict[int, str]:
-    """Kind per spec index; the output head is the last executed Linear-bearing layer after every block."""
-    kinds = {i: ins.classify(specs[i].module, specs[i].repeated) for i in order}
-    last_block = max((p for p, i in enumerate(order) if kinds[i] == "block"), default=-1)
-    for p in range(len(order) - 1, last_block, -1):
-        i = order[p]
-        if records[i].order >= 0 and kinds[i] in ("other", "mlp") and ins.has_linear(specs[i].module):
-            kinds[i] = "lm_head"
-            break
-    return kinds
+    """Kind per spec index (:func:`memscale.profiler.discovery.layer_kinds` in execution order)."""
+    kinds = layer_kinds([specs[i] for i in order], [records[i].order >= 0 for i in order])
+    return dict(zip(order, kinds))
 
 
 def _owners(model: nn.Module, specs: list[LayerSpec], order: list[int],
@@ -85,10 +80,6 @@ def _owners(model: nn.Module, specs: list[LayerSpec], order: list[int],
     return params, buffers
 
 
-def _nbytes(ts: list[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in ts)
-
-
 def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: list[LayerRecord],
                 orphan_first_use: dict[int, int | None], *, training: bool, optimizer: str,
                 mixed_precision: bool, measured: list[tuple[int, int]] | None = None) -> dict[str, Any]:
@@ -105,7 +96,7 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
     for index, i in enumerate(order):
         spec, rec, kind = specs[i], records[i], kinds[i]
         trainable = [p for p in params[i] if p.requires_grad] if training else []
-        trainable_bytes = _nbytes(trainable)
+        trainable_bytes = tensor_bytes(trainable)
         batch, seq = ins.batch_seq_of(rec.input_geom, g_batch, g_seq)
         hidden = ins.hidden_of(spec.module, rec.input_geom)
         # an inner width only means something for layers holding an MLP
@@ -120,7 +111,7 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
         peak, saved = measured[i] if measured is not None else (0, 0)
         layers.append({
             "activation_bytes": int(rec.saved_bytes),
-            "buffer_bytes": _nbytes(buffers[i]),
+            "buffer_bytes": tensor_bytes(buffers[i]),
             "dims": dims.to_dict(),
             "flops": int(rec.flops),
             "grad_bytes": trainable_bytes,
@@ -133,7 +124,7 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
             "name": spec.name,
             "optimizer_bytes": int(optimizer_bytes),
             "output_bytes": int(rec.output_bytes),
-            "param_bytes": _nbytes(params[i]),
+            "param_bytes": tensor_bytes(params[i]),
             "tileable": ins.tileable_axes(spec.module, kind, batch, seq),
             "transient_bytes": int(max(rec.fwd_scratch, rec.bwd_scratch, 0)),
         })

@@ -20,7 +20,7 @@ from ..memory import MemoryTracker, track_memory
 from .discovery import LayerSpec
 from .estimate import restore_mode, set_mode, target_device
 from .recorder import StepRecorder, run_backward
-from .tracker import storage_key
+from .storage import storage_bytes, storage_key
 
 log = logging.getLogger("memscale")
 
@@ -56,13 +56,6 @@ class _TrackerView:
     def span_peak(self) -> int:
         return self.resident + self.tracker.peak_bytes
 
-
-def resident_bytes(tensors: list[torch.Tensor]) -> int:
-    """Bytes of the distinct storages behind ``tensors``."""
-    seen: dict[int, int] = {}
-    for t in tensors:
-        seen.setdefault(storage_key(t), t.untyped_storage().nbytes())
-    return sum(seen.values())
 
 
 @contextlib.contextmanager
@@ -109,7 +102,7 @@ def measure_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[LayerS
                 else:
                     model.zero_grad(set_to_none=True)
             state = [t for s in (opt.state.values() if opt else []) for t in s.values() if isinstance(t, torch.Tensor)]
-            resident = resident_bytes(list(model.parameters()) + list(model.buffers()) + state + inputs)
+            resident = storage_bytes(list(model.parameters()) + list(model.buffers()) + state + inputs)
             excluded = {storage_key(t) for t in list(model.parameters()) + list(model.buffers()) + inputs}
             with track_memory(device) as tracker:
                 view = _TrackerView(tracker, resident)

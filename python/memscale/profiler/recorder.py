@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from .introspect import InputGeometry
-from .tracker import storage_key, storage_nbytes
+from .storage import storage_key, storage_nbytes, tensor_bytes
 
 
 class MemoryView(Protocol):
@@ -57,17 +57,6 @@ class _Span:
     backward: bool
     entry: int
     saved0: int = 0
-
-
-def tensor_bytes(obj: Any) -> int:
-    """Bytes of the distinct tensors in a (nested) argument structure."""
-    seen: set[int] = set()
-    total = 0
-    for t in tree_leaves(obj):
-        if isinstance(t, torch.Tensor) and id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-    return total
 
 
 def run_backward(out: Any) -> None:

@@ -16,6 +16,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves, tree_map
 
+from .storage import storage_key, storage_nbytes
+
 log = logging.getLogger("memscale")
 
 OpCallback = Callable[[Any, tuple, dict, Any], None]
@@ -29,15 +31,6 @@ aten = torch.ops.aten
 _REAL_SIZE_PROBES = {aten.mkldnn_rnn_layer.default}
 # A probe is skipped (and the estimate logged as a lower bound) past this many input bytes.
 PROBE_LIMIT_BYTES = 256 << 20
-
-
-def storage_key(t: torch.Tensor) -> int:
-    """Identity of a tensor's storage while it is alive (address of the StorageImpl)."""
-    return t.untyped_storage()._cdata
-
-
-def storage_nbytes(t: torch.Tensor) -> int:
-    return t.untyped_storage().nbytes()
 
 
 class LiveTracker(TorchDispatchMode):
@@ -65,7 +58,7 @@ class LiveTracker(TorchDispatchMode):
     def track(self, t: torch.Tensor) -> None:
         """Count ``t``'s storage as live until it is freed (idempotent per storage)."""
         st = t.untyped_storage()
-        key = st._cdata
+        key = storage_key(t)
         if key in self._sizes:
             return
         n = self._size_override.get(key, st.nbytes())

@@ -29,8 +29,8 @@ import torch
 
 import memscale
 from memscale.testing.models import gpt
-from memscale.offload import generate, handle_of, unwrap_inference, wrap_for_inference
-from memscale.offload.memory_model import fit_reservation
+from memscale.runtime.inference import generate, handle_of, unwrap_inference, wrap_for_inference
+from memscale.runtime.inference.memory_model import fit_reservation
 
 WEIGHTS_OVER_BUDGET = 2.5
 

@@ -17,7 +17,7 @@ import torch
 
 import memscale
 from memscale.testing.models import gpt
-from memscale.offload.memory_model import calibrate
+from memscale.runtime.inference.memory_model import calibrate
 
 PROMPTS = (16, 32, 64)
 PROMPT_WEIGHTS = (0.5, 0.3, 0.2)

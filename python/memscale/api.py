@@ -1,0 +1,82 @@
+"""``memscale.wrap`` / ``plan_of`` / ``unwrap``: the one-line entry point.
+
+``wrap(model, cfg, example_inputs=...)`` profiles the model on the example inputs,
+detects the hardware, asks the engine for a plan and applies it. It returns the *same*
+module object; ``state_dict()`` is unchanged, outputs and gradients equal the unwrapped
+model's. The plan summary is logged at INFO; when the plan needs nothing (skipped, or no
+technique on any layer) the model is left untouched and the log says so. The first
+training step is measured and, over budget, re-planned once
+(:mod:`memscale.runtime.training.verify`). ``training=False`` routes to the inference
+runtime (weight pager, KV cache tiers). ``unwrap(model)`` removes everything and
+restores the module exactly.
+
+Example:
+    >>> from memscale.testing import models
+    >>> from memscale.api import plan_of, unwrap, wrap
+    >>> model = models.build("gpt", n_layers=2)
+    >>> batch = models.example_inputs("gpt", model, batch=2, seq=16)
+    >>> wrap(model, memory_budget="64MiB", force_optimize=True, example_inputs=batch) is model
+    True
+    >>> plan_of(model) is not None
+    True
+    >>> unwrap(model)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ._coerce import as_config
+from .errors import MemScaleError
+from .runtime import hooks
+
+
+def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training: bool = True,
+         optimizer: str = "adamw", *, verify: bool = True, **config_kwargs: Any) -> nn.Module:
+    """Fit ``model``'s training step (or inference) into the configured memory budget; return ``model``.
+
+    Args:
+        model: the module to train; modified in place, reversibly (``unwrap``).
+        cfg: a ``memscale.Config`` (or a dict of its keys); alternatively pass the
+            Config keys as keyword arguments (``memory_budget="4GiB"``).
+        example_inputs: one batch as the model's forward takes it (a tensor, a tuple of
+            positional arguments or a dict of keyword arguments); used to profile and,
+            if the first step is over budget, to re-profile.
+        training: ``True`` fits a training step; ``False`` fits inference: the weight
+            pager of :mod:`memscale.runtime.inference` pages weights per ``cfg.offload``
+            / the engine's inference plan (see docs/offload.md).
+        optimizer: ``none``, ``sgd``, ``sgd_momentum``, ``adam`` or ``adamw`` (its state
+            counts towards the budget).
+        verify: measure the first step and re-plan once if it exceeds the budget by 5%.
+    """
+    if not isinstance(model, nn.Module):
+        raise MemScaleError(f"wrap: model must be a torch.nn.Module, got {type(model).__name__}")
+    if example_inputs is None:
+        raise MemScaleError("wrap: example_inputs is required (one batch as forward takes it) "
+                            "to profile the model")
+    if training is not True and training is not False:
+        raise MemScaleError(f"wrap: training={training!r}; expected True (training step) or False (inference)")
+    cfg = as_config(cfg, config_kwargs, caller="wrap", allow_both=False)
+    if training is False:
+        from .runtime.inference.pager import wrap_for_inference
+
+        inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        return wrap_for_inference(model, cfg, inputs)
+    from .runtime.training.wrapped import wrap_training
+
+    wrap_training(model, cfg, example_inputs, optimizer, verify)
+    return model
+
+
+def plan_of(model: nn.Module) -> Any:
+    """The Plan ``wrap`` applied to ``model`` (the re-plan, if one happened); None if unwrapped."""
+    handle = hooks.handle_of(model)
+    return None if handle is None else handle.plan
+
+
+def unwrap(model: nn.Module) -> None:
+    """Remove everything ``wrap`` installed; the module is restored exactly. Idempotent."""
+    handle = hooks.handle_of(model)
+    if handle is not None:
+        handle.remove()

@@ -1,0 +1,118 @@
+"""``memscale.profile``: turn any ``nn.Module`` plus example inputs into a ModelGraph.
+
+What the per-layer figures mean (the engine's memory model relies on exactly this):
+
+* Layers: repeated composite blocks of a ``ModuleList``/``Sequential``, and every other
+  child of the root or of a container holding blocks (embeddings, norms, the head...),
+  in execution order; layers that never ran follow in definition order.
+* Ops run between layers ("glue": a loss after the head, ``x + pos_embed`` after a patch
+  embedding) belong to the layer that ran before them; ops before the first layer to the
+  first layer. Parameters owned by no layer (e.g. a root's ``cls_token``) go to the layer
+  whose span first uses them.
+* ``activation_bytes``: storages saved for backward by ops in the layer's forward span,
+  deduplicated by storage, excluding parameters, buffers and the example inputs (those
+  are counted in ``param_bytes``/``buffer_bytes``/graph ``input_bytes``).
+* ``transient_bytes`` = max(forward scratch, backward scratch). Forward scratch = peak
+  live bytes in the forward span - live bytes at entry - the span's saved bytes (>= 0);
+  it includes the layer's output. Backward scratch = peak live bytes in the backward span
+  - live bytes when it starts (when the gradient of the layer's output is ready; for the
+  layer the forward ended in, when backward starts, so a loss's backward is in the head's
+  figure); it includes the parameter gradients the layer creates and the gradient it
+  passes on.
+* ``measured_peak_bytes`` (``measure=True``): bytes resident when the measured step began
+  (parameters, buffers, optimizer state, inputs) + the counting allocator's peak during
+  the layer's spans; ``measured_activation_bytes``: saved bytes as above, on the real step.
+* ``kv_cache_bytes`` (inference only): 2 x batch x seq x K/V width x dtype bytes for each
+  attention module (``nn.MultiheadAttention`` or a module with ``num_heads``/``n_heads``/
+  ``num_attention_heads``; ``num_key_value_heads`` and ``head_dim``/``d_kv`` honoured).
+* ``tileable``: ``seq``/``batch`` only for position-wise MLPs and heads (Linear,
+  pointwise activations, dropout, LayerNorm/RMSNorm); never for blocks with attention,
+  BatchNorm or recurrence.
+
+Example:
+    >>> from memscale.testing import models
+    >>> from memscale.profiler.profile import profile_dict
+    >>> model = models.build("gpt", n_layers=2)
+    >>> graph = profile_dict(model, models.example_inputs("gpt", model, batch=2, seq=16))
+    >>> [layer["kind"] for layer in graph["layers"]][:3]
+    ['embedding', 'embedding', 'block']
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from .discovery import discover_layers
+from .estimate import estimate_step
+from .graph import OPTIMIZERS, build_graph
+
+log = logging.getLogger("memscale")
+
+
+def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    """A tensor, a tuple/list of positional arguments, or a dict of keyword arguments."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    if isinstance(example_inputs, dict):
+        if not all(isinstance(k, str) for k in example_inputs):
+            raise TypeError("example_inputs as a dict must have str keys (keyword arguments of forward)")
+        return (), dict(example_inputs)
+    raise TypeError(f"example_inputs must be a Tensor, a tuple/list of positional arguments or a dict "
+                    f"of keyword arguments, got {type(example_inputs).__name__}")
+
+
+def _check_args(model: Any, training: Any, optimizer: Any, measure: Any, mixed_precision: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, value in (("training", training), ("measure", measure), ("mixed_precision", mixed_precision)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {value!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
+
+
+def profile_dict(model: nn.Module, example_inputs: Any, training: bool = True, optimizer: str = "adamw",
+                 measure: bool = False, mixed_precision: bool = False) -> dict[str, Any]:
+    """Profile ``model`` on ``example_inputs``; return the ModelGraph as a plain dict.
+
+    Args:
+        model: any module; it is not modified (parameters, buffers, grads, hooks and
+            train/eval flags are as before). A model built on the meta device works.
+        example_inputs: a Tensor, a tuple/list of positional args, or a dict of kwargs.
+        training: profile a training step (forward + backward) or inference (forward).
+        optimizer: ``none``, ``sgd``, ``sgd_momentum``, ``adam`` or ``adamw``.
+        measure: also run one real step and fill ``measured_peak_bytes`` and
+            ``measured_activation_bytes`` (needs real, non-meta parameters).
+        mixed_precision: fp32 master weights are kept beside the parameters.
+    """
+    _check_args(model, training, optimizer, measure, mixed_precision)
+    args, kwargs = _split_inputs(example_inputs)
+    specs = discover_layers(model)
+    in_layers = {id(t) for s in specs for t in list(s.module.parameters()) + list(s.module.buffers())}
+    orphans = [t for t in list(model.parameters()) + list(model.buffers()) if id(t) not in in_layers]
+    est = estimate_step(model, args, kwargs, specs, orphans, training)
+    measured = None
+    if measure:
+        from .measure import measure_step  # imported lazily: needs the counting allocator
+        measured = measure_step(model, args, kwargs, specs, training, optimizer)
+    graph = build_graph(model, (args, kwargs), specs, est.records, est.orphan_first_use, training=training,
+                        optimizer=optimizer, mixed_precision=mixed_precision, measured=measured)
+    log.info("profiled %s: %d layers, %d activation bytes", graph["model_name"],
+             len(graph["layers"]), sum(layer["activation_bytes"] for layer in graph["layers"]))
+    return graph
+
+
+def profile(model: nn.Module, example_inputs: Any, training: bool = True, optimizer: str = "adamw",
+            measure: bool = False, mixed_precision: bool = False) -> Any:
+    """Profile ``model``; return a ``memscale.ModelGraph`` (same arguments as :func:`profile_dict`)."""
+    from .. import _C
+
+    graph = profile_dict(model, example_inputs, training=training, optimizer=optimizer,
+                         measure=measure, mixed_precision=mixed_precision)
+    return _C.ModelGraph.from_json(json.dumps(graph, sort_keys=True))

@@ -1,0 +1,126 @@
+"""The training side of ``memscale.wrap``: plan the step, apply the plan, watch the first step.
+
+``wrap_training`` profiles the model on the example inputs, asks the engine for a plan
+(:func:`memscale.planning.plan_model`) and applies it; the returned
+:class:`TrainingHandle` is the model's one entry in the registry
+(:mod:`memscale.runtime.hooks`) and owns the applied plan and the first-step monitor.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import weakref
+from typing import Any
+
+from torch import nn
+
+from ...config import Config
+from ...errors import MemScaleError
+from ...planning import plan_model
+from .. import hooks
+from .apply import PlanHandle, install_plan
+from .plan_view import read_plan
+
+log = logging.getLogger("memscale")
+
+
+@dataclasses.dataclass
+class TrainingHandle:
+    """A model wrapped for training: its plan, the graph and Config it came from, the
+    applied plan (``None`` when nothing was needed) and the first-step monitor."""
+
+    model: "weakref.ref[nn.Module]"
+    plan: Any
+    graph: Any
+    cfg: Any
+    example_inputs: Any
+    optimizer: str
+    offload_dir: str | None
+    applied: PlanHandle | None = None
+    monitor: Any = None
+    replanned: bool = False
+    measured_peak_bytes: int = 0
+
+    def unapply(self) -> None:
+        """Take the applied plan off the model (the plan stays recorded)."""
+        if self.applied is not None:
+            self.applied.remove()
+            self.applied = None
+
+    def apply(self, plan: Any, graph: Any) -> None:
+        """Make ``plan`` the model's plan, replacing any applied one."""
+        model = self.model()
+        self.unapply()
+        self.plan, self.graph = plan, graph
+        if model is not None and has_techniques(plan):
+            self.applied = install_plan(model, plan, offload_dir=self.offload_dir)
+
+    def remove(self) -> None:
+        """Remove the monitor and the plan; the model is restored exactly. Idempotent."""
+        if self.monitor is not None:
+            self.monitor.remove()
+            self.monitor = None
+        self.unapply()
+        model = self.model()
+        if model is not None:
+            hooks.unregister(model, self)
+
+
+def has_techniques(plan: Any) -> bool:
+    """The plan changes at least one layer (and is not a skipped plan)."""
+    return any(spec.techniques for spec in read_plan(plan)) and not getattr(plan, "skipped", False)
+
+
+def summary(plan: Any) -> str:
+    text = getattr(plan, "summary", None)
+    return text() if callable(text) else repr(plan)
+
+
+def training_config(cfg: Config) -> Config:
+    """Weights stay resident in training: the optimizer step touches every parameter at
+    once and the weight pager serves inference only. ``offload_weights: auto`` becomes
+    ``off`` (so the engine plans without it); an explicit ``on`` is refused."""
+    data = cfg.to_dict()
+    setting = data.get("techniques", {}).get("offload_weights", "auto")
+    if setting == "on":
+        raise MemScaleError("wrap: techniques.offload_weights='on' is not supported for training "
+                            "(weights stay resident; the weight pager serves inference); use "
+                            "'auto' or 'off'")
+    if setting == "off":
+        return cfg
+    log.info("memscale: training keeps weights resident: planning with offload_weights off")
+    data["techniques"] = {**data.get("techniques", {}), "offload_weights": "off"}
+    return Config(**data)
+
+
+def offload_dir_of(cfg: Config, hardware: Any = None) -> str | None:
+    disk_dir = (cfg.offload or {}).get("disk_dir") if isinstance(cfg.offload, dict) else None
+    return disk_dir or getattr(hardware, "offload_dir", None) or None
+
+
+def wrap_training(model: nn.Module, cfg: Config, example_inputs: Any, optimizer: str,
+                  verify: bool) -> TrainingHandle:
+    """Plan and apply ``model``'s training step under ``cfg``; register and return its handle."""
+    from .verify import FirstStepMonitor
+
+    if hooks.handle_of(model) is not None:
+        raise MemScaleError(f"wrap: this {type(model).__name__} is already wrapped; call "
+                            "memscale.unwrap(model) first")
+    cfg = training_config(cfg)
+    plan, graph, hardware = plan_model(model, example_inputs, cfg, training=True, optimizer=optimizer,
+                                       offload_dir=offload_dir_of(cfg))
+    handle = TrainingHandle(model=weakref.ref(model), plan=plan, graph=graph, cfg=cfg,
+                            example_inputs=example_inputs, optimizer=optimizer,
+                            offload_dir=offload_dir_of(cfg, hardware))
+    log.info("memscale plan for %s:\n%s", type(model).__name__, summary(plan))
+    if not has_techniques(plan):
+        reason = getattr(plan, "skip_reason", "") or "the step fits the budget as it is"
+        log.info("memscale: no optimization needed for %s (%s); the model is unchanged",
+                 type(model).__name__, reason)
+        hooks.register(model, handle)
+        return handle
+    handle.apply(plan, graph)
+    hooks.register(model, handle)
+    if verify:
+        handle.monitor = FirstStepMonitor(model, handle)
+    return handle
