@@ -1,4 +1,4 @@
-"""Helpers shared by the profiler benchmarks (estimate_accuracy.py, profile_1b.py)."""
+"""Helpers shared by the profiler scenarios (``estimate_accuracy``, ``profile_1b``)."""
 from __future__ import annotations
 
 import json

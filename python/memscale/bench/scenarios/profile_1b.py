@@ -6,26 +6,23 @@ the wall time and the extra resident memory of the process (psutil RSS after min
 before, and the growth of the peak RSS, ``ru_maxrss``). Limits from the issue: < 10 s and
 < 200 MB extra RAM.
 
-Run: ``python benchmarks/profile_1b.py [--quick] [--out FILE]``.
+Run: ``python -m memscale.bench.scenarios.profile_1b [--quick] [--out FILE]`` (or
+``memscale bench --scenario profile_1b``), from anywhere.
 """
 from __future__ import annotations
 
 import gc
 import logging
 import resource
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import psutil
+import torch
 
-import psutil  # noqa: E402
-import torch  # noqa: E402
-
-from _profile_bench import main_with_records, predicted_unoptimized_peak  # noqa: E402
-from memscale.testing import models  # noqa: E402
-from memscale.profile import profile_dict  # noqa: E402
+from memscale.bench.scenarios.profiling import main_with_records, predicted_unoptimized_peak
+from memscale.profile import profile_dict
+from memscale.testing import models
 
 log = logging.getLogger("memscale")
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Planning speed of the decision engine for 10, 100, 1,000 and 10,000 layers.
 
 Writes one JSON record: per size, the median / min / max wall time of ``memscale.plan``
@@ -6,8 +5,8 @@ at a pressured budget (60% of the unoptimized peak: the greedy loop does real wo
 of the min-budget search (a budget of 1 byte: the full sequence, ending in
 InfeasibleBudgetError), plus the machine. The target is 1,000 layers in under 20 ms.
 
-    PYTHONPATH=python python benchmarks/planning_speed.py --out benchmarks/out/planning_speed.json
-    PYTHONPATH=python python benchmarks/planning_speed.py --quick      # fewer repeats
+    python -m memscale.bench.scenarios.planning_speed --out planning_speed.json
+    python -m memscale.bench.scenarios.planning_speed --quick      # fewer repeats
 
 Graphs are synthetic decoders (embedding, then norm / attention / MLP layers repeating,
 then the LM head) sized like a 1B-parameter model per layer, built here so the benchmark

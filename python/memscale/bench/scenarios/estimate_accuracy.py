@@ -9,8 +9,8 @@ For each reference architecture (gpt, encoder, vit, resnet, lstm, t5) at two bat
 * predicted: the unoptimized training-step peak computed from the profiled ModelGraph
   (``memscale.profile(..., optimizer="adamw")``, no real memory used).
 
-Run: ``python benchmarks/estimate_accuracy.py [--quick] [--out FILE]`` (or
-``python -m benchmarks.estimate_accuracy`` from the repository root). One JSON record per
+Run: ``python -m memscale.bench.scenarios.estimate_accuracy [--quick] [--out FILE]`` (or
+``memscale bench --scenario estimate_accuracy``), from anywhere. One JSON record per
 (model, batch): scenario, model, batch, predicted, measured, error (signed, relative to
 measured), ratios.abs_error, predictor, machine.
 """
@@ -18,20 +18,16 @@ from __future__ import annotations
 
 import gc
 import logging
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
-
-from _profile_bench import main_with_records, predicted_unoptimized_peak  # noqa: E402
-from memscale.testing import models  # noqa: E402
-from memscale.bench.device import clock, fresh_device_state  # noqa: E402
-from memscale.memory import track_memory  # noqa: E402
-from memscale.profile import profile_dict  # noqa: E402
+from memscale.bench.device import clock, fresh_device_state
+from memscale.bench.scenarios.profiling import main_with_records, predicted_unoptimized_peak
+from memscale.memory import track_memory
+from memscale.profile import profile_dict
+from memscale.testing import models
 
 log = logging.getLogger("memscale")
 
