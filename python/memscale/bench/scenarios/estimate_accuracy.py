@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from memscale.bench.device import clock, fresh_device_state
-from memscale.bench.scenarios.profiling import main_with_records, predicted_unoptimized_peak
+from memscale.bench.records import scenario_main
+from memscale.bench.scenarios.profiling import predicted_unoptimized_peak
 from memscale.memory import track_memory
 from memscale.profile import profile_dict
 from memscale.testing import models
@@ -90,4 +91,4 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list
 
 
 if __name__ == "__main__":
-    raise SystemExit(main_with_records(run))
+    raise SystemExit(scenario_main(run))

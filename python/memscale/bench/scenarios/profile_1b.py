@@ -20,7 +20,8 @@ from typing import Any
 import psutil
 import torch
 
-from memscale.bench.scenarios.profiling import main_with_records, predicted_unoptimized_peak
+from memscale.bench.records import scenario_main
+from memscale.bench.scenarios.profiling import predicted_unoptimized_peak
 from memscale.profile import profile_dict
 from memscale.testing import models
 
@@ -65,4 +66,4 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main_with_records(run))
+    raise SystemExit(scenario_main(run))
