@@ -24,9 +24,8 @@ def checkout_root() -> Path:
     for folder in [Path.cwd(), *Path.cwd().parents]:
         if (folder / "README.md").is_file() and (folder / "benchmarks" / "results").is_dir():
             return folder
-    raise MemScaleError(f"memscale bench --table needs a MemScale checkout: no README.md with benchmarks/results/ "
-                        f"in {Path.cwd()} or its parents; run it inside a checkout (the scenarios and --check "
-                        "do not need one)")
+    raise MemScaleError(f"--table needs a MemScale checkout: no README.md with benchmarks/results/ in {Path.cwd()} "
+                        "or its parents; run it inside a checkout (the scenarios and --check do not need one)")
 
 
 def results_table(results_dir: str | Path) -> str:
