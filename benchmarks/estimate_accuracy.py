@@ -1,97 +1,12 @@
 """Estimate accuracy: predicted vs measured peak of one unoptimized training step.
 
-For each reference architecture (gpt, encoder, vit, resnet, lstm, t5) at two batch sizes:
+    python benchmarks/estimate_accuracy.py [--quick] [--out FILE] [--device auto|cpu|cuda]
 
-* measured: the counting allocator's peak (``memscale.track_memory("cpu")``; on CUDA the
-  caching allocator's statistics) over the *second* training step -- forward, backward, AdamW step -- so the optimizer state
-  exists; tracking starts before the model is built, so parameters, inputs, gradients,
-  optimizer state, activations and scratch are all in the figure;
-* predicted: the unoptimized training-step peak computed from the profiled ModelGraph
-  (``memscale.profile(..., optimizer="adamw")``, no real memory used).
-
-Run: ``python benchmarks/estimate_accuracy.py [--quick] [--out FILE]`` (or
-``python -m benchmarks.estimate_accuracy`` from the repository root). One JSON record per
-(model, batch): scenario, model, batch, predicted, measured, error (signed, relative to
-measured), ratios.abs_error, predictor, machine.
+The scenario lives in ``memscale.bench.scenarios.estimate_accuracy`` (so ``memscale bench``
+can run it, from an installed wheel too); this script is its command-line entry point.
 """
-from __future__ import annotations
-
-import gc
-import logging
-import sys
-import time
-from pathlib import Path
-from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import torch  # noqa: E402
-
-from _profile_bench import main_with_records, predicted_unoptimized_peak  # noqa: E402
-from memscale.testing import models  # noqa: E402
-from memscale.bench.device import clock, fresh_device_state  # noqa: E402
-from memscale.memory import track_memory  # noqa: E402
-from memscale.profile import profile_dict  # noqa: E402
-
-log = logging.getLogger("memscale")
-
-SCENARIO = "estimate_accuracy"
-# Sizes: big enough that activations, not fixed overheads, decide the peak; each step well
-# under a second on a shared 2-core CPU.
-SIZES: dict[str, dict[str, Any]] = {
-    "gpt": {}, "encoder": {}, "vit": {}, "resnet": {}, "lstm": {}, "t5": {},
-}
-BATCHES = (4, 16)
-QUICK_BATCHES = (2, 8)
-
-
-def _train_step(model: torch.nn.Module, inputs: tuple, opt: torch.optim.Optimizer) -> None:
-    loss = model(*inputs)
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
-def measure_peak(name: str, batch: int, device: torch.device) -> tuple[int, float, torch.nn.Module, tuple]:
-    """Measured peak of the 2nd AdamW training step (bytes) and its time (s)."""
-    gc.collect()
-    fresh_device_state(device)
-    with track_memory(device) as t:
-        model = models.build(name, seed=0, **SIZES[name]).to(device)
-        inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x
-                       for x in models.example_inputs(name, model, batch=batch, seed=0))
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        _train_step(model, inputs, opt)  # creates the optimizer state
-        t.reset_peak()
-        start = clock(device)
-        _train_step(model, inputs, opt)
-        seconds = clock(device) - start
-        peak = t.peak_bytes
-    del opt
-    return peak, seconds, model, inputs
-
-
-def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list[dict[str, Any]]:
-    records = []
-    for name in SIZES:
-        for batch in (QUICK_BATCHES if quick else BATCHES):
-            measured, seconds, model, inputs = measure_peak(name, batch, device)
-            start = time.perf_counter()
-            graph = profile_dict(model, inputs, training=True, optimizer="adamw")
-            profile_s = time.perf_counter() - start
-            predicted, predictor = predicted_unoptimized_peak(graph)
-            error = (predicted - measured) / measured
-            log.info("%-8s batch %3d: predicted %d measured %d error %+.2f%%", name, batch, predicted, measured,
-                     100 * error)
-            records.append({
-                "scenario": SCENARIO, "model": name, "batch": batch, "label": f"batch={batch}",
-                "predicted": predicted, "measured": measured, "error": round(error, 6),
-                "ratios": {"abs_error": round(abs(error), 6)}, "predictor": predictor,
-                "step_s": round(seconds, 4), "profile_s": round(profile_s, 4),
-                "layers": len(graph["layers"]),
-            })
-    return records
-
+from memscale.bench.records import scenario_main
+from memscale.bench.scenarios.estimate_accuracy import run
 
 if __name__ == "__main__":
-    raise SystemExit(main_with_records(run))
+    raise SystemExit(scenario_main(run))

@@ -1,71 +1,12 @@
 """Profiling cost of a ~1.1B-parameter Llama-style model defined on the meta device.
 
-Builds ``memscale.testing.models.llama`` with ``preset="1b"`` under ``torch.device("meta")`` (no
-weights exist) and times ``memscale.profile.profile_dict`` for a training step; records
-the wall time and the extra resident memory of the process (psutil RSS after minus
-before, and the growth of the peak RSS, ``ru_maxrss``). Limits from the issue: < 10 s and
-< 200 MB extra RAM.
+    python benchmarks/profile_1b.py [--quick] [--out FILE]
 
-Run: ``python benchmarks/profile_1b.py [--quick] [--out FILE]``.
+The scenario lives in ``memscale.bench.scenarios.profile_1b`` (so ``memscale bench``
+can run it, from an installed wheel too); this script is its command-line entry point.
 """
-from __future__ import annotations
-
-import gc
-import logging
-import resource
-import sys
-import time
-from pathlib import Path
-from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import psutil  # noqa: E402
-import torch  # noqa: E402
-
-from _profile_bench import main_with_records, predicted_unoptimized_peak  # noqa: E402
-from memscale.testing import models  # noqa: E402
-from memscale.profile import profile_dict  # noqa: E402
-
-log = logging.getLogger("memscale")
-
-SCENARIO = "profile_1b"
-TIME_LIMIT_S = 10.0
-RAM_LIMIT_BYTES = 200 << 20
-
-
-def _maxrss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def run(quick: bool = False) -> list[dict[str, Any]]:
-    batch, seq = (1, 512) if quick else (1, 2048)
-    with torch.device("meta"):
-        model = models.build("llama", preset="1b")
-    params = sum(p.numel() for p in model.parameters())
-    inputs = models.example_inputs("llama", model, batch=batch, seq=seq)
-    proc = psutil.Process()
-    gc.collect()
-    rss0, maxrss0 = proc.memory_info().rss, _maxrss_bytes()
-    start = time.perf_counter()
-    graph = profile_dict(model, inputs, training=True, optimizer="adamw")
-    seconds = time.perf_counter() - start
-    rss1, maxrss1 = proc.memory_info().rss, _maxrss_bytes()
-    extra_rss = max(0, rss1 - rss0)
-    extra_peak = max(0, maxrss1 - maxrss0)
-    predicted, predictor = predicted_unoptimized_peak(graph)
-    log.info("profiled %d parameters (batch %d, seq %d) in %.2f s, extra RSS %.1f MiB (peak +%.1f MiB)",
-             params, batch, seq, seconds, extra_rss / 2**20, extra_peak / 2**20)
-    return [{
-        "scenario": SCENARIO, "model": "llama-1b", "label": f"seq={seq}", "batch": batch, "seq": seq,
-        "parameters": params, "layers": len(graph["layers"]),
-        "seconds": round(seconds, 4), "extra_rss_bytes": extra_rss, "extra_peak_rss_bytes": extra_peak,
-        "time_limit_s": TIME_LIMIT_S, "ram_limit_bytes": RAM_LIMIT_BYTES,
-        "predicted": predicted, "predictor": predictor,
-        "ratios": {"time_vs_limit": round(seconds / TIME_LIMIT_S, 6),
-                   "ram_vs_limit": round(max(extra_rss, extra_peak) / RAM_LIMIT_BYTES, 6)},
-    }]
-
+from memscale.bench.records import scenario_main
+from memscale.bench.scenarios.profile_1b import run
 
 if __name__ == "__main__":
-    raise SystemExit(main_with_records(run))
+    raise SystemExit(scenario_main(run))

@@ -72,10 +72,20 @@ def test_quick_records_use_the_quick_tolerance_and_full_records_the_strict_one()
 
 
 def test_the_committed_goals_give_quick_tolerances_only_to_timing_goals():
-    from pathlib import Path
+    from memscale.bench.goals import default_goals_path, load_goals
 
-    from memscale.bench.goals import load_goals
-
-    goals = load_goals(Path(__file__).resolve().parents[2] / "benchmarks" / "goals.json")
+    goals = load_goals(default_goals_path())
     widened = [g for g in goals if "quick_tolerance" in g]
     assert widened and all(g.get("timing") and g["quick_tolerance"] >= g["tolerance"] for g in widened)
+
+
+def test_the_goals_ship_inside_the_package():
+    """``memscale bench --check`` reads them from an installed wheel: no checkout needed."""
+    from pathlib import Path
+
+    import memscale
+    from memscale.bench.goals import default_goals_path, load_goals
+
+    path = default_goals_path()
+    assert path.parent == Path(memscale.__file__).resolve().parent / "bench"
+    assert len(load_goals(path)) >= 10

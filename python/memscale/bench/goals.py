@@ -1,4 +1,6 @@
-"""Ratio goals (benchmarks/goals.json) and the check that fails when one is missed.
+"""Ratio goals and the check that fails when one is missed. The goals ship in the package
+(``memscale/bench/goals.json``, beside this module), so ``memscale bench --check`` works
+from an installed wheel.
 
 A goal: ``{"id", "scenario", "ratio", "op": "<=" | ">=", "goal", "tolerance", "where": {...},
 "issue", "description"}``. It applies to every record of its scenario whose fields match
@@ -22,6 +24,11 @@ class GoalResult:
     scenario: str
     passed: bool
     message: str
+
+
+def default_goals_path() -> Path:
+    """The goals file shipped with the package: the one ``memscale bench --check`` reads."""
+    return Path(__file__).resolve().with_name("goals.json")
 
 
 def load_goals(path: str | Path) -> list[dict[str, Any]]:

@@ -7,16 +7,25 @@ from typing import Any
 
 
 def source_commit() -> str | None:
-    """The commit of the checkout the scenario runs in (the runner starts scenarios in the
-    repository root), "+dirty" with local changes; None outside a git checkout."""
+    """The commit of the checkout this memscale package was imported from (``PYTHONPATH=python``
+    development), "+dirty" with local changes; None for an installed wheel, i.e. whenever the
+    package's own files are not tracked by a git checkout (wherever the scenario runs)."""
     import subprocess
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, timeout=10)
 
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        # A wheel unpacked inside some other repository (a venv in a checkout) is not tracked there.
+        if git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:
+            return None
+        head = git("rev-parse", "HEAD")
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty else "")

@@ -1,12 +1,12 @@
-"""The scenarios ``memscale bench`` knows, in the order they run. Modules under
-``benchmarks.`` are run from the repository root (the runner finds it)."""
+"""The scenarios ``memscale bench`` knows, in the order they run. Every one is a module
+of the installed package (``memscale.bench.scenarios``): none needs a checkout."""
 from __future__ import annotations
 
 # name -> (module run as ``python -m MODULE --out FILE [--quick]``, one-line description)
 SCENARIOS: dict[str, tuple[str, str]] = {
-    "planning_speed": ("benchmarks.planning_speed", "planning time for 10 to 10,000 layers"),
-    "estimate_accuracy": ("benchmarks.estimate_accuracy", "predicted vs measured unoptimized training peak, 6 models x 2 batches"),
-    "profile_1b": ("benchmarks.profile_1b", "time and extra RAM of profiling a 1.1B Llama defined on meta"),
+    "planning_speed": ("memscale.bench.scenarios.planning_speed", "planning time for 10 to 10,000 layers"),
+    "estimate_accuracy": ("memscale.bench.scenarios.estimate_accuracy", "predicted vs measured unoptimized training peak, 6 models x 2 batches"),
+    "profile_1b": ("memscale.bench.scenarios.profile_1b", "time and extra RAM of profiling a 1.1B Llama defined on meta"),
     "tiling_lce": ("memscale.bench.scenarios.tiling_lce", "chunked LM head + cross-entropy vs untiled, 32k vocabulary"),
     "training_sweep": ("memscale.bench.scenarios.training_sweep",
                        "GPT training at 80/60/45/35% of its peak vs unoptimized and checkpoint-every-block"),

@@ -3,6 +3,7 @@ imports cannot disturb another's measurements."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -15,15 +16,13 @@ from .registry import SCENARIOS
 log = logging.getLogger("memscale")
 
 
-def repository_root() -> Path:
-    """The checkout holding ``benchmarks/goals.json``: the current directory or a parent."""
-    from ..errors import MemScaleError
-
-    for folder in [Path.cwd(), *Path.cwd().parents]:
-        if (folder / "benchmarks" / "goals.json").is_file():
-            return folder
-    raise MemScaleError(f"memscale bench: no benchmarks/goals.json in {Path.cwd()} or its parents; "
-                        "run it inside a MemScale checkout (the scenarios live in benchmarks/)")
+def _child_environment() -> dict[str, str]:
+    """This environment with PYTHONPATH's entries made absolute: a scenario runs in a scratch
+    folder and must import the same memscale as this process (``PYTHONPATH=python`` too)."""
+    env = dict(os.environ)
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
+    return env
 
 
 def run_scenarios(names: list[str], quick: bool, device: str = "auto", timeout_s: float = 1800.0) -> list[dict[str, Any]]:
@@ -31,7 +30,6 @@ def run_scenarios(names: list[str], quick: bool, device: str = "auto", timeout_s
 
     from ..errors import MemScaleError
 
-    root = repository_root()
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="memscale-bench-") as tmp:
         bar = tqdm(names, desc="memscale bench", unit="scenario", file=sys.stderr)
@@ -40,7 +38,9 @@ def run_scenarios(names: list[str], quick: bool, device: str = "auto", timeout_s
             module, _ = SCENARIOS[name]
             out = Path(tmp) / f"{name}.json"
             command = [sys.executable, "-m", module, "--out", str(out), "--device", device] + (["--quick"] if quick else [])
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, cwd=root)
+            # cwd: the scratch folder, so no scenario depends on where bench was started (a checkout or not)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, cwd=tmp,
+                                  env=_child_environment())
             if done.returncode != 0:
                 raise MemScaleError(f"scenario {name} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
             got = read_records(out)

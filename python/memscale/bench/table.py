@@ -16,6 +16,18 @@ def _cell(record: dict[str, Any]) -> str:
     return ", ".join(f"{name} {value:.3f}" for name, value in sorted(ratios.items()))
 
 
+def checkout_root() -> Path:
+    """The MemScale checkout holding ``README.md`` and ``benchmarks/results/`` (the current
+    directory or a parent): ``--table`` rewrites files of the repository, not of the package."""
+    from ..errors import MemScaleError
+
+    for folder in [Path.cwd(), *Path.cwd().parents]:
+        if (folder / "README.md").is_file() and (folder / "benchmarks" / "results").is_dir():
+            return folder
+    raise MemScaleError(f"--table needs a MemScale checkout: no README.md with benchmarks/results/ in {Path.cwd()} "
+                        "or its parents; run it inside a checkout (the scenarios and --check do not need one)")
+
+
 def results_table(results_dir: str | Path) -> str:
     """One row per record of every ``*.json`` under ``results_dir``, sorted by file."""
     rows = ["| scenario | model | case | ratios | device | file |", "|---|---|---|---|---|---|"]

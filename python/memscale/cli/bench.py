@@ -3,16 +3,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 log = logging.getLogger("memscale")
-
-
-def default_goals_path() -> Path:
-    """The checkout's goals file, found the same way the runner finds the scenarios."""
-    from ..bench.runner import repository_root
-
-    return repository_root() / "benchmarks" / "goals.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,24 +19,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true", help="exit 1 when a measured ratio misses its goal")
     parser.add_argument("--no-timing", action="store_true",
                         help="check only goals not marked timing (memory and accuracy): for busy or shared machines")
-    parser.add_argument("--goals", default=None, help="goals file (default: benchmarks/goals.json)")
+    parser.add_argument("--goals", default=None, help="goals file (default: memscale/bench/goals.json, shipped in the package)")
     parser.add_argument("--table", action="store_true",
-                        help="regenerate README.md's results table from benchmarks/results/*.json and exit")
+                        help="regenerate README.md's results table from benchmarks/results/*.json and exit "
+                             "(needs a MemScale checkout: run it inside one)")
     parser.add_argument("--from", dest="from_file", default=None,
                         help="check or rewrite the records of an existing results file instead of running")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench.goals import check, load_goals
+    from ..bench.goals import check, default_goals_path, load_goals
     from ..bench.records import read_records, write_records
     from ..bench.registry import resolve
     from ..bench.runner import run_scenarios
 
     if args.table:
-        from ..bench.runner import repository_root
-        from ..bench.table import update_readme
+        from ..bench.table import checkout_root, update_readme
 
-        root = repository_root()
+        root = checkout_root()
         changed = update_readme(root / "README.md", root / "benchmarks" / "results")
         log.info("README.md results table %s", "updated" if changed else "already up to date")
         return 0

@@ -27,7 +27,9 @@ from typing import Any, Callable
 
 import torch
 
-import memscale
+from memscale.config import Config
+
+from memscale.memory import track_memory
 from memscale.testing.models import gpt
 from memscale.runtime.inference import generate, handle_of, unwrap_inference, wrap_for_inference
 from memscale.runtime.inference.memory_model import fit_reservation
@@ -71,12 +73,12 @@ def _setup(quick: bool) -> dict[str, Any]:
                 batch=32, prompt=16, new=12, repeats=5)
 
 
-def _engine_config(budget: int, batch: int, prompt: int, disk_dir: str) -> memscale.Config:
+def _engine_config(budget: int, batch: int, prompt: int, disk_dir: str) -> Config:
     """Only the budget and where files go: the decision engine
     chooses the resident-weight limit and the KV-cache / activation tiers (seed 004
     search) from the profiled inference graph. ``prefill_tokens`` is the batch's prefill,
     not the serving default of 8192 tokens."""
-    return memscale.Config(memory_budget=budget, reservation={"prefill_tokens": batch * prompt},
+    return Config(memory_budget=budget, reservation={"prefill_tokens": batch * prompt},
                            offload={"disk_dir": disk_dir})
 
 
@@ -105,7 +107,7 @@ def run(quick: bool, page_cache: str = "drop", threads: int | None = None) -> li
     try:
         # memscale alone in a counting session: the model is built inside it, so every byte
         # it holds after wrap (hot set, resident blocks, KV, activations) is counted.
-        with memscale.track_memory("cpu") as tracker:
+        with track_memory("cpu") as tracker:
             ours_model = build()
             cfg = _engine_config(budget, s["batch"], s["prompt"], ours_dir)
             # Example inputs of the generation's full length: the plan sizes the KV cache on them.
@@ -119,7 +121,7 @@ def run(quick: bool, page_cache: str = "drop", threads: int | None = None) -> li
             ours = generate(ours_model, ids, s["new"], return_logits=True)
             peak_ours = tracker.peak_bytes
         # Accelerate alone in its own session, for its figures.
-        with memscale.track_memory("cpu") as tracker:
+        with track_memory("cpu") as tracker:
             acc_model = build()
             disk_offload(acc_model, acc_dir, execution_device=torch.device("cpu"))
             if page_cache == "drop":
@@ -183,7 +185,7 @@ def run(quick: bool, page_cache: str = "drop", threads: int | None = None) -> li
             "prefetch_hidden_fraction": stats["hidden_fraction"],
             "throughput_vs_resident": tps["memscale"] / tps["resident"],
         },
-        "measurement": "memscale.track_memory('cpu') peak of the wrapped model's own session (all its tensors: "
+        "measurement": "track_memory('cpu') peak of the wrapped model's own session (all its tensors: "
                        "weights, KV, activations); pager load time = disk reads, waited = acquire() blocked; "
                        "median wall time of generate(), the three runs interleaved",
     }]

@@ -1,4 +1,4 @@
-"""memscale.Scheduler on a simulated request stream for two GPT-style models sharing a
+"""Scheduler on a simulated request stream for two GPT-style models sharing a
 fixed budget, against the same stream served with a fixed batch size chosen so that the
 worst-case request (longest prompt, longest generation) fits.
 
@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-import memscale
+
+from memscale.scheduler import Scheduler
 from memscale.testing.models import gpt
 from memscale.runtime.inference.memory_model import calibrate
 
@@ -36,7 +37,7 @@ def _stream(n: int, seed: int, max_new: int) -> list[tuple[str, int, int, int]]:
 
 def _serve(models: dict[str, Any], memories: dict[str, Any], budget: int, stream: list, vocab: int,
            fixed_batch: int | None) -> Any:
-    sched = memscale.Scheduler(budget, fixed_batch=fixed_batch)
+    sched = Scheduler(budget, fixed_batch=fixed_batch)
     for name, model in models.items():
         sched.add_model(name, model, memories[name])
     for name, prompt, new, seed in stream:
@@ -59,7 +60,7 @@ def run(quick: bool, threads: int | None = None) -> list[dict[str, Any]]:
     # Weights of both models plus room for four worst-case requests of the larger one.
     budget = sum(mm.weight_bytes for mm in memories.values()) + max(
         w["kv_cache"] + w["activations"] for w in worst.values())
-    probe = memscale.Scheduler(budget)
+    probe = Scheduler(budget)
     for name, model in models.items():
         probe.add_model(name, model, memories[name])
     fixed = min(probe.worst_case_batch(name, max(PROMPTS), max_new) for name in models)
@@ -109,7 +110,7 @@ def run(quick: bool, threads: int | None = None) -> list[dict[str, Any]]:
             "peak_over_budget": ours["measured_peak_bytes"] / budget,
             "max_measured_over_predicted_batch_bytes": max(under),
         },
-        "measurement": "memscale.track_memory('cpu') per batch + the models' resident weights; "
+        "measurement": "track_memory('cpu') per batch + the models' resident weights; "
                        "median throughput over interleaved runs",
     }]
 

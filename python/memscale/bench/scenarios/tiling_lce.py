@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-import memscale
+from memscale.memory import track_memory
 import memscale.nn as mnn
 from memscale.bench.timing import fixed_threads, interleave
 
@@ -54,7 +54,7 @@ def _tiled(chunks: int | None) -> Step:
 
 def _measure_peak(step: Step, *inputs: torch.Tensor) -> tuple[int, tuple[torch.Tensor, ...]]:
     gc.collect()
-    with memscale.track_memory(inputs[0].device) as tracker:
+    with track_memory(inputs[0].device) as tracker:
         grads = step(*inputs)
     return tracker.peak_bytes, grads
 
@@ -125,7 +125,7 @@ def _run(quick: bool, device: torch.device) -> list[dict[str, Any]]:
         "grads_equal": error_ratio <= 2.0,
         "ratios": {"peak_ratio": peak_tiled / peak_untiled, "time_ratio": timing.ratio("tiled", "untiled"),
                    "grad_error_vs_untiled": error_ratio},
-        "measurement": f"memscale.track_memory('{device.type}'); median wall time (synchronized on CUDA)",
+        "measurement": f"track_memory('{device.type}'); median wall time (synchronized on CUDA)",
         "timing": timing.method(),
     }]
 

@@ -24,7 +24,13 @@ from typing import Any, Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
-import memscale
+from memscale.api import plan_of, wrap
+
+from memscale.config import Config
+
+from memscale.errors import InfeasibleBudgetError
+
+from memscale.memory import track_memory
 from memscale.testing import models
 from memscale.bench.device import fresh_device_state
 from memscale.bench.timing import fixed_threads, interleave
@@ -62,7 +68,7 @@ def _train(sizes: dict[str, int], steps: int, prepare: Callable[[torch.nn.Module
     callable running one more step of the same model (for the interleaved timing)."""
     gc.collect()
     fresh_device_state(device)
-    with memscale.track_memory(device) as tracker:
+    with track_memory(device) as tracker:
         model, (ids, labels) = _build(sizes, device)
         prepared = prepare(model, (ids, labels))
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -81,9 +87,9 @@ def _train(sizes: dict[str, int], steps: int, prepare: Callable[[torch.nn.Module
 
 def _memscale_prepare(budget: int) -> Callable[[torch.nn.Module, tuple], Any]:
     def prepare(model: torch.nn.Module, inputs: tuple) -> Any:
-        memscale.wrap(model, memscale.Config(memory_budget=int(budget)), example_inputs=inputs,
+        wrap(model, Config(memory_budget=int(budget)), example_inputs=inputs,
                       training=True, optimizer="adamw")
-        return memscale.plan_of(model)
+        return plan_of(model)
     return prepare
 
 
@@ -115,7 +121,7 @@ def _sweep(sizes: dict[str, int], rounds: int, warmup: int, device: torch.device
         try:
             got = _train(sizes, PEAK_STEPS, _memscale_prepare(budget), device)
             measured_budget = budget
-        except memscale.InfeasibleBudgetError as refusal:
+        except InfeasibleBudgetError as refusal:
             # The engine's promise: the smallest budget it names must itself fit.
             record["refused"] = True
             record["refusal"] = str(refusal).splitlines()[0]
@@ -156,7 +162,7 @@ def _sweep(sizes: dict[str, int], rounds: int, warmup: int, device: torch.device
             "step_time_s": timing.median(name),
             "times_s": timing.times_s[name],
             "timing": timing.method(),
-            "measurement": f"memscale.track_memory('{device.type}') peak over {PEAK_STEPS} AdamW steps "
+            "measurement": f"track_memory('{device.type}') peak over {PEAK_STEPS} AdamW steps "
                            "with the model built inside the scope",
             "losses": got["losses"],
             "techniques": {l.name: list(l.techniques) for l in plan.layers if l.techniques},
