@@ -70,5 +70,11 @@ TEST(DetectHardware, HostMemoryAndOffloadDirectory) {
   EXPECT_GT(hw.offload_dir_free_bytes, 0u);
 }
 
+TEST(DetectHardware, AnOffloadDirectoryNotYetCreatedReportsItsFilesystemsFreeSpace) {
+  const Hardware hw = detect_hardware(detect_hardware().offload_dir + "/memscale-not-created/sub");
+  EXPECT_NE(hw.offload_dir.find("memscale-not-created"), std::string::npos);
+  EXPECT_GT(hw.offload_dir_free_bytes, 0u);
+}
+
 }  // namespace
 }  // namespace memscale
