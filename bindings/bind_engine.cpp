@@ -1,5 +1,5 @@
-// The decision engine: plan(), the seed-002 reservation and its calibration, the seed-004
-// tier-policy search. Planning releases the GIL.
+// The decision engine: plan(), the inference activation reservation and its calibration,
+// the tier-policy search. Planning releases the GIL.
 #include "bindings.hpp"
 #include "memscale/core/engine.hpp"
 
@@ -40,7 +40,7 @@ void bind_engine(py::module_& m) {
                                       devices.value_or(std::max<std::int64_t>(1, static_cast<std::int64_t>(hw.gpu_count()))));
       },
       py::arg("graph"), py::arg("hardware"), py::arg("config"), py::arg("device_count") = py::none(),
-      "The seed-002 inference activation reservation of graph on hardware.");
+      "The inference activation reservation of graph on hardware.");
 
   py::class_<TierProblem>(m, "TierProblem", "Inputs of the tier-policy search (sizes in bytes, rates in bytes/s).")
       .def(py::init([](std::uint64_t w, std::uint64_t kv, std::uint64_t act, std::uint64_t gpu, std::uint64_t cpu,
@@ -92,7 +92,7 @@ void bind_engine(py::module_& m) {
       .def_readonly("evaluated", &TierSearchResult::evaluated);
 
   m.def("search_tier_policy", &search_tier_policy, py::arg("problem"), py::call_guard<py::gil_scoped_release>(),
-        "Minimum-latency feasible tier policy on the problem's grid (seed 004).");
+        "Minimum-latency feasible tier policy on the problem's grid.");
   m.def("tier_cost", &tier_cost, py::arg("problem"), py::arg("policy"), "Cost of one policy under the tier cost model.");
   m.def("tier_min_gpu_bytes", &tier_min_gpu_bytes, py::arg("problem"),
         "Smallest GPU capacity for which a grid policy fits the CPU and disk capacities.");

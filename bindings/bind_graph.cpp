@@ -1,11 +1,30 @@
 #include "bindings.hpp"
 #include "memscale/core/model_graph.hpp"
+#include "memscale/core/position_wise_kinds.hpp"
 
 #include <pybind11/stl.h>
 
 namespace memscale::bindings {
 
 void bind_graph(py::module_& m) {
+  m.def("optimizer_kinds", &optimizer_kinds, "Optimizer names a ModelGraph accepts: none, sgd, sgd_momentum, adam, adamw.");
+  m.def("optimizer_state_factor", &optimizer_state_factor, py::arg("optimizer"),
+        "Optimizer state bytes per trainable parameter byte (adam/adamw 2, sgd_momentum 1, sgd/none 0).\n"
+        "Raises ConfigError naming the value and the allowed optimizers for any other name.");
+  m.attr("MASTER_WEIGHT_BYTES_PER_ELEMENT") = master_weight_bytes_per_element;
+  m.def("optimizer_state_bytes", &optimizer_state_bytes, py::arg("optimizer"), py::arg("trainable_bytes"),
+        py::arg("trainable_elements"), py::arg("mixed_precision"),
+        "A layer's optimizer_bytes: optimizer_state_factor(optimizer) * trainable_bytes, plus\n"
+        "MASTER_WEIGHT_BYTES_PER_ELEMENT * trainable_elements with mixed precision.");
+  m.def("position_wise_leaf_kinds", &position_wise_leaf_kinds,
+        "Leaf module kinds (class names: 'Linear', 'GELU', 'Dropout', ...) that act on each position\n"
+        "independently; a layer made only of them may be chunked over its sequence / batch axis.");
+  m.def("feature_axis_kinds", &feature_axis_kinds,
+        "Kinds of position_wise_leaf_kinds() with a `dim` option: position-wise only with dim == -1.");
+  m.def("random_mask_kinds", &random_mask_kinds,
+        "Kinds of position_wise_leaf_kinds() that draw a random mask (Dropout): a layer holding one is\n"
+        "position-wise, but tileable only while none draws a mask (eval mode or p == 0).");
+
   py::class_<Dims>(m, "Dims")
       .def_readonly("hidden", &Dims::hidden)
       .def_readonly("intermediate", &Dims::intermediate)

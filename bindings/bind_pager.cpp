@@ -47,7 +47,7 @@ using PagerHolder = std::unique_ptr<LayerPager, ReleaseGilDeleter>;
 void bind_pager(py::module_& m) {
   using release_gil = py::call_guard<py::gil_scoped_release>;
 
-  py::class_<OffloadPolicy>(m, "OffloadPolicy", "Weight residency policy (seed 001), as Config.offload holds it.")
+  py::class_<OffloadPolicy>(m, "OffloadPolicy", "Weight residency policy, as Config.offload holds it.")
       .def_static(
           "from_json",
           [](const std::string& text) {
@@ -150,7 +150,7 @@ void bind_pager(py::module_& m) {
       .def_property_readonly("dir", [](const TorchPagerStorage& s) { return s.disk_options().dir; })
       .def("__len__", &TorchPagerStorage::size);
 
-  py::class_<LayerPager, PagerHolder>(m, "LayerPager", "LRU weight pager with a background prefetch thread (seed 001).")
+  py::class_<LayerPager, PagerHolder>(m, "LayerPager", "LRU weight pager with a background prefetch thread.")
       .def(py::init([](const std::vector<LayerSpec>& layers, const OffloadPolicy& policy, std::shared_ptr<PagerStorage> storage,
                        std::vector<std::size_t> order, bool cyclic, bool initially_resident, bool prefetch_thread) {
              PagerOptions o;

@@ -2,6 +2,7 @@
 #include "memscale/core/plan.hpp"
 #include "memscale/core/plan_summary.hpp"
 #include "memscale/core/sizes.hpp"
+#include "memscale/core/tier_policy.hpp"
 
 #include <pybind11/stl.h>
 
@@ -43,25 +44,76 @@ void bind_plan(py::module_& m) {
       .def_readonly("rule", &Rejection::rule)
       .def_readonly("reason", &Rejection::reason);
 
+  const auto split_dict = [](const TierSplit& s) {
+    py::dict d;
+    d["gpu"] = s.gpu, d["cpu"] = s.cpu, d["disk"] = s.disk();
+    return d;
+  };
+  const auto splits_of = [](const py::handle& value, const std::string& path) {
+    return parse_tier_splits(json_of(value, path), path);
+  };
   py::class_<TierSplit>(m, "TierSplit", "Share of one tensor type per tier, in percent (disk = 100 - gpu - cpu).")
       .def(py::init([](double gpu, double cpu) { return TierSplit{gpu, cpu}; }), py::arg("gpu") = 100.0, py::arg("cpu") = 0.0)
+      .def_static(
+          "from_dict", [](const py::object& value, const std::string& path) { return parse_tier_split(json_of(value, path), path); },
+          py::arg("value"), py::arg("path") = "tiers",
+          "Parse {'gpu': %, 'cpu': %[, 'disk': %]} (gpu defaults to 100, cpu to 0; a given disk must equal\n"
+          "100 - gpu - cpu). Raises ConfigError naming `path`, the key, the value and what is allowed.")
+      .def_static(
+          "from_json", &tier_split_from_json_text,
+          py::arg("text"), py::arg("path") = "tiers", "TierSplit.from_dict of a JSON text.")
       .def_readonly("gpu", &TierSplit::gpu)
       .def_readonly("cpu", &TierSplit::cpu)
       .def_property_readonly("disk", &TierSplit::disk)
+      .def("to_dict", split_dict, "{'gpu': %, 'cpu': %, 'disk': %}; TierSplit.from_dict reads it back.")
       .def("__eq__", [](const TierSplit& a, const TierSplit& b) { return a == b; }, py::is_operator())
+      .def("__hash__", [](const TierSplit& s) { return py::hash(py::make_tuple(s.gpu, s.cpu)); })
       .def("__repr__", [](const TierSplit& s) {
         return "TierSplit(gpu=" + json_fields::format_number(s.gpu) + ", cpu=" + json_fields::format_number(s.cpu) + ")";
       });
 
-  py::class_<TierPolicy>(m, "TierPolicy", "Immutable placement of weights, KV cache and activations (seed 004).")
+  m.def("tier_tensor_types", &tier_tensor_type_names, "The tensor types a tier policy places: weights, kv_cache, activations.");
+  m.def("parse_tier_splits", splits_of, py::arg("value"), py::arg("path") = "tiers",
+        "Parse {tensor type: split} (only the types given come back) with TierSplit.from_dict's rule;\n"
+        "an unknown tensor type is a ConfigError listing weights, kv_cache, activations.");
+
+  py::class_<TierPolicy>(m, "TierPolicy", "Immutable placement of weights, KV cache and activations.")
       .def(py::init([](const TierSplit& w, const TierSplit& k, const TierSplit& a) { return TierPolicy{w, k, a}; }),
            py::arg("weights") = TierSplit{}, py::arg("kv_cache") = TierSplit{}, py::arg("activations") = TierSplit{})
+      .def_static(
+          "from_dict",
+          [splits_of](const py::object& value, const std::string& path) {
+            TierPolicy p;
+            for (const auto& [type, split] : splits_of(value, path))
+              (type == "weights" ? p.weights : type == "kv_cache" ? p.kv_cache : p.activations) = split;
+            return p;
+          },
+          py::arg("value"), py::arg("path") = "tiers",
+          "A policy from {tensor type: split}; types not given stay all on the GPU (100/0/0).")
       .def_readonly("weights", &TierPolicy::weights)
       .def_readonly("kv_cache", &TierPolicy::kv_cache)
       .def_readonly("activations", &TierPolicy::activations)
-      .def("__eq__", [](const TierPolicy& a, const TierPolicy& b) { return a == b; }, py::is_operator());
+      .def("to_dict",
+           [split_dict](const TierPolicy& p) {
+             py::dict d;
+             d["weights"] = split_dict(p.weights), d["kv_cache"] = split_dict(p.kv_cache),
+             d["activations"] = split_dict(p.activations);
+             return d;
+           },
+           "{tensor type: {'gpu': %, 'cpu': %, 'disk': %}}; TierPolicy.from_dict reads it back.")
+      .def("__eq__", [](const TierPolicy& a, const TierPolicy& b) { return a == b; }, py::is_operator())
+      .def("__hash__", [](const TierPolicy& p) {
+        return py::hash(py::make_tuple(p.weights.gpu, p.weights.cpu, p.kv_cache.gpu, p.kv_cache.cpu, p.activations.gpu,
+                                       p.activations.cpu));
+      })
+      .def("__repr__", [](const TierPolicy& p) {
+        const auto s = [](const TierSplit& x) {
+          return "TierSplit(gpu=" + json_fields::format_number(x.gpu) + ", cpu=" + json_fields::format_number(x.cpu) + ")";
+        };
+        return "TierPolicy(weights=" + s(p.weights) + ", kv_cache=" + s(p.kv_cache) + ", activations=" + s(p.activations) + ")";
+      });
 
-  py::class_<Reservation>(m, "Reservation", "Inference activation reservation (seed 002) with its inputs.")
+  py::class_<Reservation>(m, "Reservation", "Inference activation reservation (sized from model dims, calibrated) with its inputs.")
       .def_readonly("used", &Reservation::used)
       .def_readonly("bytes", &Reservation::bytes)
       .def_readonly("per_device_bytes", &Reservation::per_device_bytes)
@@ -85,7 +137,7 @@ void bind_plan(py::module_& m) {
       .def_readonly("cpu_bytes", &TierChoice::cpu_bytes)
       .def_readonly("disk_bytes", &TierChoice::disk_bytes);
 
-  py::class_<OffloadPlan>(m, "OffloadPlan", "Weight residency for the pager (seed 001).")
+  py::class_<OffloadPlan>(m, "OffloadPlan", "Weight residency policy for the pager (none, budget, pinned_hot_set).")
       .def_readonly("policy", &OffloadPlan::policy)
       .def_readonly("ram_bytes", &OffloadPlan::ram_bytes)
       .def_readonly("hot_set", &OffloadPlan::hot_set)

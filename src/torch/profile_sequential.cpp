@@ -70,7 +70,7 @@ ModelGraph profile_sequential(torch::nn::Sequential& model, const at::Tensor& ex
     layer.optimizer_bytes = optimizer_state_factor(optimizer) * layer.grad_bytes;
     for (const auto& b : child.value()->buffers()) layer.buffer_bytes += bytes_of(b);
     layer.input_bytes = bytes_of(x);
-    if (is_position_wise(*child.value()) && x.dim() >= 2) layer.tileable = {"batch"};
+    if (chunking_is_exact(*child.value()) && x.dim() >= 2) layer.tileable = {"batch"};
 
     memory::CountingSession session;
     at::Tensor out = model->begin()[layer.index].forward(x);

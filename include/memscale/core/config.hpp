@@ -39,7 +39,7 @@ struct MemoryBudget {
   bool operator==(const MemoryBudget&) const = default;
 };
 
-/// Inference activation reservation knobs (seed 002); the engine documents the formula.
+/// Inference activation reservation knobs; the engine documents the formula.
 struct ReservationConfig {
   double safety_factor = 2.0;           ///< multiple of the per-step buffer estimate
   std::int64_t prefill_tokens = 8192;   ///< floor on tokens per step (prefill chunk)
@@ -249,28 +249,18 @@ inline OffloadPolicy parse_offload(const json& value, const std::string& path) {
   return p;
 }
 
-inline double parse_percent(const json& object, const std::string& key, const std::string& path) {
-  const double x = f::number(object, key, path);
-  if (x < 0.0 || x > 100.0)
-    throw ConfigError(f::join_path(path, key) + ": got " + f::show(object.at(key)) + ", expected a percentage in [0, 100]");
-  return x;
-}
-
+/// Config's `tiers`: the document form of the schema (each split names both gpu and cpu,
+/// nothing else), its values checked by the one tier split rule, parse_tier_split().
 inline std::map<std::string, TierSplit> parse_tiers(const json& value, const std::string& path) {
   require_object(value, path);
   check_keys(value, schema::keys("tiers"), path);
-  std::map<std::string, TierSplit> tiers;
   for (auto it = value.begin(); it != value.end(); ++it) {
     const std::string p = path + "." + it.key();
     require_object(it.value(), p);
     check_keys(it.value(), schema::keys("tiers." + it.key()), p);
-    TierSplit split{parse_percent(it.value(), "gpu", p), parse_percent(it.value(), "cpu", p)};
-    if (split.gpu + split.cpu > 100.0 + 1e-9)
-      throw ConfigError(p + ": gpu + cpu = " + f::format_number(split.gpu + split.cpu) +
-                        " exceeds 100 (disk takes the remainder, 100 - gpu - cpu)");
-    tiers[it.key()] = split;
+    for (const char* key : {"gpu", "cpu"}) f::require(it.value(), key, p);
   }
-  return tiers;
+  return parse_tier_splits(value, path);
 }
 
 inline std::map<std::string, std::map<std::string, Switch>> parse_layer_overrides(const json& value,

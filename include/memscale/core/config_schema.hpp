@@ -131,7 +131,7 @@ inline schema_json offload() {
                       {{"x-default-note", "a private directory under the system temp dir"},
                        {"x-policies", all.at("x-policies")}});
   return {{"type", "object"},
-          {"description", "weight residency policy (seed 001): which layer weights stay resident and which an LRU "
+          {"description", "weight residency policy: which layer weights stay resident and which an LRU "
                           "pager with a background prefetch moves to the next tier"},
           {"additionalProperties", false},
           {"properties", p}};
@@ -148,7 +148,7 @@ inline schema_json reservation() {
                          4ull << 30);
   p["graph_capture_bytes"] = size(false, "CUDA-graph capture headroom (GPU only)", 0, 512ull << 20);
   return {{"type", "object"},
-          {"description", "inference activation reservation (seed 002): widest per-token buffer x tokens per step x "
+          {"description", "inference activation reservation: widest per-token buffer x tokens per step x "
                           "dtype x safety factor, capped at a flat size, plus graph-capture headroom"},
           {"additionalProperties", false},
           {"properties", p}};
@@ -206,7 +206,7 @@ inline schema_json build() {
     return schema_json{{"$ref", "#/$defs/tier_split"}, {"description", description}};
   };
   p["tiers"] = {{"type", "object"},
-                {"description", "fixed device / host / disk shares per tensor type for inference plans (seed 004); "
+                {"description", "fixed device / host / disk shares per tensor type for inference plans; "
                                 "training plans ignore them (said in the trace)"},
                 {"additionalProperties", false},
                 {"properties",

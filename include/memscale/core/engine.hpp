@@ -1,4 +1,4 @@
-// The decision engine (seed 000): a pure, deterministic function from a profiled graph,
+// The decision engine: a pure, deterministic function from a profiled graph,
 // the hardware and the Config to a per-layer Plan. No randomness, no clock, no unordered
 // iteration; candidates are ordered by (escalation phase, cost per byte saved, layer
 // index). docs/memory-model.md has the memory model, docs/rules.md every rule id.
@@ -165,7 +165,7 @@ inline Plan plan(const ModelGraph& graph, const Hardware& hardware, const Config
   return engine_detail::run_engine<model::InferenceTracker>(graph, hardware, config, options);
 }
 
-/// The seed-004 tier problem `graph` poses on `hardware` (sizes, capacities with the
+/// The tier-placement problem `graph` poses on `hardware` (sizes, capacities with the
 /// planning device's budget as GPU capacity, rates, per-step compute); Config.tiers
 /// become fixed splits. Feed it to search_tier_policy().
 inline TierProblem tier_problem(const ModelGraph& graph, const Hardware& hardware, const Config& config) {

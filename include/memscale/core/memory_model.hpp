@@ -11,7 +11,7 @@
 //   optimizer step: O   = base + Σ_k grad_k + optimizer transient
 //   peak = max over all F_l, B_l and O.
 // Inference step: input + resident weights + resident KV cache + windows + the
-// activation reservation (seed 002, reservation.hpp).
+// inference activation reservation (reservation.hpp).
 #pragma once
 
 #include <algorithm>

@@ -65,11 +65,28 @@ inline const std::vector<std::string>& optimizer_kinds() {
   return kinds;
 }
 
-/// Optimizer state bytes per trainable parameter byte (docs/json-schema.md).
+/// Optimizer state bytes per trainable parameter byte (docs/json-schema.md): none and
+/// sgd keep no state, sgd_momentum one buffer (1x), adam/adamw two moments (2x). Both
+/// profilers (C++ and Python, through the binding) size `optimizer_bytes` with it.
+/// An optimizer not in optimizer_kinds() is a ConfigError naming it and the allowed ones.
 inline std::uint64_t optimizer_state_factor(const std::string& optimizer) {
+  json_fields::one_of(optimizer, optimizer_kinds(), "optimizer");
   if (optimizer == "adam" || optimizer == "adamw") return 2;
   if (optimizer == "sgd_momentum") return 1;
   return 0;
+}
+
+/// Mixed precision keeps an fp32 master copy of every trainable parameter beside its
+/// low-precision value: 4 bytes per parameter element, counted in `optimizer_bytes`.
+inline constexpr std::uint64_t master_weight_bytes_per_element = 4;
+
+/// A layer's `optimizer_bytes`: optimizer state of its trainable parameters
+/// (`trainable_bytes` of them, `trainable_elements` elements), plus the fp32 master
+/// weights when training with mixed precision.
+inline std::uint64_t optimizer_state_bytes(const std::string& optimizer, std::uint64_t trainable_bytes,
+                                           std::uint64_t trainable_elements, bool mixed_precision) {
+  return optimizer_state_factor(optimizer) * trainable_bytes +
+         (mixed_precision ? master_weight_bytes_per_element * trainable_elements : 0);
 }
 
 inline void to_json(nlohmann::json& j, const Dims& d) {

@@ -1,4 +1,4 @@
-// Weight residency policy (seed 001): which layer weights stay resident and which are
+// Weight residency policy: which layer weights stay resident and which are
 // paged to the next tier by an LRU pager with a background prefetch.
 #pragma once
 

@@ -1,4 +1,4 @@
-// LayerPager: residency of each layer's weights under an OffloadPolicy (seed 001), with
+// LayerPager: residency of each layer's weights under an OffloadPolicy (weight residency policy), with
 // LRU eviction of unpinned layers and a real background prefetch thread.
 //
 // The pager only keeps books and decides; a PagerStorage moves bytes (the torch layer

@@ -1,5 +1,5 @@
 // What the weight pager pages: the layers, their sizes, their home tier, and which of
-// them the OffloadPolicy pins (seed 001). Pure functions, no threads: the pager and the
+// them the weight residency policy pins. Pure functions, no threads: the pager and the
 // Python wrapper both call them, and the wrapper calls them *before* writing any file so
 // a budget that cannot work is refused with nothing written.
 #pragma once
@@ -57,7 +57,7 @@ struct HotSet {
   std::size_t pinned_count() const { return static_cast<std::size_t>(std::count(pinned.begin(), pinned.end(), true)); }
 };
 
-/// Layers seed 001 calls "attention layers" for pin_last_n_layers: blocks (or bare
+/// Layers the pinned_hot_set policy counts as "attention layers" for pin_last_n_layers: blocks (or bare
 /// attention layers when the model has no block wrapper).
 inline bool is_depth_layer(const PagedLayer& l) { return l.kind == "block" || l.kind == "attention"; }
 

@@ -55,7 +55,7 @@ struct Rejection {
   bool operator==(const Rejection&) const = default;
 };
 
-/// Inference activation reservation (seed 002) as computed, with its inputs.
+/// Inference activation reservation as computed, with its inputs.
 struct Reservation {
   bool used = false;
   std::uint64_t bytes = 0;           ///< total reserved, all devices' share included
@@ -81,7 +81,7 @@ struct TierChoice {
   bool operator==(const TierChoice&) const = default;
 };
 
-/// Weight residency decided by the plan (seed 001).
+/// Weight residency decided by the plan (residency policy, hot set, prefetch depth).
 struct OffloadPlan {
   std::string policy = "none";
   std::uint64_t ram_bytes = 0;

@@ -1,4 +1,4 @@
-// Inference activation reservation (seed 002) and its calibration.
+// Inference activation reservation (sized from model dims) and its calibration.
 //
 //   per-token buffer = max(hidden, intermediate) over the graph's layers    (widest buffer)
 //   tokens per step  = max(step tokens, reservation.prefill_tokens)          (prefill floor)
@@ -65,7 +65,7 @@ inline std::int64_t step_tokens(const ModelGraph& graph) {
   return kv ? batch : batch * std::max<std::int64_t>(graph.seq, 1);
 }
 
-/// The seed-002 reservation for `graph` on `hw` with `device_count` replicas. A given
+/// The inference activation reservation for `graph` on `hw` with `device_count` replicas. A given
 /// `calibration` replaces the Config's safety factor.
 inline Reservation activation_reservation(const ModelGraph& graph, const Hardware& hw, const ReservationConfig& config,
                                           std::int64_t device_count,

@@ -1,7 +1,19 @@
-// Per-tensor-type placement over GPU / CPU / disk (seed 004): disk is the remainder.
+// Per-tensor-type placement over GPU / CPU / disk (tier placement policy): disk is the
+// remainder. The split rule (shares in [0, 100], gpu + cpu at most 100, a given disk
+// share equal to the remainder) lives here once: Config's `tiers` and the Python runtime
+// (through `_C.TierSplit.from_dict` / `_C.parse_tier_splits`) both parse with it.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
+#include <map>
 #include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "memscale/core/errors.hpp"
+#include "memscale/core/json_fields.hpp"
 
 namespace memscale {
 
@@ -20,5 +32,85 @@ struct TierPolicy {
 };
 
 inline const char* tier_tensor_types[] = {"weights", "kv_cache", "activations"};
+
+namespace tier_detail {
+
+/// A JSON value for a message; non-finite numbers (which JSON text cannot hold, but a
+/// document built in memory can) as nan / inf.
+inline std::string show(const nlohmann::json& value) {
+  if (value.is_number_float() && !std::isfinite(value.get<double>()))
+    return std::isnan(value.get<double>()) ? "nan" : value.get<double>() > 0 ? "inf" : "-inf";
+  return json_fields::show(value);
+}
+
+inline double percent(const nlohmann::json& object, const char* key, double fallback, const std::string& path) {
+  const auto it = object.find(key);
+  if (it == object.end()) return fallback;
+  if (!it->is_number() || !std::isfinite(it->get<double>()) || it->get<double>() < 0.0 || it->get<double>() > 100.0)
+    throw ConfigError(json_fields::join_path(path, key) + ": got " + show(*it) + ", expected a percentage in [0, 100]");
+  return it->get<double>();
+}
+
+}  // namespace tier_detail
+
+/// The tensor types a tier policy places: weights, kv_cache, activations.
+inline std::vector<std::string> tier_tensor_type_names() { return {std::begin(tier_tensor_types), std::end(tier_tensor_types)}; }
+
+/// One tensor type's split from `{"gpu": %, "cpu": %}` at `path` (e.g. "tiers.kv_cache").
+/// gpu defaults to 100 and cpu to 0; `disk` may be given (as TierSplit's JSON writes it)
+/// and must then equal 100 - gpu - cpu. Every violation is a ConfigError naming the key
+/// path, the value and what is allowed:
+///   tiers.kv_cache: got 3, expected an object {"gpu": percent, "cpu": percent}
+///   tiers.kv_cache: unknown key "gpux"; allowed keys: gpu, cpu, disk (disk is the remainder, 100 - gpu - cpu)
+///   tiers.kv_cache.gpu: got 120, expected a percentage in [0, 100]
+///   tiers.kv_cache: gpu + cpu = 120 exceeds 100 (disk takes the remainder, 100 - gpu - cpu)
+///   tiers.kv_cache.disk: got 10, but disk is 100 - gpu - cpu = 30
+inline TierSplit parse_tier_split(const nlohmann::json& value, const std::string& path) {
+  namespace f = json_fields;
+  if (!value.is_object())
+    throw ConfigError(path + ": got " + tier_detail::show(value) + R"(, expected an object {"gpu": percent, "cpu": percent})");
+  for (auto it = value.begin(); it != value.end(); ++it)
+    if (it.key() != "gpu" && it.key() != "cpu" && it.key() != "disk")
+      throw ConfigError(path + ": unknown key \"" + it.key() +
+                        "\"; allowed keys: gpu, cpu, disk (disk is the remainder, 100 - gpu - cpu)");
+  const TierSplit split{tier_detail::percent(value, "gpu", 100.0, path), tier_detail::percent(value, "cpu", 0.0, path)};
+  if (split.gpu + split.cpu > 100.0 + 1e-9)
+    throw ConfigError(path + ": gpu + cpu = " + f::format_number(split.gpu + split.cpu) +
+                      " exceeds 100 (disk takes the remainder, 100 - gpu - cpu)");
+  if (const auto disk = value.find("disk"); disk != value.end()) {
+    if (!disk->is_number() || !std::isfinite(disk->get<double>()) || std::fabs(disk->get<double>() - split.disk()) > 1e-6)
+      throw ConfigError(path + ".disk: got " + tier_detail::show(*disk) + ", but disk is 100 - gpu - cpu = " +
+                        f::format_number(split.disk()));
+  }
+  return split;
+}
+
+/// parse_tier_split of a JSON text; text that is not JSON is a ConfigError too.
+inline TierSplit tier_split_from_json_text(const std::string& text, const std::string& path) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw ConfigError(path + ": not valid JSON: " + e.what());
+  }
+  return parse_tier_split(j, path);
+}
+
+/// Splits of the tensor types given in `value` (`{"kv_cache": {...}, ...}` at `path`,
+/// e.g. "tiers"); a type not given is absent from the result. An unknown tensor type is
+/// a ConfigError listing the allowed ones.
+inline std::map<std::string, TierSplit> parse_tier_splits(const nlohmann::json& value, const std::string& path) {
+  if (!value.is_object())
+    throw ConfigError(path + ": got " + tier_detail::show(value) +
+                      R"(, expected an object {"weights" | "kv_cache" | "activations": {"gpu": percent, "cpu": percent}})");
+  const std::vector<std::string> types = tier_tensor_type_names();
+  std::map<std::string, TierSplit> splits;
+  for (auto it = value.begin(); it != value.end(); ++it) {
+    if (std::find(types.begin(), types.end(), it.key()) == types.end())
+      throw ConfigError(path + ": unknown tensor type \"" + it.key() + "\"; allowed: weights, kv_cache, activations");
+    splits[it.key()] = parse_tier_split(it.value(), json_fields::join_path(path, it.key()));
+  }
+  return splits;
+}
 
 }  // namespace memscale

@@ -1,4 +1,4 @@
-// Tier-policy search (seed 004, FlexGen): place each tensor type (weights, KV cache,
+// Tier-policy search (FlexGen-style): place each tensor type (weights, KV cache,
 // activations) across GPU / CPU / disk in percentages on a grid, minimising the
 // estimated latency of one decode step with I/O overlapped with compute, subject to each
 // tier's capacity. Deterministic: candidates are compared by a total order.

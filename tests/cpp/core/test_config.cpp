@@ -81,7 +81,7 @@ TEST(Config, BadInputsGiveTheDocumentedMessage) {
   }
 }
 
-TEST(Config, OffloadPolicyVariantsOfSeed001) {
+TEST(Config, WeightResidencyPolicyVariants) {
   EXPECT_FALSE(Config::from_json_text("{}").offload.ram_budget_bytes().has_value());
   const Config budget = Config::from_json_text(R"({"offload": {"policy": "budget", "ram_bytes": 1073741824}})");
   EXPECT_EQ(budget.offload.kind, OffloadPolicy::Kind::budget);

@@ -1,4 +1,4 @@
-// Acceptance 3: overrides are never violated, over random override sets on the fixtures.
+// Overrides are never violated, over random override sets on the fixtures.
 #include <map>
 #include <random>
 

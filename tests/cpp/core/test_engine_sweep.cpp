@@ -1,4 +1,4 @@
-// Acceptance 2: a budget sweep on every fixture from 100% of the unoptimized peak down
+// A budget sweep on every fixture from 100% of the unoptimized peak down
 // to min_budget_bytes in 5% steps.
 #include <iostream>
 

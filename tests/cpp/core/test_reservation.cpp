@@ -1,4 +1,4 @@
-// Acceptance 4: every seed-002 behaviour, and calibration of the safety factor.
+// The inference activation reservation: every behaviour of its formula, and calibration of the safety factor.
 #include <random>
 
 #include "engine_fixtures.hpp"

@@ -1,4 +1,4 @@
-// Acceptance 5: the tier-policy search returns the minimum-cost feasible policy (checked
+// The tier-policy search returns the minimum-cost feasible policy (checked
 // against trying every policy of the 5% grid) and explains infeasible capacities.
 #include <random>
 

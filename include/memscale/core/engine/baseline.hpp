@@ -1,5 +1,5 @@
 // What the Config decides before any rule runs, whatever the budget: techniques forced
-// "on" (always applied) or "off" (never applied), the seed-001 resident-weight limit
+// "on" (always applied) or "off" (never applied), the weight residency limit
 // (offload.ram_bytes) and, for inference, tensor-type splits fixed in Config.tiers.
 #pragma once
 
@@ -127,7 +127,7 @@ inline std::uint64_t resident_weight_bytes(const ModelGraph& graph, const std::v
   return model::u64(resident + model::window_bytes(largest, paged, prefetch));
 }
 
-/// Seed 001: with policy budget or pinned_hot_set, offload weights (cheapest first, never
+/// Weight residency policy: with policy budget or pinned_hot_set, offload weights (cheapest first, never
 /// the hot set) until resident weights + the prefetch window fit offload.ram_bytes.
 inline void apply_ram_budget(const ModelGraph& graph, const Setup& setup, const OffloadPolicy& policy, Baseline& b,
                              DecisionLog& log, TierLedger& ledger) {

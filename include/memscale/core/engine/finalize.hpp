@@ -22,7 +22,7 @@ inline std::vector<std::string> techniques_of(const model::LayerState& s) {
   return t;
 }
 
-/// Seed 001 in the plan: the residency policy the pager runs, its resident limit, the
+/// The weight residency policy in the plan: the residency policy the pager runs, its resident limit, the
 /// pinned hot set and the prefetch depth.
 inline OffloadPlan offload_plan(const ModelGraph& graph, const Setup& setup, const Config& config,
                                 const std::vector<model::LayerState>& states) {

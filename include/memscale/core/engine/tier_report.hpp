@@ -1,4 +1,4 @@
-// The seed-004 view of an inference plan: the tier problem a graph poses on a machine,
+// The tier placement view of an inference plan: the tier problem a graph poses on a machine,
 // and the split the plan realises per layer, costed with the tier-policy cost model.
 #pragma once
 

@@ -1,7 +1,8 @@
 // Offload rules: move a layer's saved activations (inference: its KV cache) or its
 // weights off the planning device, to host RAM first and disk when host is full (deeper
-// tiers last). Applied only after recompute cannot fit (Phase order). The hot set of
-// seed 001 (embeddings, output head, last N layers) is pinned: its weights never move.
+// tiers last). Applied only after recompute cannot fit (Phase order). The hot set of the
+// pinned_hot_set residency policy (embeddings, output head, last N layers) is pinned:
+// its weights never move.
 #pragma once
 
 #include <algorithm>
@@ -81,7 +82,7 @@ inline Candidate weight_offload_rule(const Layer& layer, const model::LayerState
                 Phase::offload_weights, seconds, saved);
 }
 
-/// Seed 001's pinned hot set: per layer, why it is pinned ("" = not pinned). Only the
+/// The pinned_hot_set residency policy's hot set: per layer, why it is pinned ("" = not pinned). Only the
 /// pinned_hot_set policy pins. "Last N layers" counts the deepest layers of kind block or
 /// attention (the decoder layers), or, in a model without such layers, the deepest
 /// layers other than embeddings and the output head.

@@ -33,7 +33,7 @@ inline const char* config_name(Technique t) { return t == Technique::tile ? "til
 inline constexpr Technique kTechniques[] = {Technique::checkpoint, Technique::offload_activations,
                                             Technique::offload_weights, Technique::tile};
 
-/// Escalation order of the rule families (issue 4): recompute first (checkpointing and
+/// Escalation order of the rule families (cheapest per byte saved first): recompute first (checkpointing and
 /// tiling), then moving activations off the device, then moving weights.
 enum class Phase : int { recompute = 1, offload_activations = 2, offload_weights = 3 };
 

@@ -1,5 +1,5 @@
-// Rules that decide to plan nothing: the tiny-model skip (seed 000: "for tiny models on
-// big GPUs, the run is skipped entirely unless force_optimize=True") and mode "off".
+// Rules that decide to plan nothing: the tiny-model skip (a tiny model on a big device
+// is left unoptimized unless force_optimize=True) and mode "off".
 #pragma once
 
 #include <cstdint>

@@ -50,7 +50,7 @@ inline Candidate tile_rule(const Layer& layer, const model::LayerState& state, c
   if (layer.tileable.empty())
     return reject("tile.not_tileable", !explain ? "" : "the profiler found no axis it can be chunked over exactly (kind " + layer.kind + ")");
   if (!ctx.step.training)
-    return reject("tile.inference", "the inference step reserves its activation working set as a whole (seed 002)");
+    return reject("tile.inference", "the inference step reserves its activation working set as a whole (activation reservation)");
   const std::int64_t limit = max_tile_chunks(layer, ctx.graph);
   const std::int64_t next = std::max<std::int64_t>(2, state.chunks * 2);
   if (next > limit)
