@@ -28,7 +28,6 @@ from torch import nn
 from . import _C
 from ._coerce import as_config
 from .config import Config
-from .errors import ConfigError
 
 _log = logging.getLogger("memscale")
 
@@ -125,15 +124,8 @@ def calibrate_reservation(samples: Iterable[Any]) -> Any:
     return _C.calibrate_safety_factor([_sample(s) for s in samples])
 
 
-def _split(value: Any) -> Any:
-    if isinstance(value, _C.TierSplit):
-        return value
-    if isinstance(value, Mapping):
-        extra = set(value) - {"gpu", "cpu"}
-        if extra:
-            raise ConfigError(f"tier split: unknown keys {sorted(extra)}; allowed: gpu, cpu")
-        return _C.TierSplit(float(value.get("gpu", 100.0)), float(value.get("cpu", 0.0)))
-    raise TypeError(f"tier split: expected {{'gpu': %, 'cpu': %}} or memscale.TierSplit, got {value!r}")
+def _split(value: Any, path: str) -> Any:
+    return value if isinstance(value, _C.TierSplit) else _C.TierSplit.from_dict(value, path)
 
 
 def search_tier_policy(problem: Any = None, **fields: Any) -> Any:
@@ -156,7 +148,7 @@ def search_tier_policy(problem: Any = None, **fields: Any) -> Any:
     """
     if problem is None:
         if "fixed" in fields:
-            fields["fixed"] = {k: _split(v) for k, v in dict(fields["fixed"]).items()}
+            fields["fixed"] = {k: _split(v, f"fixed.{k}") for k, v in dict(fields["fixed"]).items()}
         problem = _C.TierProblem(**fields)
     elif fields:
         raise TypeError("search_tier_policy: give a TierProblem or its fields, not both")

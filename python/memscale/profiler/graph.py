@@ -7,15 +7,12 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
+from .. import _C
 from . import introspect as ins
 from .discovery import LayerSpec, layer_kinds
 from .recorder import LayerRecord
 from .storage import tensor_bytes
 
-OPTIMIZERS = ("none", "sgd", "sgd_momentum", "adam", "adamw")
-# optimizer state bytes per trainable parameter byte (docs/json-schema.md)
-OPTIMIZER_STATE_FACTOR = {"none": 0, "sgd": 0, "sgd_momentum": 1, "adam": 2, "adamw": 2}
-MASTER_WEIGHT_BYTES_PER_ELEMENT = 4
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
                torch.float64: "float64", torch.int8: "int8"}
 
@@ -105,9 +102,9 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
                         heads=ins.heads_of(spec.module, config), vocab=ins.vocab_of(spec.module, kind),
                         seq=seq, batch=batch)
         kv = 0 if training else 2 * batch * seq * ins.kv_width_per_token(spec.module, hidden) * dbytes
-        optimizer_bytes = OPTIMIZER_STATE_FACTOR[optimizer] * trainable_bytes
-        if mixed_precision and training:
-            optimizer_bytes += MASTER_WEIGHT_BYTES_PER_ELEMENT * sum(p.numel() for p in trainable)
+        # the optimizer-state rule lives in core (model_graph.hpp), shared with the engine
+        optimizer_bytes = _C.optimizer_state_bytes(optimizer, trainable_bytes, sum(p.numel() for p in trainable),
+                                                   bool(mixed_precision and training))
         peak, saved = measured[i] if measured is not None else (0, 0)
         layers.append({
             "activation_bytes": int(rec.saved_bytes),

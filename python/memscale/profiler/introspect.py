@@ -15,6 +15,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
+from .. import _C
+
 HEAD_ATTRS = ("num_heads", "n_heads", "num_attention_heads", "n_head")
 KV_HEAD_ATTRS = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "n_kv_head")
 HEAD_DIM_ATTRS = ("head_dim", "d_kv", "head_size", "attention_head_size")
@@ -24,10 +26,13 @@ VOCAB_ATTRS = ("vocab_size", "vocab", "n_vocab")
 _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 _RECURRENT = (nn.RNNBase, nn.RNNCellBase)
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm, _NormBase)
-# Leaf modules that act on each position independently (chunking over batch/seq is exact).
-_POSITIONWISE_LEAVES = (nn.Linear, nn.Dropout, nn.Identity, nn.LayerNorm, nn.RMSNorm, nn.GELU, nn.ReLU,
-                        nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Softplus,
-                        nn.Hardswish, nn.GLU, nn.ReLU6, nn.SELU, nn.CELU, nn.Softmax, nn.LogSoftmax)
+# Leaf modules that act on each position independently (chunking over batch/seq is exact):
+# one list in core (position_wise_kinds.hpp), shared with the libtorch layer.
+_POSITIONWISE_LEAVES = tuple(getattr(nn, kind) for kind in _C.position_wise_leaf_kinds() if hasattr(nn, kind))
+# ...of which these are position-wise only over the last (feature) axis,
+_FEATURE_AXIS_LEAVES = tuple(getattr(nn, kind) for kind in _C.feature_axis_kinds() if hasattr(nn, kind))
+# ...and these draw a random mask while training (chunks would draw other masks).
+_RANDOM_MASK_LEAVES = tuple(getattr(nn, kind) for kind in _C.random_mask_kinds() if hasattr(nn, kind))
 
 
 def _int_attr(obj: Any, names: Iterable[str]) -> int:
@@ -69,12 +74,22 @@ def attention_modules(module: nn.Module) -> list[nn.Module]:
     return found
 
 
+def _positionwise_leaf(m: nn.Module) -> bool:
+    if isinstance(m, _FEATURE_AXIS_LEAVES):
+        return getattr(m, "dim", None) == -1
+    return isinstance(m, _POSITIONWISE_LEAVES) or (is_norm(m) and not isinstance(m, (_NormBase, nn.GroupNorm)))
+
+
 def is_positionwise(module: nn.Module) -> bool:
     """Every leaf is a Linear, pointwise activation, dropout or per-position norm (no BatchNorm)."""
     leaves = _leaves(module)
-    return bool(leaves) and all(
-        isinstance(m, _POSITIONWISE_LEAVES) or (is_norm(m) and not isinstance(m, (_NormBase, nn.GroupNorm)))
-        for m in leaves)
+    return bool(leaves) and all(_positionwise_leaf(m) for m in leaves)
+
+
+def draws_mask(module: nn.Module) -> bool:
+    """Some leaf of ``module`` draws a random mask now (an active dropout)."""
+    return any(isinstance(m, _RANDOM_MASK_LEAVES) and m.training and getattr(m, "p", 0) > 0
+               for m in module.modules())
 
 
 def _linears(module: nn.Module, skip_attention: bool) -> list[nn.Linear]:
@@ -228,8 +243,10 @@ def kv_width_per_token(module: nn.Module, hidden: int) -> int:
 
 
 def tileable_axes(module: nn.Module, kind: str, batch: int, seq: int) -> list[str]:
-    """Axes over which chunking the layer is exact: position-wise MLPs and heads only."""
-    if kind not in ("mlp", "lm_head") or not is_positionwise(module) or batch_coupled(module):
+    """Axes over which chunking the layer is exact: position-wise MLPs and heads only, and
+    not while a dropout in them draws masks (each chunk would draw its own)."""
+    if kind not in ("mlp", "lm_head") or not is_positionwise(module) or batch_coupled(module) \
+            or draws_mask(module):
         return []
     axes = []
     if seq > 0:

@@ -48,7 +48,8 @@ from torch import nn
 
 from .discovery import discover_layers
 from .estimate import estimate_step
-from .graph import OPTIMIZERS, build_graph
+from .. import _C
+from .graph import build_graph
 
 log = logging.getLogger("memscale")
 
@@ -73,8 +74,7 @@ def _check_args(model: Any, training: Any, optimizer: Any, measure: Any, mixed_p
     for name, value in (("training", training), ("measure", measure), ("mixed_precision", mixed_precision)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be a bool, got {value!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
+    _C.optimizer_state_factor(optimizer)  # refuses an unknown optimizer, naming the allowed ones
 
 
 def profile_dict(model: nn.Module, example_inputs: Any, training: bool = True, optimizer: str = "adamw",
@@ -111,8 +111,6 @@ def profile_dict(model: nn.Module, example_inputs: Any, training: bool = True, o
 def profile(model: nn.Module, example_inputs: Any, training: bool = True, optimizer: str = "adamw",
             measure: bool = False, mixed_precision: bool = False) -> Any:
     """Profile ``model``; return a ``memscale.ModelGraph`` (same arguments as :func:`profile_dict`)."""
-    from .. import _C
-
     graph = profile_dict(model, example_inputs, training=training, optimizer=optimizer,
                          measure=measure, mixed_precision=mixed_precision)
     return _C.ModelGraph.from_json(json.dumps(graph, sort_keys=True))

@@ -14,6 +14,7 @@
 #include "memscale/torch/position_wise.hpp"
 #include "memscale/torch/profile.hpp"
 #include "memscale/torch/wrap.hpp"
+#include "step_grads.hpp"
 
 namespace memscale {
 namespace {
@@ -70,17 +71,6 @@ TEST(PositionWise, ChunkingIsExactOnlyWhileNoDropoutDrawsAMask) {
   EXPECT_TRUE(chunking_is_exact(*torch::nn::Linear(4, 4)));
 }
 
-std::vector<at::Tensor> grads_of(const std::function<at::Tensor(const at::Tensor&)>& forward,
-                                 torch::nn::Sequential& model, const at::Tensor& x) {
-  forward(x).pow(2).sum().backward();
-  std::vector<at::Tensor> grads;
-  for (auto& p : model->parameters()) {
-    grads.push_back(p.grad().clone());
-    p.mutable_grad().reset();
-  }
-  return grads;
-}
-
 TEST(PositionWise, ProfileMarksOnlyAnInactiveDropoutTileableAndTilingKeepsGradients) {
   torch::manual_seed(5);
   // libtorch cannot nest a Sequential in a Sequential: each child is one planning unit.
@@ -105,9 +95,9 @@ TEST(PositionWise, ProfileMarksOnlyAnInactiveDropoutTileableAndTilingKeepsGradie
   EXPECT_FALSE(wrapped->plan().layers[4].has("tile"));
   // The same RNG state for both runs: the active Dropout (not tiled) draws the same mask.
   torch::manual_seed(9);
-  const auto plain = grads_of([&](const at::Tensor& t) { return model->forward(t); }, model, x);
+  const auto plain = test_util::step_grads([&](const at::Tensor& t) { return model->forward(t); }, model, x);
   torch::manual_seed(9);
-  const auto ours = grads_of([&](const at::Tensor& t) { return wrapped->forward(t); }, model, x);
+  const auto ours = test_util::step_grads([&](const at::Tensor& t) { return wrapped->forward(t); }, model, x);
   ASSERT_EQ(plain.size(), ours.size());
   for (std::size_t i = 0; i < plain.size(); ++i) EXPECT_TRUE(at::allclose(plain[i], ours[i], 1e-5, 1e-7)) << i;
 }

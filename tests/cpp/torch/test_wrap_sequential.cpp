@@ -5,6 +5,7 @@
 
 #include "memscale/core/errors.hpp"
 #include "memscale/torch/wrap.hpp"
+#include "step_grads.hpp"
 
 namespace memscale {
 namespace {
@@ -20,17 +21,6 @@ Hardware host(std::uint64_t bytes) {
   return hw;
 }
 
-std::vector<at::Tensor> step_grads(const std::function<at::Tensor(const at::Tensor&)>& forward,
-                                   torch::nn::Sequential& model, const at::Tensor& x) {
-  forward(x).pow(2).sum().backward();
-  std::vector<at::Tensor> grads;
-  for (auto& p : model->parameters()) {
-    grads.push_back(p.grad().clone());
-    p.mutable_grad().reset();
-  }
-  return grads;
-}
-
 void expect_same_grads(const Config& config, bool expect_tiles) {
   torch::manual_seed(3);
   auto model = make_model();
@@ -39,8 +29,8 @@ void expect_same_grads(const Config& config, bool expect_tiles) {
   bool any_tile = false;
   for (const auto& layer : wrapped->plan().layers) any_tile = any_tile || layer.has("tile");
   EXPECT_EQ(any_tile, expect_tiles);
-  const auto plain = step_grads([&](const at::Tensor& t) { return model->forward(t); }, model, x);
-  const auto ours = step_grads([&](const at::Tensor& t) { return wrapped->forward(t); }, model, x);
+  const auto plain = test_util::step_grads([&](const at::Tensor& t) { return model->forward(t); }, model, x);
+  const auto ours = test_util::step_grads([&](const at::Tensor& t) { return wrapped->forward(t); }, model, x);
   ASSERT_EQ(plain.size(), ours.size());
   for (std::size_t i = 0; i < plain.size(); ++i) EXPECT_TRUE(at::allclose(plain[i], ours[i], 1e-5, 1e-7)) << i;
 }

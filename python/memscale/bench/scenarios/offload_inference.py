@@ -4,7 +4,7 @@ Same process, same model, same prompts, greedy decoding with a KV cache:
 
 * reference: the model fully resident (outputs every other run must equal);
 * memscale: ``wrap_for_inference`` with only the budget given: the decision engine plans
-  the inference step (resident-weight limit, KV-cache and activation tiers by its seed-004
+  the inference step (resident-weight limit, KV-cache and activation tiers by its tier-policy
   search, reservation safety factor calibrated on measured probes) and the C++ pager
   runs it, prefetching on its thread from safetensors files;
 * Accelerate: ``accelerate.disk_offload`` of the same model (per-module hooks reading
@@ -75,7 +75,7 @@ def _setup(quick: bool) -> dict[str, Any]:
 
 def _engine_config(budget: int, batch: int, prompt: int, disk_dir: str) -> Config:
     """Only the budget and where files go: the decision engine
-    chooses the resident-weight limit and the KV-cache / activation tiers (seed 004
+    chooses the resident-weight limit and the KV-cache / activation tiers (the tier-policy
     search) from the profiled inference graph. ``prefill_tokens`` is the batch's prefill,
     not the serving default of 8192 tokens."""
     return Config(memory_budget=budget, reservation={"prefill_tokens": batch * prompt},

@@ -16,7 +16,7 @@ inputs: ``F.cross_entropy(F.linear(hidden, W), targets)`` (untiled, full logits)
   a float64 reference: ``grad_error_vs_untiled`` is the tiled error over the untiled
   error (1 = exactly as accurate; "equal" means at most 2).
 
-Goals (issue 6): ``peak_ratio`` = tiled / untiled peak ≤ 0.25, ``time_ratio`` ≤ 1.15.
+Goals: ``peak_ratio`` = tiled / untiled peak ≤ 0.25, ``time_ratio`` ≤ 1.15.
 
 Run: ``python benchmarks/tiling_lce.py [--quick] [--out FILE]`` or
 ``python -m memscale.bench.scenarios.tiling_lce``.

@@ -1,4 +1,4 @@
-"""Training budget sweep (issue 6): a GPT-style model trained under budgets of 80%, 60%,
+"""Training budget sweep: a GPT-style model trained under budgets of 80%, 60%,
 45% and 35% of its measured unoptimized peak. At each budget MemScale's measured peak
 (counting allocator on the CPU, the caching allocator's statistics on CUDA) must stay
 within 1.05 x budget, or the engine refuses with InfeasibleBudgetError and its
