@@ -162,7 +162,7 @@ def _without_cudnn_rnn(model: nn.Module, device: torch.device) -> Any:
 def _run(model: nn.Module, fargs: tuple, fkwargs: dict, specs: list[LayerSpec], orphans: list[torch.Tensor],
          fakes: dict[int, torch.Tensor], excluded: set[int], fake_mode: FakeTensorMode, training: bool,
          device: torch.device) -> Estimate:
-    tracker = LiveTracker(fake=True)
+    tracker = LiveTracker(fake=True, resident=excluded)
     view = _TrackerView(tracker)
     recorder = StepRecorder([s.module for s in specs], view, excluded, training, nbytes=tracker.nbytes)
     recorder.watch_tensors(fakes[id(t)] for t in orphans if id(t) in fakes)
