@@ -99,6 +99,8 @@ def measure_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[LayerS
             if training:  # warm-up: optimizer state exists during the measured step
                 with autocast_scope(scope):
                     loss = step_loss(model(*args, **kwargs))
+                if scope is not None:
+                    torch.clear_autocast_cache()
                 with backward_scope(scope):
                     loss.backward()
                 del loss

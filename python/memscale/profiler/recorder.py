@@ -149,6 +149,10 @@ class StepRecorder:
             with autocast_scope(autocast):
                 out = model(*args, **kwargs)
                 loss = step_loss(out) if self.training else None
+            if autocast is not None:
+                # leaving the step's autocast frees its cast weights even inside a caller's
+                # autocast (whose cache would otherwise keep them, and fake ones, alive)
+                torch.clear_autocast_cache()
             del out  # the step keeps its loss; the output lives on only where autograd saved it
             self.end_forward()
             if loss is not None:
