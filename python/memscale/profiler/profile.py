@@ -16,9 +16,10 @@ What the per-layer figures mean (the engine's memory model relies on exactly thi
   live bytes in the forward span - live bytes at entry - the span's saved bytes (>= 0);
   it includes the layer's output. Backward scratch = peak live bytes in the backward span
   - live bytes when it starts (when the gradient of the layer's output is ready; for the
-  layer the forward ended in, when backward starts, so a loss's backward is in the head's
-  figure); it includes the parameter gradients the layer creates and the gradient it
-  passes on.
+  layer the forward ended in, when backward starts plus its output-sized gradient, which
+  the loss's backward makes and the engine charges as its incoming gradient, so a loss's
+  backward is in the head's figure once); it includes the parameter gradients the layer
+  creates and the gradient it passes on.
 * ``measured_peak_bytes`` (``measure=True``): bytes resident when the measured step began
   (parameters, buffers, optimizer state, inputs) + the counting allocator's peak during
   the layer's spans; ``measured_activation_bytes``: saved bytes as above, on the real step.

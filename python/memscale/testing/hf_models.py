@@ -198,3 +198,29 @@ def cases(batch: int = BATCH, seq: int = SEQ, seed: int = 0) -> Iterator[Case]:
         case = build(name, batch=batch, seq=seq, labels=labels, seed=seed)
         case.meta["labels"] = labels
         yield case
+
+
+def accuracy_records(predict: Callable[[dict[str, Any]], tuple[int, str]], batch: int = BATCH, seq: int = SEQ,
+                     scenario: str = "estimate_accuracy") -> list[dict[str, Any]]:
+    """One estimate-accuracy record per case of :func:`cases` (the scenario's format):
+    ``predict(graph) -> (predicted bytes, predictor)`` against the measured step peak."""
+    from ..profiler.profile import profile_dict
+    from .measure import measured_step_peak
+
+    records = []
+    for case in cases(batch=batch, seq=seq):
+        label = f"{case.name}/{'loss_inside' if case.meta['labels'] else 'loss_outside'}"
+        graph = profile_dict(case.model, case.inputs, training=True, optimizer="adamw", autocast=case.autocast)
+        # torch's default AdamW for the device: the per-tensor one the CPU memory model assumes
+        measured = measured_step_peak(case.model, case.inputs, loss_fn=case.loss_fn, autocast=case.autocast,
+                                      foreach=None)
+        predicted, predictor = predict(graph)
+        error = (predicted - measured) / measured
+        records.append({
+            "scenario": scenario, "model": f"hf_{case.name}", "batch": batch, "label": label,
+            "predicted": int(predicted), "measured": int(measured), "error": round(error, 6),
+            "ratios": {"abs_error": round(abs(error), 6)}, "predictor": predictor,
+            "layers": len(graph["layers"]),
+        })
+        del case
+    return records
