@@ -34,7 +34,7 @@ PROBE_LIMIT_BYTES = 256 << 20
 
 
 def _grouped_mm_any_dtype(func: Any, args: tuple, kwargs: dict) -> Any:
-    """``aten._grouped_mm`` on fake tensors of any float dtype.
+    """``aten._grouped_mm`` on fake CPU tensors of any float dtype.
 
     Its meta kernel repeats the CUDA kernel's checks (bfloat16 only), while the CPU kernel
     multiplies float32 too: a float32 mixture of experts (transformers' grouped-mm experts)
@@ -110,8 +110,9 @@ class LiveTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         override = _FAKE_OVERRIDES.get(func) if self._fake else None
-        if override is not None and any(isinstance(t, torch.Tensor) and t.is_floating_point()
-                                        and t.dtype != torch.bfloat16 for t in tree_leaves((args, kwargs))):
+        if override is not None and args and getattr(args[0], "device", None) == torch.device("cpu") and any(
+                isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.bfloat16
+                for t in tree_leaves((args, kwargs))):  # on CUDA the real kernel refuses them too
             out = override(func, args, kwargs)
         else:
             out = func(*args, **kwargs)
