@@ -35,6 +35,19 @@ if [ ${#pydeps[@]} -gt 0 ]; then
   say "installing Python packages: ${pydeps[*]}"
   "$PY" -m pip install -q "${pydeps[@]}"
 fi
+# Hugging Face models built from configs for the profiler's accuracy tests, at versions
+# checked against torch 2.13.0 (peft requires torch: the installed one is held as a
+# constraint so pip can never replace it).
+hfdeps=()
+for pin in transformers==5.24.0 peft==0.21.2; do
+  "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('${pin%%==*}') != '${pin##*==}')" \
+    >/dev/null 2>&1 || hfdeps+=("$pin")
+done
+if [ ${#hfdeps[@]} -gt 0 ]; then
+  say "installing Python packages: ${hfdeps[*]}"
+  "$PY" -m pip install -q "${hfdeps[@]}" \
+    -c <("$PY" -c "import torch; print('torch==' + torch.__version__)")
+fi
 
 # Rebuild only when a build input (or the torch it builds against) changed.
 stamp_dir=build

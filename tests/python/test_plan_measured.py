@@ -12,30 +12,9 @@ import torch
 import memscale
 from memscale.testing import models
 from memscale.runtime.training import apply_plan
+from memscale.testing.measure import measured_step_peak
 
 HOST = memscale.Hardware.from_json('{"devices": [], "host_total_bytes": 68719476736, "offload_dir_free_bytes": 1000000000}')
-
-
-def _bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t) and t.dim() > 0)
-
-
-def measured_step_peak(model: torch.nn.Module, inputs: tuple) -> int:
-    """Peak bytes of one AdamW training step: what is resident when it starts (parameters,
-    buffers, optimizer state, inputs) plus the allocator's peak during it."""
-    opt = torch.optim.AdamW(model.parameters(), foreach=True)
-    for _ in range(2):  # the first step creates the optimizer state
-        opt.zero_grad(set_to_none=True)
-        model(*inputs).backward()
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-    resident = _bytes(model.parameters()) + _bytes(model.buffers()) + _bytes(inputs)
-    resident += sum(_bytes(state.values()) for state in opt.state.values())
-    with memscale.track_memory("cpu") as tracked:
-        model(*inputs).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return resident + tracked.peak_bytes
 
 
 @pytest.mark.parametrize("name, overrides, sizes", [

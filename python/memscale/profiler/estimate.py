@@ -108,8 +108,9 @@ def swapped_state(model: nn.Module, stand_in: Callable[[torch.Tensor, bool], tor
 
 
 def estimate_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[LayerSpec],
-                  orphans: list[torch.Tensor], training: bool) -> Estimate:
-    """Run ``model(*args, **kwargs)`` (and backward if ``training``) on fake tensors, per layer."""
+                  orphans: list[torch.Tensor], training: bool, autocast: torch.dtype | None = None) -> Estimate:
+    """Run ``model(*args, **kwargs)`` (and the loss and backward if ``training``) on fake
+    tensors, per layer; forward and loss under ``torch.autocast(device, autocast)`` when given."""
     device = target_device(model, (args, kwargs))
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     # FakeTensorMode's dispatch cache is shared by all instances; a cache hit returns outputs
@@ -140,7 +141,8 @@ def estimate_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[Layer
     try:
         with swapped_state(model, stand_in):
             excluded = {storage_key(f) for f in fakes.values()}
-            return _run(model, fargs, fkwargs, specs, orphans, fakes, excluded, fake_mode, training, device)
+            return _run(model, fargs, fkwargs, specs, orphans, fakes, excluded, fake_mode, training, device,
+                        autocast)
     except (DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException) as error:
         from ..errors import MemScaleError
 
@@ -161,8 +163,8 @@ def _without_cudnn_rnn(model: nn.Module, device: torch.device) -> Any:
 
 def _run(model: nn.Module, fargs: tuple, fkwargs: dict, specs: list[LayerSpec], orphans: list[torch.Tensor],
          fakes: dict[int, torch.Tensor], excluded: set[int], fake_mode: FakeTensorMode, training: bool,
-         device: torch.device) -> Estimate:
-    tracker = LiveTracker(fake=True)
+         device: torch.device, autocast: torch.dtype | None) -> Estimate:
+    tracker = LiveTracker(fake=True, resident=excluded)
     view = _TrackerView(tracker)
     recorder = StepRecorder([s.module for s in specs], view, excluded, training, nbytes=tracker.nbytes)
     recorder.watch_tensors(fakes[id(t)] for t in orphans if id(t) in fakes)
@@ -177,7 +179,8 @@ def _run(model: nn.Module, fargs: tuple, fkwargs: dict, specs: list[LayerSpec], 
     flags = set_mode(model, training)
     try:
         with fake_mode, tracker, _without_cudnn_rnn(model, device):
-            recorder.record_step(model, fargs, fkwargs)
+            recorder.record_step(model, fargs, fkwargs,
+                                 autocast=(device.type, autocast) if autocast is not None else None)
     finally:
         restore_mode(flags)
         tracker.close()

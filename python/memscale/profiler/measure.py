@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_leaves
 from ..memory import MemoryTracker, track_memory
 from .discovery import LayerSpec
 from .estimate import restore_mode, set_mode, target_device
-from .recorder import StepRecorder, run_backward
+from .recorder import StepRecorder, autocast_scope, backward_scope, step_loss
 from .storage import storage_bytes, storage_key
 
 log = logging.getLogger("memscale")
@@ -84,18 +84,26 @@ def _restored(model: nn.Module, device: torch.device) -> Iterator[None]:
 
 
 def measure_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[LayerSpec], training: bool,
-                 optimizer: str) -> list[tuple[int, int]]:
-    """(measured peak bytes, measured saved bytes) per spec, from one real step."""
+                 optimizer: str, autocast: torch.dtype | None = None) -> list[tuple[int, int]]:
+    """(measured peak bytes, measured saved bytes) per spec, from one real step (forward and
+    loss under ``torch.autocast(device, autocast)`` when given)."""
     if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
         raise ValueError("measure=True needs real parameters, but the model has tensors on the meta device")
     device = target_device(model, (args, kwargs))
+    scope = (device.type, autocast) if autocast is not None else None
     inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
     flags = set_mode(model, training)
     try:
         with _restored(model, device):
             opt = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad]) if training else None
             if training:  # warm-up: optimizer state exists during the measured step
-                run_backward(model(*args, **kwargs))
+                with autocast_scope(scope):
+                    loss = step_loss(model(*args, **kwargs))
+                if scope is not None:
+                    torch.clear_autocast_cache()
+                with backward_scope(scope):
+                    loss.backward()
+                del loss
                 if opt is not None:
                     opt.step()
                     opt.zero_grad(set_to_none=True)
@@ -107,7 +115,7 @@ def measure_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[LayerS
             with track_memory(device) as tracker:
                 view = _TrackerView(tracker, resident)
                 recorder = StepRecorder([s.module for s in specs], view, excluded, training)
-                recorder.record_step(model, args, kwargs)
+                recorder.record_step(model, args, kwargs, autocast=scope)
                 if opt is not None:
                     opt.step()
             del opt

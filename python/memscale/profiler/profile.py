@@ -16,15 +16,23 @@ What the per-layer figures mean (the engine's memory model relies on exactly thi
   live bytes in the forward span - live bytes at entry - the span's saved bytes (>= 0);
   it includes the layer's output. Backward scratch = peak live bytes in the backward span
   - live bytes when it starts (when the gradient of the layer's output is ready; for the
-  layer the forward ended in, when backward starts, so a loss's backward is in the head's
-  figure); it includes the parameter gradients the layer creates and the gradient it
-  passes on.
+  layer the forward ended in, when backward starts plus its output-sized gradient, which
+  the loss's backward makes and the engine charges as its incoming gradient, so a loss's
+  backward is in the head's figure once); it includes the parameter gradients the layer
+  creates and the gradient it passes on.
 * ``measured_peak_bytes`` (``measure=True``): bytes resident when the measured step began
   (parameters, buffers, optimizer state, inputs) + the counting allocator's peak during
   the layer's spans; ``measured_activation_bytes``: saved bytes as above, on the real step.
 * ``kv_cache_bytes`` (inference only): 2 x batch x seq x K/V width x dtype bytes for each
   attention module (``nn.MultiheadAttention`` or a module with ``num_heads``/``n_heads``/
   ``num_attention_heads``; ``num_key_value_heads`` and ``head_dim``/``d_kv`` honoured).
+* Training steps run forward -> loss -> backward: the model's own scalar loss when its
+  output holds one, else a cross-entropy of its first output (the loss outside the model);
+  forward and loss run under the autocast active at the call, or ``autocast=dtype``, so
+  activations are counted in the dtypes the step really saves.
+* Frozen parameters (``requires_grad=False``: a LoRA adapter's base, a frozen backbone) have
+  no gradient and no optimizer state; only trainable ones count in ``grad_bytes`` and
+  ``optimizer_bytes``.
 * ``tileable``: ``seq``/``batch`` only for position-wise MLPs and heads (Linear,
   pointwise activations, dropout, LayerNorm/RMSNorm); never for blocks with attention,
   BatchNorm or recurrence.
@@ -47,8 +55,8 @@ import torch
 from torch import nn
 
 from .discovery import discover_layers
-from .estimate import estimate_step
 from .. import _C
+from .estimate import estimate_step, target_device
 from .graph import build_graph
 
 log = logging.getLogger("memscale")
@@ -68,6 +76,21 @@ def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
                     f"of keyword arguments, got {type(example_inputs).__name__}")
 
 
+AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def resolve_autocast(device_type: str, autocast: Any) -> torch.dtype | None:
+    """The autocast dtype the profiled step runs under: ``autocast`` when given, else the one
+    active at the call for ``device_type`` (None: no autocast)."""
+    if autocast is not None:
+        if autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
+        return autocast
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
 def _check_args(model: Any, training: Any, optimizer: Any, measure: Any, mixed_precision: Any) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -78,7 +101,8 @@ def _check_args(model: Any, training: Any, optimizer: Any, measure: Any, mixed_p
 
 
 def profile_dict(model: nn.Module, example_inputs: Any, training: bool = True, optimizer: str = "adamw",
-                 measure: bool = False, mixed_precision: bool = False) -> dict[str, Any]:
+                 measure: bool = False, mixed_precision: bool = False,
+                 autocast: torch.dtype | None = None) -> dict[str, Any]:
     """Profile ``model`` on ``example_inputs``; return the ModelGraph as a plain dict.
 
     Args:
@@ -90,17 +114,21 @@ def profile_dict(model: nn.Module, example_inputs: Any, training: bool = True, o
         measure: also run one real step and fill ``measured_peak_bytes`` and
             ``measured_activation_bytes`` (needs real, non-meta parameters).
         mixed_precision: fp32 master weights are kept beside the parameters.
+        autocast: run forward and loss under ``torch.autocast(device_type, autocast)``
+            (``torch.bfloat16`` or ``torch.float16``); None: under the autocast active at
+            the call, if any.
     """
     _check_args(model, training, optimizer, measure, mixed_precision)
     args, kwargs = _split_inputs(example_inputs)
+    autocast = resolve_autocast(target_device(model, (args, kwargs)).type, autocast)
     specs = discover_layers(model)
     in_layers = {id(t) for s in specs for t in list(s.module.parameters()) + list(s.module.buffers())}
     orphans = [t for t in list(model.parameters()) + list(model.buffers()) if id(t) not in in_layers]
-    est = estimate_step(model, args, kwargs, specs, orphans, training)
+    est = estimate_step(model, args, kwargs, specs, orphans, training, autocast)
     measured = None
     if measure:
         from .measure import measure_step  # imported lazily: needs the counting allocator
-        measured = measure_step(model, args, kwargs, specs, training, optimizer)
+        measured = measure_step(model, args, kwargs, specs, training, optimizer, autocast)
     graph = build_graph(model, (args, kwargs), specs, est.records, est.orphan_first_use, training=training,
                         optimizer=optimizer, mixed_precision=mixed_precision, measured=measured)
     log.info("profiled %s: %d layers, %d activation bytes", graph["model_name"],
@@ -109,8 +137,8 @@ def profile_dict(model: nn.Module, example_inputs: Any, training: bool = True, o
 
 
 def profile(model: nn.Module, example_inputs: Any, training: bool = True, optimizer: str = "adamw",
-            measure: bool = False, mixed_precision: bool = False) -> Any:
+            measure: bool = False, mixed_precision: bool = False, autocast: torch.dtype | None = None) -> Any:
     """Profile ``model``; return a ``memscale.ModelGraph`` (same arguments as :func:`profile_dict`)."""
     graph = profile_dict(model, example_inputs, training=training, optimizer=optimizer,
-                         measure=measure, mixed_precision=mixed_precision)
+                         measure=measure, mixed_precision=mixed_precision, autocast=autocast)
     return _C.ModelGraph.from_json(json.dumps(graph, sort_keys=True))

@@ -9,15 +9,26 @@ The recorder hooks the discovered layers and attributes what happens to *spans*:
   on each output) until another layer's span starts; the step's first backward span
   belongs to the layer the forward ended in.
 
+The step's loss (:func:`step_loss`): the model's own scalar loss when its output holds
+one (a 0-dim tensor, e.g. a Hugging Face output computed from ``labels``), else a
+cross-entropy of its first output over the last axis -- the plain loop's loss outside the
+model. Backward runs from that loss alone. The loss's forward is glue of the layer the
+forward ended in; its backward makes that layer's output gradient, which the memory model
+charges as the layer's output-sized incoming gradient: the first backward span's scratch
+is counted above the live bytes at its start plus that gradient (docs/memory-model.md,
+"The loss of the step"), so the head's logits gradient is counted once.
+
 Saved tensors (``saved_tensors_hooks``) are attributed to the current forward span's layer,
 deduplicated by storage and excluding parameters, buffers and the step's inputs.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
@@ -57,15 +68,45 @@ class _Span:
     backward: bool
     entry: int
     saved0: int = 0
+    loss: bool = False  # the step's first backward span: the loss's backward runs in it
 
 
-def run_backward(out: Any) -> None:
-    """Backward from every output that requires grad (ones as the upstream gradient)."""
+def output_loss(t: torch.Tensor) -> torch.Tensor:
+    """The loss of an output that is not one: mean cross-entropy over its last axis (class 0
+    as the target), what ``F.cross_entropy(out.flatten(0, -2), y.flatten())`` costs."""
+    logits = t if t.dim() >= 2 else t.reshape(1, -1)
+    logits = logits.flatten(0, -2)
+    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits, target)
+
+
+def step_loss(out: Any) -> torch.Tensor:
+    """The scalar the step runs backward from: the model's own loss (the first 0-dim tensor
+    that requires grad in its output), else :func:`output_loss` of its first tensor that does."""
     outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
     if not outs:
         raise ValueError("training=True but the model's output has no tensor that requires grad; "
                          "pass training=False or return a loss/logits that depend on parameters")
-    torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
+    loss = next((t for t in outs if t.dim() == 0), None)
+    if loss is not None:
+        return loss
+    if not outs[0].is_floating_point():
+        return outs[0].sum()
+    return output_loss(outs[0])
+
+
+def autocast_scope(autocast: tuple[str, torch.dtype] | None) -> Any:
+    """``torch.autocast(device_type, dtype)`` for ``(device_type, dtype)``, a no-op for None."""
+    if autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(autocast[0], dtype=autocast[1])
+
+
+def backward_scope(autocast: tuple[str, torch.dtype] | None) -> Any:
+    """Backward runs outside autocast (as torch recommends); its ops follow forward's dtypes."""
+    if autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(autocast[0], enabled=False)
 
 
 def _first_tensor(obj: Any) -> torch.Tensor | None:
@@ -100,16 +141,26 @@ class StepRecorder:
     def __post_init__(self) -> None:
         self.records = [LayerRecord() for _ in self.modules]
 
-    def record_step(self, model: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Run and record one forward (and, when training, backward) of ``model``."""
+    def record_step(self, model: nn.Module, args: tuple, kwargs: dict,
+                    autocast: tuple[str, torch.dtype] | None = None) -> None:
+        """Run and record one forward (and, when training, the loss and backward) of ``model``;
+        forward and loss under ``autocast`` (``(device_type, dtype)``, None: as the caller runs)."""
         with torch.set_grad_enabled(self.training), self:
-            out = model(*args, **kwargs)
+            with autocast_scope(autocast):
+                out = model(*args, **kwargs)
+                loss = step_loss(out) if self.training else None
+            if autocast is not None:
+                # leaving the step's autocast frees its cast weights even inside a caller's
+                # autocast (whose cache would otherwise keep them, and fake ones, alive)
+                torch.clear_autocast_cache()
+            del out  # the step keeps its loss; the output lives on only where autograd saved it
             self.end_forward()
-            if self.training:
+            if loss is not None:
                 self.begin_backward()
-                run_backward(out)
+                with backward_scope(autocast):
+                    loss.backward()
+                del loss
                 self.end_backward()
-            del out
 
     # ---- lifecycle -------------------------------------------------------------------
     def __enter__(self) -> "StepRecorder":
@@ -145,6 +196,7 @@ class StepRecorder:
         last = self._span.layer if self._span else None
         self._close()
         self._open(last, backward=True)
+        self._span.loss = True
 
     def end_backward(self) -> None:
         self._close()
@@ -263,7 +315,10 @@ class StepRecorder:
         rec = self.records[span.layer]
         rec.peak_abs = max(rec.peak_abs, peak)
         if span.backward:
-            rec.bwd_scratch = max(rec.bwd_scratch, peak - span.entry)
+            # the loss's backward makes this layer's output gradient: the incoming gradient
+            # the memory model charges every layer apart from its scratch
+            incoming = rec.output_bytes if span.loss else 0
+            rec.bwd_scratch = max(rec.bwd_scratch, peak - span.entry - incoming)
         else:
             saved = rec.saved_bytes - span.saved0
             rec.fwd_scratch = max(rec.fwd_scratch, peak - span.entry - saved)

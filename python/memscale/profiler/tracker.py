@@ -33,6 +33,32 @@ _REAL_SIZE_PROBES = {aten.mkldnn_rnn_layer.default}
 PROBE_LIMIT_BYTES = 256 << 20
 
 
+def _grouped_mm_any_dtype(func: Any, args: tuple, kwargs: dict) -> Any:
+    """``aten._grouped_mm`` on fake CPU tensors of any float dtype.
+
+    Its meta kernel repeats the CUDA kernel's checks (bfloat16 only), while the CPU kernel
+    multiplies float32 too: a float32 mixture of experts (transformers' grouped-mm experts)
+    runs for real but not on fake tensors. Shapes do not depend on the dtype, so the meta
+    kernel runs on bfloat16 stand-ins and the output takes the real kernel's dtype (the
+    inputs'; ``out_dtype`` when given). The stand-ins are made below this mode: untracked.
+    """
+    def as_bf16(a: Any) -> Any:
+        return a.to(torch.bfloat16) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+
+    mat_a = args[0]
+    out_dtype = kwargs.get("out_dtype") or (args[4] if len(args) > 4 and args[4] is not None else mat_a.dtype)
+    bargs = tuple(as_bf16(a) for a in args[:4]) + tuple(args[4:5] and (None,))
+    bkwargs = {k: (None if k == "out_dtype" else as_bf16(v)) for k, v in kwargs.items()}
+    return func(*bargs, **bkwargs).to(out_dtype)
+
+
+# Ops whose meta kernel refuses inputs the device's real kernel accepts: a replacement that
+# computes the same output metadata (see each function).
+_FAKE_OVERRIDES: dict[Any, Callable[[Any, tuple, dict], Any]] = {}
+if hasattr(aten, "_grouped_mm"):
+    _FAKE_OVERRIDES[aten._grouped_mm.default] = _grouped_mm_any_dtype
+
+
 class LiveTracker(TorchDispatchMode):
     """Tracks live storage bytes of op outputs and calls ``on_op`` after every op.
 
@@ -40,9 +66,13 @@ class LiveTracker(TorchDispatchMode):
         live: bytes of tracked storages currently alive.
     """
 
-    def __init__(self, on_op: OpCallback | None = None, fake: bool = False) -> None:
+    def __init__(self, on_op: OpCallback | None = None, fake: bool = False,
+                 resident: set[int] | None = None) -> None:
         super().__init__()
         self.live = 0
+        # storages allocated before the run (parameters, buffers, inputs): an op returning a
+        # view of one (``weight.t()`` in every Linear) allocates nothing
+        self._resident = resident or set()
         self._sizes: dict[int, int] = {}
         self._finalizers: list[weakref.finalize] = []
         self._on_op = on_op
@@ -59,7 +89,7 @@ class LiveTracker(TorchDispatchMode):
         """Count ``t``'s storage as live until it is freed (idempotent per storage)."""
         st = t.untyped_storage()
         key = storage_key(t)
-        if key in self._sizes:
+        if key in self._sizes or key in self._resident:
             return
         n = self._size_override.get(key, st.nbytes())
         self._sizes[key] = n
@@ -79,7 +109,13 @@ class LiveTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        override = _FAKE_OVERRIDES.get(func) if self._fake else None
+        if override is not None and args and getattr(args[0], "device", None) == torch.device("cpu") and any(
+                isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.bfloat16
+                for t in tree_leaves((args, kwargs))):  # on CUDA the real kernel refuses them too
+            out = override(func, args, kwargs)
+        else:
+            out = func(*args, **kwargs)
         if self._fake and func in _REAL_SIZE_PROBES:
             self._probe(func, args, kwargs, out)
         for t in tree_leaves(out):

@@ -28,7 +28,7 @@ from memscale.bench.records import scenario_main
 from memscale.bench.scenarios.profiling import predicted_unoptimized_peak
 from memscale.memory import track_memory
 from memscale.profiler.profile import profile_dict
-from memscale.testing import models
+from memscale.testing import hf_models, models
 
 log = logging.getLogger("memscale")
 
@@ -87,6 +87,10 @@ def run(quick: bool = False, device: torch.device = torch.device("cpu")) -> list
                 "step_s": round(seconds, 4), "profile_s": round(profile_s, 4),
                 "layers": len(graph["layers"]),
             })
+    if device.type == "cpu":  # Hugging Face models from configs, loss inside and outside (measured on CPU)
+        records += hf_models.accuracy_records(predicted_unoptimized_peak)
+    else:
+        log.info("Hugging Face estimate records are measured on the CPU only; skipped on %s", device)
     return records
 
 
