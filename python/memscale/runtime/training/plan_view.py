@@ -116,3 +116,14 @@ def plan_is_skipped(plan: Any) -> bool:
 def plan_skip_reason(plan: Any) -> str:
     """The plan's ``skip_reason`` (empty when absent)."""
     return str(_get(_plan_root(plan), "skip_reason", "") or "")
+
+
+def has_techniques(plan: Any) -> bool:
+    """The plan changes at least one layer (and is not a skipped plan)."""
+    return any(spec.techniques for spec in read_plan(plan)) and not getattr(plan, "skipped", False)
+
+
+def summary(plan: Any) -> str:
+    """The plan's summary table (its repr for a plan without one)."""
+    text = getattr(plan, "summary", None)
+    return text() if callable(text) else repr(plan)

@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -29,7 +29,10 @@ from ...planning import plan_model
 from ...profiler.profile import profile
 from ...profiler.storage import storage_bytes
 from ..hooks import ForwardPatch
-from .wrapped import TrainingHandle, summary
+from .plan_view import summary
+
+if TYPE_CHECKING:
+    from .wrapped import TrainingHandle
 
 log = logging.getLogger("memscale")
 

@@ -19,7 +19,8 @@ from ...errors import MemScaleError
 from ...planning import plan_model
 from .. import hooks
 from .apply import PlanHandle, install_plan
-from .plan_view import read_plan
+from .plan_view import has_techniques, summary
+from .verify import FirstStepMonitor
 
 log = logging.getLogger("memscale")
 
@@ -66,16 +67,6 @@ class TrainingHandle:
             hooks.unregister(model, self)
 
 
-def has_techniques(plan: Any) -> bool:
-    """The plan changes at least one layer (and is not a skipped plan)."""
-    return any(spec.techniques for spec in read_plan(plan)) and not getattr(plan, "skipped", False)
-
-
-def summary(plan: Any) -> str:
-    text = getattr(plan, "summary", None)
-    return text() if callable(text) else repr(plan)
-
-
 def training_config(cfg: Config) -> Config:
     """Weights stay resident in training: the optimizer step touches every parameter at
     once and the weight pager serves inference only. ``offload_weights: auto`` becomes
@@ -101,8 +92,6 @@ def offload_dir_of(cfg: Config, hardware: Any = None) -> str | None:
 def wrap_training(model: nn.Module, cfg: Config, example_inputs: Any, optimizer: str,
                   verify: bool) -> TrainingHandle:
     """Plan and apply ``model``'s training step under ``cfg``; register and return its handle."""
-    from .verify import FirstStepMonitor
-
     if hooks.handle_of(model) is not None:
         raise MemScaleError(f"wrap: this {type(model).__name__} is already wrapped; call "
                             "memscale.unwrap(model) first")
