@@ -1,7 +1,7 @@
 """Assemble the ModelGraph dict (docs/json-schema.md) from discovery, estimation and measurement."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -16,6 +16,8 @@ OPTIMIZERS = ("none", "sgd", "sgd_momentum", "adam", "adamw")
 # optimizer state bytes per trainable parameter byte (docs/json-schema.md)
 OPTIMIZER_STATE_FACTOR = {"none": 0, "sgd": 0, "sgd_momentum": 1, "adam": 2, "adamw": 2}
 MASTER_WEIGHT_BYTES_PER_ELEMENT = 4
+# a cross-entropy computed outside forward on a head's logits: log-probabilities + their gradient
+LOSS_OUTSIDE_OUTPUT_FACTOR = 2
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
                torch.float64: "float64", torch.int8: "int8"}
 
@@ -82,8 +84,20 @@ def _owners(model: nn.Module, specs: list[LayerSpec], order: list[int],
 
 def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: list[LayerRecord],
                 orphan_first_use: dict[int, int | None], *, training: bool, optimizer: str,
-                mixed_precision: bool, measured: list[tuple[int, int]] | None = None) -> dict[str, Any]:
-    """The ModelGraph dict. ``measured``: (peak, saved) bytes per spec index, or None."""
+                mixed_precision: bool, measured: list[tuple[int, int]] | None = None,
+                cannot: Callable[[nn.Module, str, str, list[str]], dict[str, str]] | None = None,
+                loss_outside: bool = False) -> dict[str, Any]:
+    """The ModelGraph dict. ``measured``: (peak, saved) bytes per spec index, or None.
+    ``cannot(module, name, kind, tileable)``: the techniques the runtime cannot apply to
+    a layer -> why (its ``cannot`` field); None records nothing (everything capable).
+
+    ``loss_outside``: the training loop computes the loss from the returned logits, outside
+    forward (no ``labels`` in the call, or ``wrap(..., loss_fn=...)``). The profiled step
+    backpropagates ones from the outputs and never sees that loss, so each output head
+    (kind ``lm_head``) counts a cross-entropy over its logits in its ``transient_bytes``:
+    the log-probabilities it keeps for backward and their gradient, 2 x its
+    ``output_bytes`` (the head is where the forward ends, so its backward figure holds
+    the loss's, as for a loss inside)."""
     order = execution_order(specs, records)
     kinds = assign_kinds(specs, order, records)
     params, buffers = _owners(model, specs, order, orphan_first_use)
@@ -109,9 +123,12 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
         if mixed_precision and training:
             optimizer_bytes += MASTER_WEIGHT_BYTES_PER_ELEMENT * sum(p.numel() for p in trainable)
         peak, saved = measured[i] if measured is not None else (0, 0)
+        tileable = ins.tileable_axes(spec.module, kind, batch, seq)
+        incapable = cannot(spec.module, spec.name, kind, tileable) if cannot is not None else {}
         layers.append({
             "activation_bytes": int(rec.saved_bytes),
             "buffer_bytes": tensor_bytes(buffers[i]),
+            "cannot": dict(sorted(incapable.items())),
             "dims": dims.to_dict(),
             "flops": int(rec.flops),
             "grad_bytes": trainable_bytes,
@@ -125,8 +142,9 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
             "optimizer_bytes": int(optimizer_bytes),
             "output_bytes": int(rec.output_bytes),
             "param_bytes": tensor_bytes(params[i]),
-            "tileable": ins.tileable_axes(spec.module, kind, batch, seq),
-            "transient_bytes": int(max(rec.fwd_scratch, rec.bwd_scratch, 0)),
+            "tileable": tileable,
+            "transient_bytes": int(max(rec.fwd_scratch, rec.bwd_scratch, 0))
+            + (LOSS_OUTSIDE_OUTPUT_FACTOR * int(rec.output_bytes) if loss_outside and training and kind == "lm_head" else 0),
         })
     return {
         "batch": g_batch,

@@ -78,7 +78,8 @@ def _check_args(model: Any, training: Any, optimizer: Any, measure: Any, mixed_p
 
 
 def profile_dict(model: nn.Module, example_inputs: Any, training: bool = True, optimizer: str = "adamw",
-                 measure: bool = False, mixed_precision: bool = False) -> dict[str, Any]:
+                 measure: bool = False, mixed_precision: bool = False, *,
+                 loss_fn: Any = None) -> dict[str, Any]:
     """Profile ``model`` on ``example_inputs``; return the ModelGraph as a plain dict.
 
     Args:
@@ -90,6 +91,14 @@ def profile_dict(model: nn.Module, example_inputs: Any, training: bool = True, o
         measure: also run one real step and fill ``measured_peak_bytes`` and
             ``measured_activation_bytes`` (needs real, non-meta parameters).
         mixed_precision: fp32 master weights are kept beside the parameters.
+        loss_fn: the caller computes the loss outside forward (``wrap(..., loss_fn=...)``);
+            recorded in the layers' capabilities (``cannot``: no head + loss fusion).
+            Without labels in the call or with ``loss_fn``, the output head's
+            ``transient_bytes`` counts the cross-entropy outside (graph.build_graph).
+
+    Each training layer records ``cannot``: the techniques the training runtime cannot
+    apply to it in this model and call convention, with the reason
+    (:mod:`memscale.runtime.training.capabilities`).
     """
     _check_args(model, training, optimizer, measure, mixed_precision)
     args, kwargs = _split_inputs(example_inputs)
@@ -101,18 +110,24 @@ def profile_dict(model: nn.Module, example_inputs: Any, training: bool = True, o
     if measure:
         from .measure import measure_step  # imported lazily: needs the counting allocator
         measured = measure_step(model, args, kwargs, specs, training, optimizer)
+    # lazy: the runtime imports the profiler
+    from ..runtime.training.capabilities import capabilities_of, loss_is_outside
+
+    cannot = capabilities_of(model, args, kwargs, training=training, loss_outside=loss_fn is not None)
     graph = build_graph(model, (args, kwargs), specs, est.records, est.orphan_first_use, training=training,
-                        optimizer=optimizer, mixed_precision=mixed_precision, measured=measured)
+                        optimizer=optimizer, mixed_precision=mixed_precision, measured=measured,
+                        cannot=cannot, loss_outside=training and loss_is_outside(model, args, kwargs,
+                                                                                   loss_fn=loss_fn))
     log.info("profiled %s: %d layers, %d activation bytes", graph["model_name"],
              len(graph["layers"]), sum(layer["activation_bytes"] for layer in graph["layers"]))
     return graph
 
 
 def profile(model: nn.Module, example_inputs: Any, training: bool = True, optimizer: str = "adamw",
-            measure: bool = False, mixed_precision: bool = False) -> Any:
+            measure: bool = False, mixed_precision: bool = False, *, loss_fn: Any = None) -> Any:
     """Profile ``model``; return a ``memscale.ModelGraph`` (same arguments as :func:`profile_dict`)."""
     from .. import _C
 
     graph = profile_dict(model, example_inputs, training=training, optimizer=optimizer,
-                         measure=measure, mixed_precision=mixed_precision)
+                         measure=measure, mixed_precision=mixed_precision, loss_fn=loss_fn)
     return _C.ModelGraph.from_json(json.dumps(graph, sort_keys=True))
