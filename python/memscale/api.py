@@ -53,7 +53,9 @@ def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training
             loss outside the model's forward. It tells the profiler the call convention:
             the output head + loss is then not fused/tiled (the fusion replaces the
             cross-entropy *inside* forward; a loss outside receives the full logits), so
-            the plan never counts on a saving the loop would not realise. To save the
+            the plan never counts on a saving the loop would not realise (MemScale never
+            sees the loop's call of its loss: ``wrap`` returns the same module, whose
+            forward must return real logits to code outside it). To save the
             logits in such a loop, compute the loss with
             ``memscale.nn.linear_cross_entropy(hidden, head, targets)``. Without
             ``loss_fn``, head + loss fusion is planned only for a forward called with

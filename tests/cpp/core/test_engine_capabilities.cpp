@@ -46,9 +46,11 @@ TEST(Capabilities, AHeadThatCannotTileIsNeverTiledAtAnyBudget) {
   const std::uint64_t floor = min_budget(g, hw);
   EXPECT_GE(floor, min_budget(full, hw));  // fewer techniques: a floor no lower
   const std::uint64_t u = unoptimized_peak(g, hw);
+  std::size_t planned = 0;
   for (double share : {1.0, 0.8, 0.6, 0.4}) {
     const auto budget = static_cast<std::uint64_t>(static_cast<double>(u) * share);
     if (budget < floor) continue;
+    ++planned;
     const Plan p = plan(g, hw, budget_config(budget, "\"mode\": \"min_memory\""));
     for (std::size_t l = 0; l < g.layers.size(); ++l)
       if (g.layers[l].kind == "lm_head") {
@@ -56,6 +58,7 @@ TEST(Capabilities, AHeadThatCannotTileIsNeverTiledAtAnyBudget) {
         EXPECT_TRUE(rejected_by_capability(p, g.layers[l].name, "tile"));
       }
   }
+  EXPECT_GT(planned, 0u);
   const Plan at_floor = plan(g, hw, budget_config(floor));
   EXPECT_LE(at_floor.predicted_peak_bytes, floor);
 }
