@@ -51,6 +51,7 @@ void bind_graph(py::module_& m) {
       .def_readonly("tileable", &Layer::tileable)
       .def_readonly("measured_peak_bytes", &Layer::measured_peak_bytes)
       .def_readonly("measured_activation_bytes", &Layer::measured_activation_bytes)
+      .def_readonly("cannot", &Layer::cannot)
       .def("__repr__", [](const Layer& l) { return "<Layer " + std::to_string(l.index) + " '" + l.name + "' " + l.kind + ">"; });
 
   py::class_<ModelGraph>(m, "ModelGraph", "Profiled model: layers in execution order (docs/json-schema.md).")

@@ -33,7 +33,8 @@ from .runtime import hooks
 
 
 def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training: bool = True,
-         optimizer: str = "adamw", *, verify: bool = True, **config_kwargs: Any) -> nn.Module:
+         optimizer: str = "adamw", *, loss_fn: Any = None, autocast: Any = None, verify: bool = True,
+         **config_kwargs: Any) -> nn.Module:
     """Fit ``model``'s training step (or inference) into the configured memory budget; return ``model``.
 
     Args:
@@ -48,7 +49,27 @@ def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training
             / the engine's inference plan (see docs/offload.md).
         optimizer: ``none``, ``sgd``, ``sgd_momentum``, ``adam`` or ``adamw`` (its state
             counts towards the budget).
+        loss_fn: ``loss_fn(output, batch) -> loss`` when the training loop computes the
+            loss outside the model's forward. It tells the profiler the call convention:
+            the output head + loss is then not fused/tiled (the fusion replaces the
+            cross-entropy *inside* forward; a loss outside receives the full logits), so
+            the plan never counts on a saving the loop would not realise (MemScale never
+            sees the loop's call of its loss: ``wrap`` returns the same module, whose
+            forward must return real logits to code outside it). To save the
+            logits in such a loop, compute the loss with
+            ``memscale.nn.linear_cross_entropy(hidden, head, targets)``. Without
+            ``loss_fn``, head + loss fusion is planned only for a forward called with
+            ``labels`` in ``example_inputs``.
+        autocast: ``torch.bfloat16`` or ``torch.float16`` when the training loop runs the
+            step under ``torch.autocast`` of that dtype; None: the autocast active at this
+            call, if any (saved activations are counted in the dtypes autocast gives them).
         verify: measure the first step and re-plan once if it exceeds the budget by 5%.
+
+    Raises:
+        memscale.InfeasibleBudgetError: no plan fits (``min_budget_bytes`` is what
+            ``memscale.plan`` states for the same graph and Config).
+        memscale.ConfigError: an invalid Config, or a technique forced ``on`` that the
+            runtime cannot apply (e.g. ``techniques.offload_weights: "on"`` in training).
     """
     if not isinstance(model, nn.Module):
         raise MemScaleError(f"wrap: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -58,6 +79,9 @@ def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training
     if training is not True and training is not False:
         raise MemScaleError(f"wrap: training={training!r}; expected True (training step) or False (inference)")
     cfg = as_config(cfg, config_kwargs, caller="wrap", allow_both=False)
+    if loss_fn is not None and not callable(loss_fn):
+        raise MemScaleError(f"wrap: loss_fn must be callable as loss_fn(output, batch), got "
+                            f"{type(loss_fn).__name__}")
     if training is False:
         from .runtime.inference.pager import wrap_for_inference
 
@@ -65,7 +89,7 @@ def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training
         return wrap_for_inference(model, cfg, inputs)
     from .runtime.training.wrapped import wrap_training
 
-    wrap_training(model, cfg, example_inputs, optimizer, verify)
+    wrap_training(model, cfg, example_inputs, optimizer, verify, loss_fn=loss_fn, autocast=autocast)
     return model
 
 

@@ -86,15 +86,18 @@ def plan(graph: GraphLike, cfg: Config | None = None, hardware: HardwareLike = N
 
 def plan_model(model: nn.Module, example_inputs: Any, cfg: Config, *, training: bool,
                optimizer: str = "adamw", offload_dir: str | None = None, calibration: Any = None,
-               graph: Any = None) -> tuple[Any, Any, Any]:
+               graph: Any = None, loss_fn: Any = None, autocast: Any = None) -> tuple[Any, Any, Any]:
     """Profile ``model`` (unless ``graph`` is given), detect the hardware of the device it
     is on and plan it: ``(plan, graph, hardware)``. What ``wrap`` and the inference
-    runtime call; raises what :func:`plan` raises."""
+    runtime call; raises what :func:`plan` raises. ``loss_fn``: the caller computes the
+    loss outside forward (recorded in the graph's capabilities); ``autocast``: the step's
+    autocast dtype (None: the one active at the call)."""
     from .hardware import detect_hardware, model_device
     from .profiler.profile import profile
 
     if graph is None:
-        graph = profile(model, example_inputs, training=training, optimizer=optimizer if training else "none")
+        graph = profile(model, example_inputs, training=training, optimizer=optimizer if training else "none",
+                        loss_fn=loss_fn, autocast=autocast)
     hardware = detect_hardware(offload_dir or None, device=model_device(model))
     return plan(graph, cfg, hardware=hardware, calibration=calibration), graph, hardware
 

@@ -45,7 +45,8 @@ def planner(monkeypatch):
     calls = []
 
     def make(graph, cfg, hardware=None, calibration=None):
-        assert cfg.techniques["offload_weights"] == "off"  # training keeps weights resident
+        # training keeps weights resident: the graph says so, the Config is passed unchanged
+        assert all("offload_weights" in layer.cannot for layer in graph.layers)
         calls.append({"graph": json.loads(graph.to_json()), "budget": cfg.memory_budget})
         return memscale.Plan.from_json(json.dumps(_plan_doc(graph, cfg, planner.techniques)))
     planner.techniques = ["checkpoint"]
@@ -95,13 +96,20 @@ def test_bad_calls_raise_before_modifying(planner) -> None:
         wrap(model, example_inputs=inputs, training="yes")  # training=False is inference (the pager)
     with pytest.raises(memscale.ConfigError):
         wrap(model, example_inputs=inputs, memory_budget="lots")
-    with pytest.raises(memscale.MemScaleError, match="offload_weights='on' is not supported"):
-        wrap(model, example_inputs=inputs, techniques={"offload_weights": "on"})
     assert module_state(model) == before
     wrap(model, memory_budget=1 << 40, example_inputs=inputs)
     with pytest.raises(memscale.MemScaleError, match="already wrapped"):
         wrap(model, memory_budget=1 << 40, example_inputs=inputs)
     unwrap(model)
+
+
+def test_offload_weights_on_is_refused_for_training() -> None:
+    # The engine refuses it: no layer of a training graph can offload weights.
+    model, inputs = build("gpt")
+    before = module_state(model)
+    with pytest.raises(memscale.ConfigError, match='offload_weights: "on", but no layer of this training graph'):
+        wrap(model, example_inputs=inputs, techniques={"offload_weights": "on"})
+    assert module_state(model) == before
 
 
 def test_first_step_within_budget_is_verified_once(planner, caplog) -> None:

@@ -19,7 +19,10 @@ def _records():
     graph = memscale.profile(model, models.example_inputs("gpt", model, batch=2))
     hw = memscale.Hardware.from_json('{"devices": [], "host_total_bytes": 8589934592}')
     unoptimized = memscale.plan(graph, memscale.Config(mode="off"), hardware=hw).unoptimized_peak_bytes
-    plan = memscale.plan(graph, memscale.Config(memory_budget=int(unoptimized * 0.8)), hardware=hw)
+    try:  # training keeps weights resident: 80% may be below the floor; then plan at the floor
+        plan = memscale.plan(graph, memscale.Config(memory_budget=int(unoptimized * 0.8)), hardware=hw)
+    except memscale.InfeasibleBudgetError as refusal:
+        plan = memscale.plan(graph, memscale.Config(memory_budget=refusal.min_budget_bytes), hardware=hw)
     assert any(layer.techniques for layer in plan.layers)
     return [{"scenario": "training_sweep", "model": "gpt", "label": "80%", "budget_bytes": plan.budget_bytes,
              "measured_peak_bytes": int(plan.predicted_peak_bytes * 0.97), "predicted_peak_bytes": plan.predicted_peak_bytes,
@@ -46,7 +49,7 @@ def test_plan_html_from_the_cli(tmp_path):
     graph.write_text(memscale.profile(model, models.example_inputs("gpt", model, batch=2)).to_json())
     hw = tmp_path / "hw.json"
     hw.write_text('{"devices": [], "host_total_bytes": 8589934592}')
-    done = subprocess.run([sys.executable, "-m", "memscale", "plan", "--graph", str(graph), "--budget", "6MiB",
+    done = subprocess.run([sys.executable, "-m", "memscale", "plan", "--graph", str(graph), "--budget", "20MiB",  # training keeps weights resident: at least 15.2 MiB
                            "--hardware", str(hw), "--html", str(tmp_path / "plan.html")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert '<figure class="chart"' in (tmp_path / "plan.html").read_text()

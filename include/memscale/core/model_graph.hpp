@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,10 @@ struct Layer {
   Dims dims;
   std::vector<std::string> tileable;  ///< axes it may be chunked over: "seq", "batch"
   std::uint64_t measured_peak_bytes = 0, measured_activation_bytes = 0;  ///< 0 = not measured
+  /// Techniques the runtime cannot apply to this layer in this model and call convention,
+  /// by plan name (checkpoint|offload_activations|offload_weights|tile) -> why; the engine
+  /// never plans them. Empty (or absent in JSON) = every technique is capable.
+  std::map<std::string, std::string> cannot;
   bool operator==(const Layer&) const = default;
 };
 
@@ -119,6 +124,12 @@ inline void to_json(nlohmann::json& j, const Layer& l) {
        {"tileable", l.tileable},
        {"measured_peak_bytes", l.measured_peak_bytes},
        {"measured_activation_bytes", l.measured_activation_bytes}};
+  if (!l.cannot.empty()) j["cannot"] = l.cannot;
+}
+
+inline const std::vector<std::string>& technique_names() {
+  static const std::vector<std::string> names = {"checkpoint", "offload_activations", "offload_weights", "tile"};
+  return names;
 }
 
 inline Layer layer_from_json(const nlohmann::json& j, const std::string& path) {
@@ -142,6 +153,15 @@ inline Layer layer_from_json(const nlohmann::json& j, const std::string& path) {
   for (const auto& axis : l.tileable) f::one_of(axis, {"seq", "batch"}, path + ".tileable");
   l.measured_peak_bytes = f::optional<std::uint64_t>(j, "measured_peak_bytes", path, 0, f::as_u64);
   l.measured_activation_bytes = f::optional<std::uint64_t>(j, "measured_activation_bytes", path, 0, f::as_u64);
+  if (j.contains("cannot")) {
+    const auto& cannot = j.at("cannot");
+    if (!cannot.is_object()) f::wrong_type(path + ".cannot", cannot, "an object {technique: reason}");
+    for (const auto& [technique, reason] : cannot.items()) {
+      f::one_of(technique, technique_names(), path + ".cannot");
+      if (!reason.is_string()) f::wrong_type(path + ".cannot." + technique, reason, "a string (the reason)");
+      l.cannot[technique] = reason.get<std::string>();
+    }
+  }
   return l;
 }
 

@@ -1,7 +1,7 @@
 """Assemble the ModelGraph dict (docs/json-schema.md) from discovery, estimation and measurement."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -79,8 +79,11 @@ def _owners(model: nn.Module, specs: list[LayerSpec], order: list[int],
 
 def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: list[LayerRecord],
                 orphan_first_use: dict[int, int | None], *, training: bool, optimizer: str,
-                mixed_precision: bool, measured: list[tuple[int, int]] | None = None) -> dict[str, Any]:
-    """The ModelGraph dict. ``measured``: (peak, saved) bytes per spec index, or None."""
+                mixed_precision: bool, measured: list[tuple[int, int]] | None = None,
+                cannot: Callable[[nn.Module, str, str, list[str]], dict[str, str]] | None = None) -> dict[str, Any]:
+    """The ModelGraph dict. ``measured``: (peak, saved) bytes per spec index, or None.
+    ``cannot(module, name, kind, tileable)``: the techniques the runtime cannot apply to
+    a layer -> why (its ``cannot`` field); None records nothing (everything capable)."""
     order = execution_order(specs, records)
     kinds = assign_kinds(specs, order, records)
     params, buffers = _owners(model, specs, order, orphan_first_use)
@@ -106,9 +109,12 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
         optimizer_bytes = _C.optimizer_state_bytes(optimizer, trainable_bytes, sum(p.numel() for p in trainable),
                                                    bool(mixed_precision and training))
         peak, saved = measured[i] if measured is not None else (0, 0)
+        tileable = ins.tileable_axes(spec.module, kind, batch, seq)
+        incapable = cannot(spec.module, spec.name, kind, tileable) if cannot is not None else {}
         layers.append({
             "activation_bytes": int(rec.saved_bytes),
             "buffer_bytes": tensor_bytes(buffers[i]),
+            "cannot": dict(sorted(incapable.items())),
             "dims": dims.to_dict(),
             "flops": int(rec.flops),
             "grad_bytes": trainable_bytes,
@@ -122,7 +128,7 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
             "optimizer_bytes": int(optimizer_bytes),
             "output_bytes": int(rec.output_bytes),
             "param_bytes": tensor_bytes(params[i]),
-            "tileable": ins.tileable_axes(spec.module, kind, batch, seq),
+            "tileable": tileable,
             "transient_bytes": int(max(rec.fwd_scratch, rec.bwd_scratch, 0)),
         })
     return {

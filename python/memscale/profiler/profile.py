@@ -102,7 +102,7 @@ def _check_args(model: Any, training: Any, optimizer: Any, measure: Any, mixed_p
 
 def profile_dict(model: nn.Module, example_inputs: Any, training: bool = True, optimizer: str = "adamw",
                  measure: bool = False, mixed_precision: bool = False,
-                 autocast: torch.dtype | None = None) -> dict[str, Any]:
+                 autocast: torch.dtype | None = None, *, loss_fn: Any = None) -> dict[str, Any]:
     """Profile ``model`` on ``example_inputs``; return the ModelGraph as a plain dict.
 
     Args:
@@ -117,6 +117,14 @@ def profile_dict(model: nn.Module, example_inputs: Any, training: bool = True, o
         autocast: run forward and loss under ``torch.autocast(device_type, autocast)``
             (``torch.bfloat16`` or ``torch.float16``); None: under the autocast active at
             the call, if any.
+        loss_fn: the caller computes the loss outside forward (``wrap(..., loss_fn=...)``);
+            recorded in the layers' capabilities (``cannot``: no head + loss fusion). A step
+            whose output is not a scalar loss is profiled as forward -> a cross-entropy of
+            the output -> backward (docs/memory-model.md, "The loss of the step").
+
+    Each training layer records ``cannot``: the techniques the training runtime cannot
+    apply to it in this model and call convention, with the reason
+    (:mod:`memscale.runtime.training.capabilities`).
     """
     _check_args(model, training, optimizer, measure, mixed_precision)
     args, kwargs = _split_inputs(example_inputs)
@@ -129,16 +137,22 @@ def profile_dict(model: nn.Module, example_inputs: Any, training: bool = True, o
     if measure:
         from .measure import measure_step  # imported lazily: needs the counting allocator
         measured = measure_step(model, args, kwargs, specs, training, optimizer, autocast)
+    # What the training runtime can apply is the runtime's to say (lazy: it imports the profiler).
+    from ..runtime.training.capabilities import capabilities_of
+
+    cannot = capabilities_of(model, args, kwargs, training=training, loss_outside=loss_fn is not None)
     graph = build_graph(model, (args, kwargs), specs, est.records, est.orphan_first_use, training=training,
-                        optimizer=optimizer, mixed_precision=mixed_precision, measured=measured)
+                        optimizer=optimizer, mixed_precision=mixed_precision, measured=measured,
+                        cannot=cannot)
     log.info("profiled %s: %d layers, %d activation bytes", graph["model_name"],
              len(graph["layers"]), sum(layer["activation_bytes"] for layer in graph["layers"]))
     return graph
 
 
 def profile(model: nn.Module, example_inputs: Any, training: bool = True, optimizer: str = "adamw",
-            measure: bool = False, mixed_precision: bool = False, autocast: torch.dtype | None = None) -> Any:
+            measure: bool = False, mixed_precision: bool = False, autocast: torch.dtype | None = None, *,
+            loss_fn: Any = None) -> Any:
     """Profile ``model``; return a ``memscale.ModelGraph`` (same arguments as :func:`profile_dict`)."""
     graph = profile_dict(model, example_inputs, training=training, optimizer=optimizer,
-                         measure=measure, mixed_precision=mixed_precision, autocast=autocast)
+                         measure=measure, mixed_precision=mixed_precision, autocast=autocast, loss_fn=loss_fn)
     return _C.ModelGraph.from_json(json.dumps(graph, sort_keys=True))

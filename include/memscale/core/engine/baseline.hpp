@@ -11,6 +11,7 @@
 
 #include "memscale/core/engine/decisions.hpp"
 #include "memscale/core/engine/setup.hpp"
+#include "memscale/core/rules/capability.hpp"
 #include "memscale/core/rules/checkpoint.hpp"
 #include "memscale/core/rules/offload.hpp"
 #include "memscale/core/rules/tiling.hpp"
@@ -38,17 +39,34 @@ inline Baseline forced_baseline(const ModelGraph& graph, const Setup& setup, Dec
   b.states.assign(n, {});
   b.allowed.assign(n, {true, true, true, true});
   std::vector<std::array<bool, 4>> forced(n, {false, false, false, false});
+  // A technique forced on by `techniques.X` that no layer of the graph is capable of.
+  std::array<std::string, 4> incapable_everywhere;
+  std::array<bool, 4> capable_somewhere{false, false, false, false};
   for (std::size_t l = 0; l < n; ++l) {
     const Layer& layer = graph.layers[l];
     for (Technique t : rules::kTechniques) {
       const int i = static_cast<int>(t);
       const rules::Setting& s = setup.overrides.layers[l][i];
-      if (s.value == Switch::automatic) continue;
-      b.allowed[l][i] = false;
+      const rules::Candidate capability = rules::capability_rule(layer, t);
+      if (capability.eligible) capable_somewhere[i] = true;
       if (s.value == Switch::off) {
+        b.allowed[l][i] = false;
         log.reject(layer, t, "override.off", s.source + " is \"off\"");
         continue;
       }
+      if (!capability.eligible) {
+        b.allowed[l][i] = false;
+        if (s.value == Switch::on && s.from_glob)
+          throw ConfigError(s.source + ": " + rules::plan_name(t) + " \"on\" for layer \"" + layer.name +
+                            "\", but the runtime cannot apply it there: " + capability.reason +
+                            "; drop the override or set it \"auto\"");
+        if (s.value == Switch::on && incapable_everywhere[i].empty()) incapable_everywhere[i] = capability.reason;
+        log.reject(layer, t, capability.rule,
+                   (s.value == Switch::on ? s.source + " is \"on\" but " : std::string()) + capability.reason);
+        continue;
+      }
+      if (s.value == Switch::automatic) continue;
+      b.allowed[l][i] = false;
       if (t == Technique::tile && rules::max_tile_chunks(layer, graph) < 2) {
         const std::string why = layer.tileable.empty() ? "it has no tileable axis" : "its tileable axis has length 1";
         if (s.from_glob)
@@ -72,6 +90,13 @@ inline Baseline forced_baseline(const ModelGraph& graph, const Setup& setup, Dec
       if (t == Technique::offload_weights) state.offload_weights = true;
       if (t == Technique::tile) state.chunks = std::min(rules::kForcedTileChunks, rules::max_tile_chunks(layer, graph));
     }
+  }
+  for (Technique t : rules::kTechniques) {
+    const int i = static_cast<int>(t);
+    if (!capable_somewhere[i] && !incapable_everywhere[i].empty())
+      throw ConfigError(std::string("techniques.") + rules::config_name(t) + ": \"on\", but no layer of this " +
+                        (graph.training ? "training" : "inference") + " graph can take it (" +
+                        incapable_everywhere[i] + "); set it \"auto\" or \"off\"");
   }
   // Tiers of forced offloads, once every layer's final forced state is known.
   for (std::size_t l = 0; l < n; ++l) {

@@ -132,6 +132,17 @@ def check_checkpointable(module: torch.nn.Module, name: str) -> None:
                             "checkpoint off for this layer")
 
 
+def checkpoint_refusal(module: torch.nn.Module, name: str) -> str | None:
+    """Why :func:`check_checkpointable` refuses ``module`` (None: it can be checkpointed).
+    The profiler records this as the layer's capability, so the engine never plans a
+    checkpoint this runtime refuses."""
+    try:
+        check_checkpointable(module, name)
+    except ExecutorError as exc:
+        return str(exc)
+    return None
+
+
 def checkpointed(forward: Callable[..., Any], module: torch.nn.Module,
                  name: str = "") -> Callable[..., Any]:
     """Return ``forward`` wrapped in non-reentrant checkpointing of ``module``.

@@ -268,20 +268,25 @@ def labels_parameter(forward: Callable[..., Any]) -> inspect.Signature | None:
     return None
 
 
+def labels_in_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> Any:
+    """The ``labels`` a call with ``args``/``kwargs`` passes (None: none, or the call does not bind)."""
+    try:
+        bound = signature.bind_partial(*args, **kwargs).arguments
+    except TypeError:
+        return None
+    labels = bound.get("labels")
+    if labels is None:
+        extra = next((v for k, v in bound.items()
+                      if signature.parameters[k].kind is inspect.Parameter.VAR_KEYWORD), {})
+        labels = extra.get("labels") if isinstance(extra, dict) else None
+    return labels
+
+
 def with_labels_detection(forward: Callable[..., Any], signature: inspect.Signature,
                           model_name: str) -> Callable[..., Any]:
     """Run ``forward`` in deferred-head mode whenever it is called with labels."""
     def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            bound = signature.bind_partial(*args, **kwargs).arguments
-        except TypeError:
-            return forward(*args, **kwargs)  # let the model raise its own error
-        labels = bound.get("labels")
-        if labels is None:
-            extra = next((v for k, v in bound.items()
-                          if signature.parameters[k].kind is inspect.Parameter.VAR_KEYWORD), {})
-            labels = extra.get("labels") if isinstance(extra, dict) else None
-        if labels is None:
+        if labels_in_call(signature, args, kwargs) is None:
             return forward(*args, **kwargs)
         with deferring(model_name):
             return forward(*args, **kwargs)
@@ -338,3 +343,46 @@ def check_head(model: torch.nn.Module, head: torch.nn.Module, layer: str
             "the model; call memscale.nn.linear_cross_entropy(hidden, head, targets) there "
             "and turn tiling off for this layer")
     return sig, sub, linear
+
+
+def loss_outside_forward(model: torch.nn.Module, example_args: tuple = (), example_kwargs: dict | None = None,
+                         loss_fn: Any = None) -> bool:
+    """The caller computes the loss outside ``model``'s forward in this call convention:
+    ``loss_fn`` is given, or the example call passes no ``labels`` to the forward."""
+    if loss_fn is not None:
+        return True
+    signature = labels_parameter(model.forward)
+    return signature is None or labels_in_call(signature, tuple(example_args), dict(example_kwargs or {})) is None
+
+
+def head_loss_refusal(model: torch.nn.Module, head: torch.nn.Module, layer: str, *,
+                      example_args: tuple = (), example_kwargs: dict | None = None,
+                      loss_outside: bool = False) -> str | None:
+    """Why the head + loss of ``model`` cannot be fused and tiled in this call convention
+    (None: it can). The profiler records this as the ``lm_head`` layer's capability, so
+    the engine never plans a head tiling the executor would refuse or could not realise:
+
+    * :func:`check_head` refuses (no ``nn.Linear`` makes the logits, forward takes no
+      ``labels``);
+    * the example call passes no ``labels``: the loss is not computed inside forward in
+      this call convention, so deferring the logits would never happen;
+    * ``loss_outside`` (``wrap(..., loss_fn=...)``): the caller computes the loss from the
+      returned logits. The fusion replaces ``F.cross_entropy`` *inside* forward; a loss
+      outside would receive (and materialise) the full logits, so the plan's saving would
+      not happen. Such a loop saves the logits by calling
+      ``memscale.nn.linear_cross_entropy(hidden, head, targets)`` itself.
+    """
+    try:
+        signature, _, _ = check_head(model, head, layer)
+    except ExecutorError as exc:
+        return str(exc)
+    if loss_outside:
+        return (f"layer {layer!r}: the loss is computed outside {type(model).__name__}.forward "
+                "(wrap(..., loss_fn=...)), which receives the full logits; head + loss fusion "
+                "needs the cross-entropy inside forward (called with `labels`), or call "
+                "memscale.nn.linear_cross_entropy(hidden, head, targets) in the loss")
+    if labels_in_call(signature, tuple(example_args), dict(example_kwargs or {})) is None:
+        return (f"layer {layer!r}: the example inputs pass no `labels` to "
+                f"{type(model).__name__}.forward, so its loss is not computed inside forward; "
+                "head + loss fusion needs a call with labels")
+    return None

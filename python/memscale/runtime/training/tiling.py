@@ -105,7 +105,20 @@ def _probe(module: nn.Module, name: str) -> None:
                             "position-wise layers (MLPs)")
 
 
-def check_tileable(module: nn.Module, name: str) -> None:
+def tiling_refusal(module: nn.Module, name: str) -> str | None:
+    """Why :func:`check_tileable` refuses ``module`` (None: it can be tiled). The profiler
+    records this as the layer's capability, so the engine never plans a tiling this
+    runtime refuses. On the meta device (nothing to run) only the module tree is checked;
+    the probe runs when the plan is applied to real parameters."""
+    try:
+        ref = next(module.parameters(), None)
+        check_tileable(module, name, probe=ref is None or ref.device.type != "meta")
+    except ExecutorError as exc:
+        return str(exc)
+    return None
+
+
+def check_tileable(module: nn.Module, name: str, probe: bool = True) -> None:
     """Raise ExecutorError unless ``module`` is position-wise (see module docstring)."""
     for sub_name, sub in module.named_modules():
         if isinstance(sub, POSITION_MIXING_TYPES):
@@ -117,7 +130,8 @@ def check_tileable(module: nn.Module, name: str) -> None:
         if isinstance(sub, nn.GLU) and sub.dim != -1:
             raise ExecutorError(f"layer {name!r}: cannot tile, GLU {sub_name or name!r} splits "
                                 f"dim={sub.dim}; only dim=-1 (the feature axis) is position-wise")
-    _probe(module, name)
+    if probe:
+        _probe(module, name)
 
 
 def _seq_dim(x: torch.Tensor) -> int:

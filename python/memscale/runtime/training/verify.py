@@ -155,7 +155,8 @@ def _replan(model: nn.Module, state: TrainingHandle, measured: int) -> None:
         state.monitor = None
     state.unapply()
     measured_graph = profile(model, state.example_inputs, training=True,
-                             optimizer=state.optimizer, measure=True)
+                             optimizer=state.optimizer, measure=True, loss_fn=state.loss_fn,
+                             autocast=state.autocast)
     doc = _graph_dict(measured_graph)
     for layer in doc["layers"]:
         layer["activation_bytes"] = max(int(layer["activation_bytes"]),

@@ -37,6 +37,8 @@ class TrainingHandle:
     example_inputs: Any
     optimizer: str
     offload_dir: str | None
+    loss_fn: Any = None
+    autocast: Any = None
     applied: PlanHandle | None = None
     monitor: Any = None
     replanned: bool = False
@@ -67,21 +69,6 @@ class TrainingHandle:
             hooks.unregister(model, self)
 
 
-def training_config(cfg: Config) -> Config:
-    """Weights stay resident in training: the optimizer step touches every parameter at
-    once and the weight pager serves inference only. ``offload_weights: auto`` becomes
-    ``off`` (so the engine plans without it); an explicit ``on`` is refused."""
-    data = cfg.to_dict()
-    setting = data.get("techniques", {}).get("offload_weights", "auto")
-    if setting == "on":
-        raise MemScaleError("wrap: techniques.offload_weights='on' is not supported for training "
-                            "(weights stay resident; the weight pager serves inference); use "
-                            "'auto' or 'off'")
-    if setting == "off":
-        return cfg
-    log.info("memscale: training keeps weights resident: planning with offload_weights off")
-    data["techniques"] = {**data.get("techniques", {}), "offload_weights": "off"}
-    return Config(**data)
 
 
 def offload_dir_of(cfg: Config, hardware: Any = None) -> str | None:
@@ -90,17 +77,25 @@ def offload_dir_of(cfg: Config, hardware: Any = None) -> str | None:
 
 
 def wrap_training(model: nn.Module, cfg: Config, example_inputs: Any, optimizer: str,
-                  verify: bool) -> TrainingHandle:
-    """Plan and apply ``model``'s training step under ``cfg``; register and return its handle."""
+                  verify: bool, loss_fn: Any = None, autocast: Any = None) -> TrainingHandle:
+    """Plan and apply ``model``'s training step under ``cfg``; register and return its handle.
+
+    The Config goes to the engine unchanged: what the training runtime cannot apply
+    (weight offload on every layer, head + loss fusion without the loss inside forward or
+    with ``loss_fn``, ...) is recorded per layer in the profiled graph (``cannot``), and
+    the engine plans only within it. So the plan applied here is exactly
+    ``memscale.plan(memscale.profile(model, example_inputs, loss_fn=loss_fn), cfg)`` on
+    the model's device, and a refusal (``InfeasibleBudgetError``) states the same minimum.
+    """
     if hooks.handle_of(model) is not None:
         raise MemScaleError(f"wrap: this {type(model).__name__} is already wrapped; call "
                             "memscale.unwrap(model) first")
-    cfg = training_config(cfg)
     plan, graph, hardware = plan_model(model, example_inputs, cfg, training=True, optimizer=optimizer,
-                                       offload_dir=offload_dir_of(cfg))
+                                       offload_dir=offload_dir_of(cfg), loss_fn=loss_fn, autocast=autocast)
     handle = TrainingHandle(model=weakref.ref(model), plan=plan, graph=graph, cfg=cfg,
                             example_inputs=example_inputs, optimizer=optimizer,
-                            offload_dir=offload_dir_of(cfg, hardware))
+                            offload_dir=offload_dir_of(cfg, hardware), loss_fn=loss_fn,
+                            autocast=autocast)
     log.info("memscale plan for %s:\n%s", type(model).__name__, summary(plan))
     if not has_techniques(plan):
         reason = getattr(plan, "skip_reason", "") or "the step fits the budget as it is"

@@ -1,0 +1,79 @@
+"""What the training runtime can apply, per layer: the ``cannot`` field of a ModelGraph layer.
+
+The engine plans only techniques a layer is capable of (rule ``capability.unsupported``),
+so every plan it returns can be applied. The checks here are the executor's own
+(``check_checkpointable``, ``check_tileable``, ``check_head``), called through their
+``*_refusal`` predicates, so what the profiler records and what the executor accepts
+cannot drift apart.
+
+* ``checkpoint``: not on a module that overwrites its input (``inplace=True``).
+* ``tile``: kind ``mlp``: only position-wise modules (:mod:`.tiling`); kind ``lm_head``:
+  only a head + loss the executor can fuse in this call convention (:mod:`.head_loss`:
+  an ``nn.Linear`` makes the logits, forward is called with ``labels``, no ``loss_fn``
+  outside); other kinds: never.
+* ``offload_weights``: never in training (no training weight executor exists; the weight
+  pager serves inference).
+* ``offload_activations``: every layer.
+
+Example:
+    >>> import torch
+    >>> from memscale.runtime.training.capabilities import training_cannot
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(inplace=True))
+    >>> sorted(training_cannot(model, model[1], "1", "other", tileable=[]))
+    ['checkpoint', 'offload_weights']
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .checkpoint import checkpoint_refusal
+from .head_loss import head_loss_refusal, loss_outside_forward
+from .tiling import tiling_refusal
+
+#: Why no training layer can offload weights.
+NO_TRAINING_WEIGHT_EXECUTOR = ("the training runtime keeps weights resident (the weight pager serves "
+                               "inference only); no training weight executor exists")
+
+
+def training_cannot(model: nn.Module, module: nn.Module, name: str, kind: str, *,
+                    tileable: list[str], example_args: tuple = (), example_kwargs: dict | None = None,
+                    loss_outside: bool = False) -> dict[str, str]:
+    """Techniques the training runtime cannot apply to layer ``name`` -> why."""
+    cannot: dict[str, str] = {"offload_weights": NO_TRAINING_WEIGHT_EXECUTOR}
+    reason = checkpoint_refusal(module, name)
+    if reason is not None:
+        cannot["checkpoint"] = reason
+    if tileable:  # without an axis the engine's own rule (tile.not_tileable) rejects it
+        if kind == "lm_head":
+            reason = head_loss_refusal(model, module, name, example_args=example_args,
+                                       example_kwargs=example_kwargs, loss_outside=loss_outside)
+        elif kind == "mlp":
+            reason = tiling_refusal(module, name)
+        else:
+            reason = (f"layer {name!r}: the training runtime tiles layers of kind 'mlp' and the "
+                      f"output head (kind 'lm_head'), not kind {kind!r}")
+        if reason is not None:
+            cannot["tile"] = reason
+    return cannot
+
+
+def capabilities_of(model: nn.Module, example_args: tuple, example_kwargs: dict, *,
+                    training: bool, loss_outside: bool = False) -> Any:
+    """The profiler's hook: a function ``(module, name, kind, tileable) -> cannot`` for
+    ``model`` in this call convention. Inference graphs record nothing: the inference
+    runtime (weight pager, KV cache tiers) applies every technique the engine plans there."""
+    def cannot(module: nn.Module, name: str, kind: str, tileable: list[str]) -> dict[str, str]:
+        if not training:
+            return {}
+        return training_cannot(model, module, name, kind, tileable=tileable, example_args=example_args,
+                               example_kwargs=example_kwargs, loss_outside=loss_outside)
+    return cannot
+
+
+def loss_is_outside(model: nn.Module, example_args: tuple, example_kwargs: dict, *, loss_fn: Any = None) -> bool:
+    """The training loop computes the loss outside the model's forward (``loss_fn`` given,
+    or the example call passes no ``labels``): the profiler then counts the loss's working
+    set on the output head (see :func:`memscale.profiler.graph.build_graph`)."""
+    return loss_outside_forward(model, example_args, example_kwargs, loss_fn)
