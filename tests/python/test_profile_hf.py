@@ -84,7 +84,8 @@ def test_measure_runs_under_the_same_autocast() -> None:
 
 
 def test_head_and_loss_are_counted_once_loss_inside_or_outside() -> None:
-    # the same model, its loss computed from labels or by the plain loop outside: the same step
+    # the same model, its loss computed from labels or by the plain loop outside: the same
+    # step, but for the logits the loop outside holds through the loss's backward
     inside = hf_models.build("gpt2", labels=True)
     outside = hf_models.build("gpt2", labels=False)
     g_in = profile_dict(inside.model, inside.inputs)
@@ -95,7 +96,7 @@ def test_head_and_loss_are_counted_once_loss_inside_or_outside() -> None:
     # backward scratch above the incoming (logits-sized) gradient: the loss's second
     # logits-sized buffer, not the logits gradient again
     assert head_in["transient_bytes"] < 1.5 * logits
-    assert abs(predicted_peak(g_in) - predicted_peak(g_out)) <= 0.01 * predicted_peak(g_in)
+    assert abs(predicted_peak(g_in) + logits - predicted_peak(g_out)) <= 0.01 * predicted_peak(g_in)
 
 
 def test_plain_loop_with_the_loss_outside_a_reference_model() -> None:

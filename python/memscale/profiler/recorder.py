@@ -80,19 +80,38 @@ def output_loss(t: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, target)
 
 
+def own_loss(out: Any) -> torch.Tensor | None:
+    """The loss the model computed itself (its ``loss`` field, or a 0-dim tensor that
+    requires grad ahead of every other output), else None."""
+    own = out.get("loss") if isinstance(out, dict) else getattr(out, "loss", None)
+    if isinstance(own, torch.Tensor) and own.dim() == 0 and own.requires_grad:
+        return own
+    outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
+    return outs[0] if outs and outs[0].dim() == 0 else None
+
+
 def step_loss(out: Any) -> torch.Tensor:
-    """The scalar the step runs backward from: the model's own loss (the first 0-dim tensor
-    that requires grad in its output), else :func:`output_loss` of its first tensor that does."""
+    """The scalar the step runs backward from.
+
+    The model's own loss when it returns one: its ``loss`` field (a Hugging Face
+    ``ModelOutput`` or a dict), or a 0-dim tensor that requires grad ahead of every other
+    (``(loss, logits, ...)``). Otherwise the loss is computed outside the model:
+    :func:`output_loss` of its first tensor that requires grad, plus any 0-dim tensors
+    after it (auxiliary losses such as ``(logits, aux_loss)``).
+    """
+    own = own_loss(out)
+    if own is not None:
+        return own
     outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.requires_grad]
     if not outs:
         raise ValueError("training=True but the model's output has no tensor that requires grad; "
                          "pass training=False or return a loss/logits that depend on parameters")
-    loss = next((t for t in outs if t.dim() == 0), None)
-    if loss is not None:
-        return loss
     if not outs[0].is_floating_point():
         return outs[0].sum()
-    return output_loss(outs[0])
+    loss = output_loss(outs[0])
+    for aux in (t for t in outs[1:] if t.dim() == 0):
+        loss = loss + aux
+    return loss
 
 
 def autocast_scope(autocast: tuple[str, torch.dtype] | None) -> Any:
@@ -137,6 +156,7 @@ class StepRecorder:
     _next_order: int = 0
     _watch: dict[int, int | None] = field(default_factory=dict)
     _saved_ctx: Any = None
+    held_output_bytes: int = 0  # the output a loss outside the model keeps alive in its backward
 
     def __post_init__(self) -> None:
         self.records = [LayerRecord() for _ in self.modules]
@@ -153,6 +173,10 @@ class StepRecorder:
                 # leaving the step's autocast frees its cast weights even inside a caller's
                 # autocast (whose cache would otherwise keep them, and fake ones, alive)
                 torch.clear_autocast_cache()
+            if loss is not None and own_loss(out) is None:
+                # a loss outside the model: the loop holds the output it computed the loss
+                # from (``logits = model(x); loss = ...``) through the loss's backward
+                self.held_output_bytes = tensor_bytes(out)
             del out  # the step keeps its loss; the output lives on only where autograd saved it
             self.end_forward()
             if loss is not None:
@@ -318,7 +342,8 @@ class StepRecorder:
             # the loss's backward makes this layer's output gradient: the incoming gradient
             # the memory model charges every layer apart from its scratch
             incoming = rec.output_bytes if span.loss else 0
-            rec.bwd_scratch = max(rec.bwd_scratch, peak - span.entry - incoming)
+            held = self.held_output_bytes if span.loss else 0
+            rec.bwd_scratch = max(rec.bwd_scratch, peak - span.entry - incoming + held)
         else:
             saved = rec.saved_bytes - span.saved0
             rec.fwd_scratch = max(rec.fwd_scratch, peak - span.entry - saved)

@@ -45,7 +45,9 @@ def measured_step_peak(model: nn.Module, inputs: Any, loss_fn: Callable[[Any], t
     """Peak bytes of one AdamW training step of ``model`` on ``inputs`` (a tuple of positional
     arguments or a dict of keyword arguments), everything resident at its start included.
 
-    ``loss_fn(output)`` computes the loss outside the model (default: the model's own loss);
+    ``loss_fn(output)`` computes the loss outside the model (default: the model's own loss),
+    as the common loop does: ``logits = model(x); loss = loss_fn(logits); loss.backward()``
+    (the output stays referenced through backward);
     ``autocast`` runs forward and loss under ``torch.autocast(device, autocast)``;
     ``foreach`` is AdamW's (None: torch's default for the device).
     """
@@ -56,9 +58,13 @@ def measured_step_peak(model: nn.Module, inputs: Any, loss_fn: Callable[[Any], t
 
     def step() -> None:
         with torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext():
-            loss = loss_of(model(*args, **kwargs))
+            output = model(*args, **kwargs)
+            loss = loss_of(output)
+        if loss_fn is None:
+            del output  # the model's own loss: the loop keeps the loss, not the output
         loss.backward()
         del loss
+        output = None
         opt.step()
         opt.zero_grad(set_to_none=True)
 
