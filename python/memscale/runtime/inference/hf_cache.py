@@ -20,7 +20,7 @@ Example:
     ...                                      num_attention_heads=4, vocab_size=1000)).eval()
     >>> ids = torch.tensor([[1, 2, 3]])
     >>> cache = tiered_cache(model, {"kv_cache": {"gpu": 0, "cpu": 0}})   # every layer on disk
-    >>> out = model.generate(ids, max_new_tokens=2, do_sample=False, past_key_values=cache)
+    >>> out = model.generate(ids, max_new_tokens=2, do_sample=False, cache=cache)
     >>> cache.layer_tiers
     ['disk', 'disk']
     >>> cache.close()
@@ -53,11 +53,11 @@ class TieredLayer(DynamicLayer):
     is_croppable = True
     is_sliding = False
 
-    def __init__(self, tier: str, owner: "TieredCache", index: int) -> None:
+    def __init__(self, tier: str, store: "_TierStore", index: int) -> None:
         self._rows: tuple[TierRows, TierRows] | None = None
         super().__init__()
         self.tier = tier
-        self._owner = weakref.ref(owner)
+        self._store = store
         self._index = index
 
     # keys / values are read back from the tier (only code outside attention reads them)
@@ -84,8 +84,7 @@ class TieredLayer(DynamicLayer):
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
-        owner = self._owner()
-        self._rows = owner._rows_for(self._index, self.tier, key_states, value_states)
+        self._rows = self._store.rows_for(self._index, self.tier, key_states, value_states)
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
@@ -151,6 +150,64 @@ class TieredLayer(DynamicLayer):
             self._rewrite(k[indices, ...], v[indices, ...])
 
 
+class _TierStore:
+    """The host buffers and disk files of one cache's tiered layers (no reference to the
+    cache itself, so a finalizer can close it when the cache goes)."""
+
+    def __init__(self, tiers: list[str], disk_dir: str | None, capacity: int) -> None:
+        self.tiers = tiers
+        self.disk_dir = disk_dir
+        self.capacity = capacity
+        self.scratch: ScratchDir | None = None
+        self.rows: list[TierRows] = []
+
+    def rows_for(self, index: int, tier: str, keys: torch.Tensor, values: torch.Tensor) -> tuple[TierRows, TierRows]:
+        b, h, n, d = keys.shape
+        capacity = max(self.capacity, n)
+        if tier == "disk" and self.scratch is None:
+            row_bytes = b * h * d * keys.element_size()
+            self.scratch = ScratchDir(self.disk_dir, 2 * self.tiers.count("disk") * row_bytes * capacity)
+        tag = f"{os.getpid()}-{id(self)}-{index}-{len(self.rows)}"
+        made = tuple(TierRows(tier, (x.shape[0], x.shape[1], x.shape[3]), x.dtype, x.device, capacity,
+                              self.scratch if tier == "disk" else None, f"memscale-kv-{tag}-{kv}.bin")
+                     for kv, x in (("k", keys), ("v", values)))
+        self.rows.extend(made)
+        return made  # type: ignore[return-value]
+
+    def files(self) -> list[str]:
+        return [f for r in self.rows if (f := r.file())]
+
+    def close(self) -> None:
+        for r in self.rows:
+            r.close()
+        self.rows = []
+        if self.scratch is not None:
+            self.scratch.close()
+            self.scratch = None
+
+
+def place_layers(cache: DynamicCache, config: Any, tiers: list[str], disk_dir: str | None = None,
+                 capacity: int = 256) -> _TierStore:
+    """Puts the layers of an empty ``cache`` on ``tiers`` in place (the object stays the
+    caller's): each full-attention layer off the device becomes a :class:`TieredLayer`.
+    Returns the store of their buffers and files, closed when ``cache`` is collected."""
+    if cache.get_seq_length() != 0:
+        raise ValueError("place_layers: the cache already holds tokens")
+    if not cache.layers:  # a DynamicCache made without a config grows its layers lazily
+        cache.layers = DynamicCache(config=config).layers
+        cache.layer_class_to_replicate = None
+    if len(tiers) != len(cache.layers):
+        raise ValueError(f"tiers: {len(tiers)} entries for {len(cache.layers)} layers")
+    placed = [t if t != "device" and type(layer) is DynamicLayer else "device" for t, layer in zip(tiers, cache.layers)]
+    store = _TierStore(placed, disk_dir, capacity)
+    cache.layers = [TieredLayer(t, store, i) if t != "device" else layer
+                    for i, (t, layer) in enumerate(zip(placed, cache.layers))]
+    cache.layer_tiers = placed
+    cache._memscale_store = store
+    weakref.finalize(cache, store.close)
+    return store
+
+
 class TieredCache(DynamicCache):
     """A ``DynamicCache`` with each full-attention layer's K/V on its tier.
 
@@ -169,68 +226,42 @@ class TieredCache(DynamicCache):
         super().__init__(config=config)
         if not self.layers:
             raise ValueError("TieredCache: the config declares no layers")
-        if len(tiers) != len(self.layers):
-            raise ValueError(f"tiers: {len(tiers)} entries for {len(self.layers)} layers")
-        self.layer_tiers = []
-        for i, tier in enumerate(tiers):
-            if tier != "device" and type(self.layers[i]) is DynamicLayer:
-                self.layers[i] = TieredLayer(tier, self, i)
-            else:
-                tier = "device"
-            self.layer_tiers.append(tier)
-        self.disk_dir = disk_dir
-        self.capacity = capacity
-        self._state: dict[str, Any] = {"scratch": None, "rows": []}
-        self._finalizer = weakref.finalize(self, _close_state, self._state)
-
-    def _rows_for(self, index: int, tier: str, keys: torch.Tensor, values: torch.Tensor) -> tuple[TierRows, TierRows]:
-        b, h, n, d = keys.shape
-        capacity = max(self.capacity, n)
-        scratch = None
-        if tier == "disk":
-            if self._state["scratch"] is None:
-                n_disk = self.layer_tiers.count("disk")
-                row_bytes = b * h * d * keys.element_size()
-                self._state["scratch"] = ScratchDir(self.disk_dir, 2 * n_disk * row_bytes * capacity)
-            scratch = self._state["scratch"]
-        tag = f"{os.getpid()}-{id(self)}-{index}"
-        made = tuple(TierRows(tier, tuple(x.shape[:2]) + (x.shape[3],), x.dtype, x.device, capacity, scratch,
-                              f"memscale-kv-{tag}-{kv}-{len(self._state['rows'])}.bin")
-                     for kv, x in (("k", keys), ("v", values)))
-        self._state["rows"].extend(made)
-        return made  # type: ignore[return-value]
+        place_layers(self, config, tiers, disk_dir, capacity)
 
     def files(self) -> list[str]:
         """Paths of the disk tier's files that exist now."""
-        return [f for r in self._state["rows"] if (f := r.file())]
+        return self._memscale_store.files()
 
     def bytes_by_tier(self) -> dict[str, int]:
-        """Bytes of K and V held per tier now (device layers: Hugging Face's tensors)."""
-        out = {"device": 0, "host": 0, "disk": 0}
-        for layer, tier in zip(self.layers, self.layer_tiers):
-            if isinstance(layer, TieredLayer):
-                if layer._rows is not None:
-                    out[tier] += sum(r.length * r.row_bytes for r in layer._rows)
-            elif getattr(layer, "is_initialized", False) and layer.keys is not None:
-                out["device"] += layer.keys.numel() * layer.keys.element_size() * 2
-        return out
+        """Bytes of K and V held per tier now."""
+        return bytes_by_tier(self)
 
     def close(self) -> None:
         """Deletes the disk tier's files and frees the host buffers; idempotent."""
-        for layer in self.layers:
-            if isinstance(layer, TieredLayer):
-                layer._rows = None
-                layer.is_initialized = False
-        self._finalizer()
+        close(self)
 
 
-def _close_state(state: dict[str, Any]) -> None:
-    for r in state["rows"]:
-        r.close()
-    state["rows"] = []
-    if state["scratch"] is not None:
-        state["scratch"].close()
-        state["scratch"] = None
+def bytes_by_tier(cache: DynamicCache) -> dict[str, int]:
+    """Bytes of K and V a cache holds per tier now (device layers: Hugging Face's tensors)."""
+    out = {"device": 0, "host": 0, "disk": 0}
+    for layer in cache.layers:
+        if isinstance(layer, TieredLayer):
+            if layer._rows is not None:
+                out[layer.tier] += sum(r.length * r.row_bytes for r in layer._rows)
+        elif getattr(layer, "is_initialized", False) and layer.keys is not None:
+            out["device"] += layer.keys.numel() * layer.keys.element_size() * 2
+    return out
+
+
+def close(cache: DynamicCache) -> None:
+    """Deletes a placed cache's files and frees its host buffers; idempotent."""
+    for layer in cache.layers:
+        if isinstance(layer, TieredLayer):
+            layer._rows = None
+            layer.is_initialized = False
+    store = getattr(cache, "_memscale_store", None)
+    if store is not None:
+        store.close()
 
 
 def is_hf_causal_lm(model: nn.Module) -> bool:
@@ -282,17 +313,19 @@ class CacheHook:
     """The forward pre-hook that gives a wrapped model's calls a tiered cache.
 
     A call with ``use_cache`` on (its argument, else ``config.use_cache``) that brings no
-    cache, or the empty plain ``DynamicCache`` that ``generate`` made (not one the user
-    passed), gets a fresh :class:`TieredCache`; a cache the caller built is left alone.
-    ``remove()`` takes the hook off and closes the caches still alive.
+    cache gets a fresh :class:`TieredCache`; one that brings an empty plain
+    ``DynamicCache`` (the one ``model.generate`` makes, or the caller's own) has its
+    layers placed on the tiers in place (:func:`place_layers`), so the object the caller
+    holds keeps the tokens. A cache already holding tokens, or of another class, is left
+    alone. ``remove()`` takes the hook off and closes the caches it placed.
     """
 
     def __init__(self, model: nn.Module, policy: TierPolicy, disk_dir: str | None) -> None:
         self.name = _cache_kwarg(model)
         self.policy = policy
         self.disk_dir = disk_dir
-        self.caches: "weakref.WeakSet[TieredCache]" = weakref.WeakSet()
-        self._model = weakref.ref(model)
+        self.caches: "weakref.WeakSet[DynamicCache]" = weakref.WeakSet()
+        self.layer_tiers = layer_tiers(_n_layers(model), policy.kv_cache, model_device(model).type == "cuda")
         self._handle = model.register_forward_pre_hook(self._pre, with_kwargs=True)
 
     def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -305,20 +338,21 @@ class CacheHook:
             use_cache = getattr(module.config, "use_cache", False)
         if not use_cache:
             return None
-        if current is not None and not (type(current) is DynamicCache and current.get_seq_length() == 0
-                                        and not getattr(current, "_is_user_defined", False)):
-            return None
-        cache = tiered_cache(module, self.policy, self.disk_dir)
-        self.caches.add(cache)
-        for n in names:
-            kwargs.pop(n)
-        kwargs[self.name] = cache
-        return args, kwargs
+        if current is None:
+            cache = tiered_cache(module, self.policy, self.disk_dir)
+            self.caches.add(cache)
+            kwargs[self.name] = cache
+            return args, kwargs
+        if type(current) is DynamicCache and current.get_seq_length() == 0 \
+                and getattr(current, "_memscale_store", None) is None:
+            place_layers(current, module.config, self.layer_tiers, self.disk_dir)
+            self.caches.add(current)
+        return None
 
     def remove(self) -> None:
         self._handle.remove()
         for cache in list(self.caches):
-            cache.close()
+            close(cache)
 
 
 def install(model: nn.Module, policy: TierPolicy, disk_dir: str | None) -> CacheHook | None:
