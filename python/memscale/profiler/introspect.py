@@ -22,6 +22,9 @@ KV_HEAD_ATTRS = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "n_kv_head
 HEAD_DIM_ATTRS = ("head_dim", "d_kv", "head_size", "attention_head_size")
 INTERMEDIATE_ATTRS = ("intermediate_size", "d_ff", "ffn_dim", "dim_feedforward", "n_inner")
 VOCAB_ATTRS = ("vocab_size", "vocab", "n_vocab")
+HIDDEN_ATTRS = ("hidden_size", "n_embd", "d_model", "embed_dim", "dim")
+LAYER_ATTRS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
+POSITION_ATTRS = ("max_position_embeddings", "n_positions", "max_seq", "max_seq_len", "n_ctx", "seq_length")
 
 _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 _RECURRENT = (nn.RNNBase, nn.RNNCellBase)
@@ -55,8 +58,13 @@ def is_norm(module: nn.Module) -> bool:
 
 
 def is_attention(module: nn.Module) -> bool:
-    """``nn.MultiheadAttention`` or a module that declares a head count attribute."""
-    return isinstance(module, nn.MultiheadAttention) or _int_attr(module, HEAD_ATTRS) > 0
+    """``nn.MultiheadAttention``, a module that declares a head count attribute, or one that
+    declares a head width and keeps a config declaring the head count (Hugging Face's
+    attention modules read their head counts from ``self.config``)."""
+    if isinstance(module, nn.MultiheadAttention) or _int_attr(module, HEAD_ATTRS) > 0:
+        return True
+    return _int_attr(module, HEAD_DIM_ATTRS) > 0 and _int_attr(_text_config(getattr(module, "config", None)),
+                                                               HEAD_ATTRS) > 0
 
 
 def attention_modules(module: nn.Module) -> list[nn.Module]:
@@ -207,15 +215,43 @@ def heads_of(module: nn.Module, config: Any) -> int:
 
 
 def intermediate_of(module: nn.Module, hidden: int, config: Any) -> int:
-    """Widest Linear fed by the hidden width outside attention (the MLP's inner width)."""
+    """Widest Linear fed by the hidden width outside attention (the MLP's inner width);
+    else the widest hidden x inner weight matrix outside attention (a transposed linear,
+    e.g. Hugging Face's Conv1D); else a declared attribute, else the model config's."""
     widths = [lin.out_features for lin in _linears(module, skip_attention=True)
               if lin.in_features == hidden and lin.out_features > hidden]
     if widths:
         return max(widths)
+    matrix = _matrix_inner_width(module, hidden)
+    if matrix:
+        return matrix
     declared = _first_attr(module.modules(), INTERMEDIATE_ATTRS)
     if declared or not attention_modules(module):
         return declared
-    return _int_attr(config, INTERMEDIATE_ATTRS)
+    return _int_attr(_text_config(config), INTERMEDIATE_ATTRS)
+
+
+def _matrix_inner_width(module: nn.Module, hidden: int, exclude: int = 0) -> int:
+    """Widest other side of a 2-D ``weight`` (hidden x inner, either orientation) of a leaf
+    outside attention and embeddings; ``exclude`` skips that width (the vocabulary)."""
+    if hidden <= 0:
+        return 0
+    widest = 0
+
+    def walk(m: nn.Module) -> None:
+        nonlocal widest
+        if is_attention(m) or isinstance(m, _EMBEDDINGS):
+            return
+        w = getattr(m, "weight", None)
+        if next(m.children(), None) is None and isinstance(w, torch.Tensor) and w.dim() == 2 and hidden in w.shape:
+            other = w.shape[1] if w.shape[0] == hidden else w.shape[0]
+            if other > hidden and other != exclude:
+                widest = max(widest, int(other))
+        for c in m.children():
+            walk(c)
+
+    walk(module)
+    return widest
 
 
 def vocab_of(module: nn.Module, kind: str) -> int:
@@ -229,17 +265,76 @@ def vocab_of(module: nn.Module, kind: str) -> int:
 
 
 def kv_width_per_token(module: nn.Module, hidden: int) -> int:
-    """Elements of K (or V) per token summed over the layer's attention modules."""
+    """Elements of K (or V) per token summed over the layer's attention modules (their own
+    attributes, else the config they keep)."""
     total = 0
     for m in attention_modules(module):
         if isinstance(m, nn.MultiheadAttention):
             total += m.embed_dim
             continue
-        heads = _int_attr(m, HEAD_ATTRS)
-        kv_heads = _int_attr(m, KV_HEAD_ATTRS) or heads
-        head_dim = _int_attr(m, HEAD_DIM_ATTRS) or (hidden // heads if heads else 0)
+        cfg = _text_config(getattr(m, "config", None))
+        heads = _int_attr(m, HEAD_ATTRS) or _int_attr(cfg, HEAD_ATTRS)
+        kv_heads = _int_attr(m, KV_HEAD_ATTRS) or _int_attr(cfg, KV_HEAD_ATTRS) or heads
+        head_dim = _int_attr(m, HEAD_DIM_ATTRS) or _int_attr(cfg, HEAD_DIM_ATTRS) or (hidden // heads if heads else 0)
         total += kv_heads * head_dim
     return total
+
+
+def _text_config(config: Any) -> Any:
+    """The decoder's text config of a composite Hugging Face config, else ``config`` itself."""
+    get = getattr(config, "get_text_config", None)
+    if callable(get):
+        try:
+            return get(decoder=True)
+        except (TypeError, ValueError, AttributeError):
+            return config
+    return config
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """Dims a model declares in its config (0 = not declared), filled in from its modules
+    where the config is silent (the inner width of a GPT-2 style MLP)."""
+
+    layers: int = 0
+    hidden: int = 0
+    intermediate: int = 0
+    heads: int = 0
+    kv_heads: int = 0
+    head_dim: int = 0
+    vocab: int = 0
+    max_positions: int = 0
+
+    @property
+    def kv_width(self) -> int:
+        """Elements of K (or V) per token per layer: kv heads x head width."""
+        return self.kv_heads * self.head_dim
+
+
+def model_dims(model: Any) -> ModelDims:
+    """Dims of ``model`` (a module with ``config``) or of a config object: ``hidden_size``,
+    ``intermediate_size``, ``vocab_size``, ``num_attention_heads``, ``num_key_value_heads``,
+    ``head_dim``, ``max_position_embeddings``, ``num_hidden_layers`` and their common
+    aliases (``n_embd``, ``d_model``, ``n_inner``, ``d_ff``, ``n_head``, ``n_positions``...).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> d = model_dims(SimpleNamespace(n_embd=64, n_head=4, n_layer=2, vocab_size=1000, n_positions=128))
+        >>> (d.hidden, d.heads, d.kv_heads, d.head_dim, d.max_positions)
+        (64, 4, 4, 16, 128)
+    """
+    module = model if isinstance(model, nn.Module) else None
+    cfg = _text_config(getattr(model, "config", None) if module is not None else model)
+    hidden = _int_attr(cfg, HIDDEN_ATTRS)
+    heads = _int_attr(cfg, HEAD_ATTRS)
+    kv_heads = _int_attr(cfg, KV_HEAD_ATTRS) or heads
+    head_dim = _int_attr(cfg, HEAD_DIM_ATTRS) or (hidden // heads if heads else 0)
+    vocab = _int_attr(cfg, VOCAB_ATTRS)
+    inner = _int_attr(cfg, INTERMEDIATE_ATTRS)
+    if not inner and module is not None:
+        inner = _matrix_inner_width(module, hidden, exclude=vocab)
+    return ModelDims(layers=_int_attr(cfg, LAYER_ATTRS), hidden=hidden, intermediate=inner, heads=heads,
+                     kv_heads=kv_heads, head_dim=head_dim, vocab=vocab, max_positions=_int_attr(cfg, POSITION_ATTRS))
 
 
 def tileable_axes(module: nn.Module, kind: str, batch: int, seq: int) -> list[str]:

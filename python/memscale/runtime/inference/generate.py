@@ -7,9 +7,9 @@ Two model families:
   mlp}``, ``ln_f``, ``head`` (memscale.testing.models.gpt): an incremental decoder here, with the
   KV cache of each block on its tier and the hidden state parked on its boundary's tier
   while the next block's weights become resident.
-* Hugging Face causal LMs (``past_key_values``), when ``transformers`` is installed; their
-  cache stays where Hugging Face keeps it (the device), so a policy moving it elsewhere is
-  refused.
+* Hugging Face causal LMs (any model generating with a transformers ``Cache``): their own
+  forward, with a :class:`memscale.runtime.inference.hf_cache.TieredCache` that keeps each
+  layer's K/V on its tier; the activations between their layers stay on the device.
 
 Example:
     >>> import torch
@@ -98,7 +98,7 @@ def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *,
         if is_gpt_style(model):
             return _generate_gpt(model, input_ids, max_new_tokens, policy, disk_dir, return_logits)
         if _is_hf_causal_lm(model):
-            return _generate_hf(model, input_ids, max_new_tokens, policy, return_logits)
+            return _generate_hf(model, input_ids, max_new_tokens, policy, disk_dir, return_logits)
     raise ConfigError(f"model: {type(model).__name__} is neither GPT-style (wte, wpe, blocks, ln_f, head) nor a "
                       "Hugging Face causal LM taking past_key_values")
 
@@ -185,32 +185,39 @@ def _generate_gpt(model: nn.Module, ids: torch.Tensor, n_new: int, policy: TierP
 
 def _is_hf_causal_lm(model: nn.Module) -> bool:
     try:
-        import transformers  # noqa: F401
-    except ImportError:
+        from .hf_cache import is_hf_causal_lm
+    except ImportError:  # transformers is not installed
         return False
-    return hasattr(model, "config") and hasattr(model.config, "use_cache") and hasattr(model, "get_output_embeddings")
+    return is_hf_causal_lm(model)
 
 
-def _generate_hf(model: nn.Module, ids: torch.Tensor, n_new: int, policy: TierPolicy,
+def _generate_hf(model: nn.Module, ids: torch.Tensor, n_new: int, policy: TierPolicy, disk_dir: str | None,
                  return_logits: bool) -> GenerationResult:
-    if policy.kv_cache.gpu < 100.0 or policy.activations.gpu < 100.0:
-        raise ConfigError("tiers.kv_cache / tiers.activations: Hugging Face models keep past_key_values and "
-                          "activations on the device; gpu must be 100 for them (weights are still paged)")
-    tokens = ids
-    logits_out: list[torch.Tensor] = []
-    start = time.perf_counter()
-    out = model(input_ids=ids, use_cache=True)
-    prefill_seconds = 0.0
-    for step in range(n_new):
-        logits = out.logits[:, -1]
-        if return_logits:
-            logits_out.append(logits.clone())
-        next_ids = logits.argmax(dim=-1, keepdim=True)
-        tokens = torch.cat([tokens, next_ids], dim=1)
-        if step == 0:
-            prefill_seconds = time.perf_counter() - start
-        if step + 1 < n_new:
-            out = model(input_ids=next_ids, past_key_values=out.past_key_values, use_cache=True)
-    decode_seconds = time.perf_counter() - start - prefill_seconds
-    return GenerationResult(tokens, logits_out if return_logits else None, n_new, prefill_seconds, decode_seconds,
-                            policy.to_dict(), {}, [], [])
+    from .hf_cache import _cache_kwarg, tiered_cache
+
+    if policy.activations.gpu < 100.0:
+        raise ConfigError("tiers.activations: Hugging Face models keep the activations between their layers on "
+                          "the device; gpu must be 100 for them (the KV cache and the weights are still tiered)")
+    cache = tiered_cache(model, policy, disk_dir, capacity=ids.shape[1] + n_new)
+    name = _cache_kwarg(model)
+    try:
+        tokens = ids
+        logits_out: list[torch.Tensor] = []
+        start = time.perf_counter()
+        out = model(input_ids=ids, use_cache=True, **{name: cache})
+        prefill_seconds = 0.0
+        for step in range(n_new):
+            logits = out.logits[:, -1]
+            if return_logits:
+                logits_out.append(logits.clone())
+            next_ids = logits.argmax(dim=-1, keepdim=True)
+            tokens = torch.cat([tokens, next_ids], dim=1)
+            if step == 0:
+                prefill_seconds = time.perf_counter() - start
+            if step + 1 < n_new:
+                out = model(input_ids=next_ids, use_cache=True, **{name: cache})
+        decode_seconds = time.perf_counter() - start - prefill_seconds
+        return GenerationResult(tokens, logits_out if return_logits else None, n_new, prefill_seconds,
+                                decode_seconds, policy.to_dict(), cache.bytes_by_tier(), list(cache.layer_tiers), [])
+    finally:
+        cache.close()

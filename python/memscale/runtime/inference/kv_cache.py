@@ -11,6 +11,7 @@ by ``close()``.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -86,6 +87,84 @@ class ScratchDir:
             shutil.rmtree(self.path, ignore_errors=True)
 
 
+class TierRows:
+    """One tensor's rows, time-major ``(t, *row_shape)``, on one tier; grows on demand.
+
+    ``tier`` is "device" (a buffer on ``device``), "host" (pinned host memory on CUDA) or
+    "disk" (a :class:`DiskRows` file in ``scratch``). ``prefix(t)`` hands back the first
+    ``t`` rows on ``device``: a view on the device tier, a fresh copy otherwise.
+    """
+
+    def __init__(self, tier: str, row_shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                 capacity: int, scratch: "ScratchDir | None" = None, name: str = "") -> None:
+        if tier not in ("device", "host", "disk"):
+            raise ValueError(f"tier: got {tier!r}, expected 'device', 'host' or 'disk'")
+        self.tier = tier
+        self.row_shape = tuple(row_shape)
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.row_bytes = math.prod(self.row_shape) * torch.empty((), dtype=dtype).element_size()
+        self.capacity = max(1, int(capacity))
+        self.length = 0
+        self.buf: torch.Tensor | DiskRows | None = None
+        if tier == "disk":
+            if scratch is None:
+                raise ValueError("tier 'disk' needs a scratch directory")
+            self.buf = DiskRows(scratch.path, name, self.row_bytes, self.capacity)
+        else:
+            self.buf = self._alloc(self.capacity)
+
+    def _alloc(self, rows: int) -> torch.Tensor:
+        shape = (rows, *self.row_shape)
+        if self.tier == "host":
+            return _host_buffer(shape, self.dtype, self.cuda)
+        return torch.empty(shape, dtype=self.dtype, device=self.device)
+
+    def _reserve(self, rows: int) -> None:
+        if rows <= self.capacity:
+            return
+        grown = max(rows, 2 * self.capacity)
+        if isinstance(self.buf, DiskRows):
+            self.buf.max_rows = grown  # the file grows as rows are written
+        else:
+            bigger = self._alloc(grown)
+            bigger[:self.length].copy_(self.buf[:self.length])
+            self.buf = bigger
+        self.capacity = grown
+
+    def append(self, rows: torch.Tensor) -> None:
+        """Appends ``rows`` of shape ``(n, *row_shape)`` after the rows already held."""
+        n = rows.shape[0]
+        self._reserve(self.length + n)
+        if isinstance(self.buf, DiskRows):
+            self.buf.write(self.length, rows)
+        else:
+            self.buf[self.length:self.length + n].copy_(rows)
+        self.length += n
+
+    def truncate(self, rows: int) -> None:
+        self.length = max(0, min(self.length, rows))
+
+    def prefix(self, rows: int | None = None) -> torch.Tensor:
+        """The first ``rows`` rows (all when None), on the device."""
+        t = self.length if rows is None else rows
+        if isinstance(self.buf, DiskRows):
+            out = self.buf.read(t, _host_buffer((t, *self.row_shape), self.dtype, self.cuda))
+            return out.to(self.device) if self.cuda else out
+        if self.tier == "host" and self.cuda:
+            return self.buf[:t].to(self.device)
+        return self.buf[:t]
+
+    def file(self) -> str | None:
+        return self.buf.path if isinstance(self.buf, DiskRows) and self.buf.fd >= 0 else None
+
+    def close(self) -> None:
+        if isinstance(self.buf, DiskRows):
+            self.buf.close()
+        self.buf = None
+
+
 class KVCache:
     """K and V of each layer of a decoding batch, each layer on its tier.
 
@@ -105,56 +184,35 @@ class KVCache:
         self.max_len = max_len
         self.dtype = dtype
         self.tiers = list(tiers)
-        self.length = [0] * n_layers
         disk_layers = [i for i, t in enumerate(tiers) if t == "disk"]
         self.scratch = ScratchDir(disk_dir, 2 * len(disk_layers) * self.row_bytes * max_len) if disk_layers else None
-        self.bufs: list[tuple[object, object]] = []
+        self.bufs: list[tuple[TierRows, TierRows]] = []
         try:
             for i, tier in enumerate(tiers):
-                shape = (max_len, *self.row_shape)
-                if tier == "device":
-                    self.bufs.append((torch.empty(shape, dtype=dtype, device=self.device),
-                                      torch.empty(shape, dtype=dtype, device=self.device)))
-                elif tier == "host":
-                    self.bufs.append((_host_buffer(shape, dtype, self.cuda), _host_buffer(shape, dtype, self.cuda)))
-                elif tier == "disk":
-                    tag = f"{os.getpid()}-{id(self)}-{i}"
-                    self.bufs.append((DiskRows(self.scratch.path, f"memscale-kv-{tag}-k.bin", self.row_bytes, max_len),
-                                      DiskRows(self.scratch.path, f"memscale-kv-{tag}-v.bin", self.row_bytes, max_len)))
-                else:
-                    raise ValueError(f"tiers[{i}]: got {tier!r}, expected 'device', 'host' or 'disk'")
+                tag = f"{os.getpid()}-{id(self)}-{i}"
+                self.bufs.append(tuple(TierRows(tier, self.row_shape, dtype, self.device, max_len, self.scratch,
+                                                f"memscale-kv-{tag}-{kv}.bin") for kv in ("k", "v")))
         except BaseException:
             self.close()
             raise
 
+    @property
+    def length(self) -> list[int]:
+        return [k.length for k, _ in self.bufs]
+
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Appends ``k``, ``v`` of shape (batch, heads, new, head_dim)."""
-        t0 = self.length[layer]
+        t0 = self.bufs[layer][0].length
         n = k.shape[2]
         if t0 + n > self.max_len:
             raise ValueError(f"KV cache of layer {layer} holds {self.max_len} tokens; {t0 + n} requested")
         for buf, x in zip(self.bufs[layer], (k, v)):
-            rows = x.permute(2, 0, 1, 3)
-            if isinstance(buf, DiskRows):
-                buf.write(t0, rows)
-            else:
-                buf[t0:t0 + n].copy_(rows)
-        self.length[layer] = t0 + n
+            buf.append(x.permute(2, 0, 1, 3))
 
     def get(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K, V of shape (batch, heads, t, head_dim), as the same strided view on every tier."""
-        t = self.length[layer]
-        out = []
-        for buf in self.bufs[layer]:
-            if isinstance(buf, DiskRows):
-                rows = buf.read(t, _host_buffer((t, *self.row_shape), self.dtype, self.cuda))
-                rows = rows.to(self.device) if self.cuda else rows
-            elif self.tiers[layer] == "host" and self.cuda:
-                rows = buf[:t].to(self.device)
-            else:
-                rows = buf[:t]
-            out.append(rows.permute(1, 2, 0, 3))
-        return out[0], out[1]
+        k, v = (buf.prefix().permute(1, 2, 0, 3) for buf in self.bufs[layer])
+        return k, v
 
     def bytes_by_tier(self) -> dict[str, int]:
         """Reserved bytes per tier (K and V, full length)."""
@@ -162,13 +220,12 @@ class KVCache:
         return {t: per_layer * self.tiers.count(t) for t in ("device", "host", "disk")}
 
     def files(self) -> list[str]:
-        return [b.path for pair in self.bufs for b in pair if isinstance(b, DiskRows) and b.fd >= 0]
+        return [f for pair in self.bufs for b in pair if (f := b.file())]
 
     def close(self) -> None:
         for pair in self.bufs:
             for b in pair:
-                if isinstance(b, DiskRows):
-                    b.close()
+                b.close()
         self.bufs = []
         if self.scratch is not None:
             self.scratch.close()

@@ -28,6 +28,7 @@ from torch import nn
 from ...errors import ConfigError
 from ...memory import track_memory
 from ...planning import calibrate_reservation
+from ...profiler.introspect import ModelDims, model_dims
 from ...profiler.storage import storage_bytes
 from .pager import handle_of
 
@@ -55,36 +56,28 @@ class ModelMemory:
                 "total": self.weight_bytes + kv + act}
 
 
-def _dims(model: nn.Module) -> tuple[int, int, int]:
-    """(layers, d_model, vocab) of a GPT-style or Hugging Face causal LM."""
-    cfg = getattr(model, "config", None)
-    for layers, width, vocab in (("n_layers", "d_model", "vocab"), ("n_layer", "n_embd", "vocab_size"),
-                                 ("num_hidden_layers", "hidden_size", "vocab_size")):
-        if cfg is not None and all(hasattr(cfg, a) for a in (layers, width, vocab)):
-            return int(getattr(cfg, layers)), int(getattr(cfg, width)), int(getattr(cfg, vocab))
-    raise ConfigError(f"model: cannot read layers / width / vocab from {type(model).__name__}.config")
+def _dims(model: nn.Module) -> ModelDims:
+    """The model's dims as the profiler reads them (:func:`memscale.profiler.introspect.model_dims`)."""
+    dims = model_dims(model)
+    if not (dims.layers and dims.hidden and dims.vocab):
+        raise ConfigError(f"model: cannot read layers / width / vocab from {type(model).__name__}.config "
+                          "(num_hidden_layers / hidden_size / vocab_size or their aliases)")
+    return dims
 
 
 def widest_buffer(model: nn.Module) -> int:
-    """max(hidden, intermediate): the reservation's per-token buffer."""
-    cfg = model.config
-    _, width, _ = _dims(model)
-    inner = None
-    for name in ("d_ff", "intermediate_size", "n_inner", "ffn_dim"):
-        inner = inner or getattr(cfg, name, None)
-    return max(width, int(inner) if inner else 4 * width)
+    """max(hidden, intermediate): the reservation's per-token buffer (4 x hidden when the
+    model declares no inner width and none can be read from its weights)."""
+    dims = _dims(model)
+    return max(dims.hidden, dims.intermediate or 4 * dims.hidden)
 
 
 def kv_bytes_per_token(model: nn.Module) -> int:
-    """K and V of all layers for one token: 2 x layers x kv width x element size."""
-    layers, width, _ = _dims(model)
-    cfg = model.config
-    heads = getattr(cfg, "num_attention_heads", None)
-    kv_heads = getattr(cfg, "num_key_value_heads", None)
-    if heads and kv_heads:  # grouped-query attention stores fewer heads
-        width = width * int(kv_heads) // int(heads)
+    """K and V of all layers for one token: 2 x layers x kv heads x head width x element size."""
+    dims = _dims(model)
+    width = dims.kv_width or dims.hidden
     itemsize = next(model.parameters()).element_size()
-    return 2 * layers * width * itemsize
+    return 2 * dims.layers * width * itemsize
 
 
 def resident_weight_bytes(model: nn.Module) -> int:
@@ -101,7 +94,7 @@ def _probe(model: nn.Module, batch: int, prompt: int, new: int) -> int:
     minus any weights the pager loaded beyond what was resident when it began."""
     from .generate import generate
 
-    vocab = _dims(model)[2]
+    vocab = _dims(model).vocab
     device = next(model.parameters()).device
     ids = torch.randint(0, vocab, (batch, prompt), generator=torch.Generator().manual_seed(batch * 1000 + prompt))
     ids = ids.to(device)
@@ -124,9 +117,9 @@ def fit_reservation(model: nn.Module, probes: tuple[tuple[int, int], ...] = ((1,
     activation reservation, fitted to generations of ``probes`` (batch, prompt) measured on ``model``."""
     if not probes:
         raise ConfigError("probes: give at least one (batch, prompt) pair")
-    max_seq = getattr(getattr(model, "config", None), "max_seq", None)
+    max_seq = model_dims(model).max_positions
     longest = max(p for _, p in probes)
-    if max_seq is not None and longest + new_tokens > max_seq:
+    if max_seq and longest + new_tokens > max_seq:
         raise ConfigError(f"probes: prompt {longest} + {new_tokens} exceeds the model's max_seq {max_seq}")
     _probe(model, *probes[0], new_tokens)  # warm-up: thread pools and allocator caches
     widest = widest_buffer(model)

@@ -76,6 +76,7 @@ class OffloadHandle:
         self._held = threading.local()
         self._io_base: dict[str, float] = {}
         self.closed = False
+        self.kv_hook: Any = None  # hf_cache.CacheHook: the KV cache of a Hugging Face model on its tiers
 
     # -- hooks ------------------------------------------------------------------
     def _stack(self) -> list[int]:
@@ -157,6 +158,9 @@ class OffloadHandle:
             return
         self.closed = True
         self.hooks.remove()
+        if self.kv_hook is not None:
+            self.kv_hook.remove()
+            self.kv_hook = None
         self.pager.stop()
         if restore:
             self.storage.restore_all()
@@ -272,6 +276,7 @@ def wrap_for_inference(model: nn.Module, config: Config | dict[str, Any], exampl
     handle = OffloadHandle(units, pager, storage, policy, tiers, private_dir, unpaged)
     handle.plan = plan
     handle.install_hooks()
+    handle.kv_hook = _install_kv_hook(model, tiers, storage.dir)
     handle.model = weakref.ref(model)
     hooks.register(model, handle)
     _live.add(handle)
@@ -279,6 +284,20 @@ def wrap_for_inference(model: nn.Module, config: Config | dict[str, Any], exampl
              "weights %s, ram_bytes %s, files in %s", len(units), sum(hot.pinned), format_bytes(hot.pinned_bytes),
              format_bytes(hot.planned_bytes), format_bytes(weight_bytes), format_bytes(policy.ram_bytes), storage.dir)
     return model
+
+
+def _install_kv_hook(model: nn.Module, tiers: TierPolicy, disk_dir: str) -> Any:
+    """A Hugging Face causal LM's calls (``model.generate`` included) get a KV cache on the
+    policy's tiers (:mod:`memscale.runtime.inference.hf_cache`); None for other models."""
+    try:
+        from . import hf_cache
+    except ImportError:  # transformers is not installed: no Hugging Face model to serve
+        return None
+    hook = hf_cache.install(model, tiers, disk_dir)
+    if hook is not None:
+        log.info("offloaded inference: KV cache of %s on tiers %s (files in %s)", type(model).__name__,
+                 hook.layer_tiers, disk_dir)
+    return hook
 
 
 def unwrap_inference(model: nn.Module) -> nn.Module:
