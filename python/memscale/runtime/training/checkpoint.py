@@ -11,6 +11,16 @@ be updated a second time by the recompute; the recompute context restores every 
 the original forward changed, so a checkpointed model's state evolves exactly like the
 unwrapped one's.
 
+Python state the forward receives and changes (a Hugging Face ``Cache`` object that the
+layer appends its keys and values to, a dict of flags it sets) would make the recompute
+take another path than the forward (the cache already holds this layer's entries the
+second time). :class:`_StateGuard` records, by reference, the contents of every mutable
+object reachable from the layer's non-tensor arguments before the forward; the recompute
+runs on exactly that state and the state as it was before the recompute is put back
+afterwards, so the recompute sees what the forward saw and leaves no trace. A forward that
+writes a tensor of that state in place (a preallocated static cache) cannot be restored
+by reference: it is refused at its first call, naming the layer.
+
 Example:
     >>> import torch
     >>> from memscale.runtime.training.checkpoint import checkpoint_module
@@ -22,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import types
 from typing import Any, Callable, Iterator
 
 import torch
@@ -118,6 +129,111 @@ class _BufferGuard:
                         obj.copy_(value)
 
 
+#: Values that hold no mutable state of their own.
+_ATOMIC = (int, float, complex, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size,
+           torch.memory_format, torch.layout, type, types.FunctionType, types.BuiltinFunctionType,
+           types.MethodType, types.ModuleType, torch.nn.Module, torch.Generator)
+#: At most this many objects are recorded per call (a cache object graph is a few dozen).
+_MAX_STATE_OBJECTS = 100_000
+
+
+def _stateful(value: Any) -> bool:
+    """Whether ``value`` (a non-tensor argument) may hold mutable state."""
+    if isinstance(value, (torch.Tensor, *_ATOMIC)):
+        return False
+    if isinstance(value, tuple):
+        return any(_stateful(v) for v in value)
+    return True
+
+
+def _snapshot(roots: list[Any]) -> tuple[list[tuple[Any, str, Any]], list[tuple[torch.Tensor, int]]]:
+    """(object, kind, shallow copy of its contents) for every mutable object reachable from
+    ``roots``, and (tensor, version) for every tensor reachable from them."""
+    seen: set[int] = set()
+    contents: list[tuple[Any, str, Any]] = []
+    tensors: list[tuple[torch.Tensor, int]] = []
+    stack = list(roots)
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, torch.Tensor):
+            if id(obj) not in seen:
+                seen.add(id(obj))
+                tensors.append((obj, obj._version))
+            continue
+        if isinstance(obj, _ATOMIC) or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if len(seen) > _MAX_STATE_OBJECTS:
+            raise ExecutorError(f"a checkpointed layer's arguments reach over {_MAX_STATE_OBJECTS} objects")
+        if isinstance(obj, tuple):
+            stack.extend(obj)
+        elif isinstance(obj, list):
+            contents.append((obj, "list", list(obj)))
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            contents.append((obj, "dict", dict(obj)))
+            stack.extend(obj.values())
+        elif isinstance(obj, set):
+            contents.append((obj, "set", set(obj)))
+            stack.extend(obj)
+        elif hasattr(obj, "__dict__"):
+            attrs = vars(obj)
+            contents.append((obj, "attrs", dict(attrs)))
+            stack.extend(attrs.values())
+    return contents, tensors
+
+
+def _restore(contents: list[tuple[Any, str, Any]]) -> None:
+    for obj, kind, content in contents:
+        if kind == "list":
+            obj[:] = content
+        elif kind == "attrs":
+            target = vars(obj)
+            target.clear()
+            target.update(content)
+        else:  # dict, set
+            obj.clear()
+            obj.update(content)
+
+
+class _StateGuard:
+    """The recompute runs on the Python state the forward saw, and leaves none behind.
+
+    ``roots`` are the layer's non-tensor arguments (a ``Cache`` object, ...). The forward
+    records the contents of every mutable object reachable from them, by reference (no
+    tensor is copied; a layer that rebinds ``cache.keys = torch.cat(...)`` leaves the old
+    tensor referenced here until its backward); the recompute restores those contents,
+    runs, then restores the contents it found. A tensor of that state written in place by
+    the forward cannot be restored by reference: refused, naming the layer.
+    """
+
+    def __init__(self, roots: list[Any], name: str) -> None:
+        self._roots = roots
+        self._name = name
+        self._before: list[tuple[Any, str, Any]] = []
+
+    @contextlib.contextmanager
+    def forward(self) -> Iterator[None]:
+        self._before, tensors = _snapshot(self._roots)
+        yield
+        for t, version in tensors:
+            if t._version != version:
+                raise ExecutorError(
+                    f"layer {self._name!r}: its forward wrote in place a tensor held by a non-tensor "
+                    f"argument ({type(self._roots[0]).__name__}, e.g. a preallocated cache), which "
+                    "the recompute of a checkpointed layer would see changed; call the model without "
+                    "that state (e.g. use_cache=False) or turn checkpoint off for this layer")
+
+    @contextlib.contextmanager
+    def recompute(self) -> Iterator[None]:
+        current, _ = _snapshot(self._roots)
+        _restore(self._before)
+        try:
+            yield
+        finally:
+            _restore(current)
+
+
 def check_checkpointable(module: torch.nn.Module, name: str) -> None:
     """Refuse modules that overwrite their own input (``inplace=True``).
 
@@ -169,9 +285,13 @@ def checkpointed(forward: Callable[..., Any], module: torch.nn.Module,
             # guard and the in-place check (documented limit of wrap + torch.compile).
             return _torch_checkpoint(call, *inputs, use_reentrant=False, preserve_rng_state=True)
         guard = _BufferGuard(module)
+        roots = [v for v in (*args, *static.values()) if _stateful(v)]
+        state = _StateGuard(roots, name) if roots else None
 
         def context_fn() -> tuple[Any, Any]:
-            return guard.forward(), guard.recompute()
+            if state is None:
+                return guard.forward(), guard.recompute()
+            return _both(guard.forward(), state.forward()), _both(guard.recompute(), state.recompute())
 
         versions = [t._version if isinstance(t, torch.Tensor) else None for t in inputs]
         out = _torch_checkpoint(call, *inputs, use_reentrant=False, preserve_rng_state=True,
@@ -186,6 +306,12 @@ def checkpointed(forward: Callable[..., Any], module: torch.nn.Module,
                     "checkpoint off for this layer")
         return out
     return run
+
+
+@contextlib.contextmanager
+def _both(first: Any, second: Any) -> Iterator[None]:
+    with first, second:
+        yield
 
 
 def checkpoint_module(module: torch.nn.Module, name: str = "") -> ForwardPatch:
