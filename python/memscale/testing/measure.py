@@ -41,7 +41,9 @@ def step_loss(output: Any) -> torch.Tensor:
 
 
 def measured_step_peak(model: nn.Module, inputs: Any, loss_fn: Callable[[Any], torch.Tensor] | None = None,
-                       autocast: torch.dtype | None = None, foreach: bool | None = True) -> int:
+                       autocast: torch.dtype | None = None, foreach: bool | None = True, *,
+                       seed: int | None = None,
+                       check: Callable[[int, torch.Tensor, nn.Module], None] | None = None) -> int:
     """Peak bytes of one AdamW training step of ``model`` on ``inputs`` (a tuple of positional
     arguments or a dict of keyword arguments), everything resident at its start included.
 
@@ -49,29 +51,37 @@ def measured_step_peak(model: nn.Module, inputs: Any, loss_fn: Callable[[Any], t
     as the common loop does: ``logits = model(x); loss = loss_fn(logits); loss.backward()``
     (the output stays referenced through backward);
     ``autocast`` runs forward and loss under ``torch.autocast(device, autocast)``;
-    ``foreach`` is AdamW's (None: torch's default for the device).
+    ``foreach`` is AdamW's (None: torch's default for the device);
+    ``seed``: ``torch.manual_seed(seed + i)`` before step ``i`` (dropout masks that two runs share);
+    ``check(i, loss, model)`` is called after the backward of each warm-up step ``i`` (0, 1),
+    before the optimizer step (compare the loss and gradients with another run there: the
+    measured step runs no check, so its comparisons count nothing).
     """
     args, kwargs = (inputs, {}) if isinstance(inputs, (tuple, list)) else ((), dict(inputs))
     device = next(model.parameters()).device
     loss_of = loss_fn if loss_fn is not None else step_loss
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], foreach=foreach)
 
-    def step() -> None:
+    def step(i: int) -> None:
+        if seed is not None:
+            torch.manual_seed(seed + i)
         with torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext():
             output = model(*args, **kwargs)
             loss = loss_of(output)
         if loss_fn is None:
             del output  # the model's own loss: the loop keeps the loss, not the output
         loss.backward()
+        if check is not None and i < 2:
+            check(i, loss.detach(), model)
         del loss
         output = None
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(2):  # the first step creates the optimizer state
-        step()
+    for i in range(2):  # the first step creates the optimizer state
+        step(i)
     resident = _bytes(list(model.parameters())) + _bytes(list(model.buffers())) + _bytes((args, kwargs))
     resident += sum(_bytes(list(state.values())) for state in opt.state.values())
     with track_memory(device) as tracked:
-        step()
+        step(2)
     return resident + tracked.peak_bytes
