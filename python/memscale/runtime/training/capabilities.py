@@ -29,7 +29,7 @@ from typing import Any
 from torch import nn
 
 from .checkpoint import checkpoint_refusal
-from .head_loss import head_loss_refusal, loss_outside_forward
+from .head_loss import head_loss_refusal
 from .tiling import tiling_refusal
 
 #: Why no training layer can offload weights.
@@ -71,9 +71,3 @@ def capabilities_of(model: nn.Module, example_args: tuple, example_kwargs: dict,
                                example_kwargs=example_kwargs, loss_outside=loss_outside)
     return cannot
 
-
-def loss_is_outside(model: nn.Module, example_args: tuple, example_kwargs: dict, *, loss_fn: Any = None) -> bool:
-    """The training loop computes the loss outside the model's forward (``loss_fn`` given,
-    or the example call passes no ``labels``): the profiler then counts the loss's working
-    set on the output head (see :func:`memscale.profiler.graph.build_graph`)."""
-    return loss_outside_forward(model, example_args, example_kwargs, loss_fn)

@@ -345,16 +345,6 @@ def check_head(model: torch.nn.Module, head: torch.nn.Module, layer: str
     return sig, sub, linear
 
 
-def loss_outside_forward(model: torch.nn.Module, example_args: tuple = (), example_kwargs: dict | None = None,
-                         loss_fn: Any = None) -> bool:
-    """The caller computes the loss outside ``model``'s forward in this call convention:
-    ``loss_fn`` is given, or the example call passes no ``labels`` to the forward."""
-    if loss_fn is not None:
-        return True
-    signature = labels_parameter(model.forward)
-    return signature is None or labels_in_call(signature, tuple(example_args), dict(example_kwargs or {})) is None
-
-
 def head_loss_refusal(model: torch.nn.Module, head: torch.nn.Module, layer: str, *,
                       example_args: tuple = (), example_kwargs: dict | None = None,
                       loss_outside: bool = False) -> str | None:
