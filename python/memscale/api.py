@@ -33,7 +33,7 @@ from .runtime import hooks
 
 
 def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training: bool = True,
-         optimizer: str = "adamw", *, loss_fn: Any = None, autocast: Any = None, verify: bool = True,
+         optimizer: Any = "adamw", *, loss_fn: Any = None, autocast: Any = None, verify: bool = True,
          **config_kwargs: Any) -> nn.Module:
     """Fit ``model``'s training step (or inference) into the configured memory budget; return ``model``.
 
@@ -48,7 +48,9 @@ def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training
             pager of :mod:`memscale.runtime.inference` pages weights per ``cfg.offload``
             / the engine's inference plan (see docs/offload.md).
         optimizer: ``none``, ``sgd``, ``sgd_momentum``, ``adam`` or ``adamw`` (its state
-            counts towards the budget).
+            counts towards the budget), or the ``torch.optim.Adam`` / ``AdamW`` / ``SGD``
+            the loop steps with: its ``foreach`` / ``fused`` flags then size the step's
+            temporaries (a name assumes torch's default for the device).
         loss_fn: ``loss_fn(output, batch) -> loss`` when the training loop computes the
             loss outside the model's forward. It tells the profiler the call convention:
             the output head + loss is then not fused/tiled (the fusion replaces the

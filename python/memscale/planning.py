@@ -85,7 +85,7 @@ def plan(graph: GraphLike, cfg: Config | None = None, hardware: HardwareLike = N
 
 
 def plan_model(model: nn.Module, example_inputs: Any, cfg: Config, *, training: bool,
-               optimizer: str = "adamw", offload_dir: str | None = None, calibration: Any = None,
+               optimizer: Any = "adamw", offload_dir: str | None = None, calibration: Any = None,
                graph: Any = None, loss_fn: Any = None, autocast: Any = None) -> tuple[Any, Any, Any]:
     """Profile ``model`` (unless ``graph`` is given), detect the hardware of the device it
     is on and plan it: ``(plan, graph, hardware)``. What ``wrap`` and the inference

@@ -1,5 +1,4 @@
 """The HTML report: written from records, opened in headless Chromium, charts present."""
-import json
 import re
 import shutil
 import subprocess

@@ -33,12 +33,12 @@ CASES = [(name, labels) for name in ("gpt2", "llama", "t5", "bert", "mixtral") f
 #: layer's keys and values resident through backward, which the profiler does not count
 #: (measured with use_cache=False: gpt2 -0.52 MB, t5 -0.79 MB, mixtral 0); the rest of the
 #: gap is not yet explained (measured / budget at the minimum without the cache: gpt2 with
-#: labels 1.06, gpt2 loss outside 1.10, t5 loss outside 1.08, mixtral with labels 1.10).
+#: labels 1.06, gpt2 loss outside 1.10, t5 loss outside 1.08). Mixtral with labels measured
+#: 1.10 with a foreach AdamW that the plan did not know of; the loop now runs torch's default.
 OVER_BUDGET = {
     ("gpt2", True): "at the stated minimum (0.63 of the peak): measured 1.09 x; the re-plan is infeasible",
     ("gpt2", False): "at the stated minimum (0.62 of the peak): measured 1.13 x; the re-plan is infeasible",
     ("t5", False): "at the stated minimum (0.64 of the peak): measured 1.13 x; the re-plan is infeasible",
-    ("mixtral", True): "at the stated minimum (0.82 of the peak): measured 1.10 x",
     ("mixtral", False): "at 80% of the peak: measured 1.06 x; at the minimum the re-plan is infeasible",
 }
 PARAMS = [pytest.param(name, labels, id=f"{name}-{'loss_inside' if labels else 'loss_outside'}",

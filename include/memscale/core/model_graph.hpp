@@ -47,6 +47,9 @@ struct ModelGraph {
   std::int64_t batch = 0, seq = 0;
   bool training = true;
   std::string optimizer = "adamw";  ///< none|sgd|sgd_momentum|adam|adamw
+  /// How the optimizer steps (its temporaries differ): default (torch's choice for the
+  /// device: per-tensor on CPU, foreach on CUDA), foreach, per_tensor or fused.
+  std::string optimizer_impl = "default";
   bool mixed_precision = false;
   std::uint64_t input_bytes = 0;
   /// Largest single trainable parameter tensor (0 = unknown): sizes the per-tensor
@@ -63,6 +66,12 @@ inline const std::vector<std::string>& layer_kinds() {
   static const std::vector<std::string> kinds = {"embedding", "attention", "mlp",       "block", "norm",
                                                  "lm_head",   "conv",      "recurrent", "other"};
   return kinds;
+}
+
+/// The values graph.optimizer_impl takes.
+inline const std::vector<std::string>& optimizer_impls() {
+  static const std::vector<std::string> impls = {"default", "foreach", "per_tensor", "fused"};
+  return impls;
 }
 
 inline const std::vector<std::string>& optimizer_kinds() {
@@ -168,7 +177,7 @@ inline Layer layer_from_json(const nlohmann::json& j, const std::string& path) {
 inline void to_json(nlohmann::json& j, const ModelGraph& g) {
   j = {{"model_name", g.model_name}, {"dtype", g.dtype},         {"batch", g.batch},
        {"seq", g.seq},               {"training", g.training},   {"optimizer", g.optimizer},
-       {"mixed_precision", g.mixed_precision}, {"input_bytes", g.input_bytes},
+       {"optimizer_impl", g.optimizer_impl}, {"mixed_precision", g.mixed_precision}, {"input_bytes", g.input_bytes},
        {"largest_param_bytes", g.largest_param_bytes}, {"layers", g.layers}};
 }
 
@@ -184,6 +193,8 @@ inline ModelGraph graph_from_json(const nlohmann::json& j) {
   g.training = f::optional<bool>(j, "training", path, true, f::as_bool);
   g.optimizer = f::one_of(f::optional<std::string>(j, "optimizer", path, "adamw", f::as_string), optimizer_kinds(),
                           "graph.optimizer");
+  g.optimizer_impl = f::one_of(f::optional<std::string>(j, "optimizer_impl", path, "default", f::as_string),
+                               optimizer_impls(), "graph.optimizer_impl");
   g.mixed_precision = f::optional<bool>(j, "mixed_precision", path, false, f::as_bool);
   g.input_bytes = f::optional<std::uint64_t>(j, "input_bytes", path, 0, f::as_u64);
   g.largest_param_bytes = f::optional<std::uint64_t>(j, "largest_param_bytes", path, 0, f::as_u64);

@@ -79,6 +79,7 @@ def _owners(model: nn.Module, specs: list[LayerSpec], order: list[int],
 
 def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: list[LayerRecord],
                 orphan_first_use: dict[int, int | None], *, training: bool, optimizer: str,
+                optimizer_impl: str = "default",
                 mixed_precision: bool, measured: list[tuple[int, int]] | None = None,
                 cannot: Callable[[nn.Module, str, str, list[str]], dict[str, str]] | None = None) -> dict[str, Any]:
     """The ModelGraph dict. ``measured``: (peak, saved) bytes per spec index, or None.
@@ -142,6 +143,7 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
         "mixed_precision": bool(mixed_precision),
         "model_name": type(model).__name__,
         "optimizer": optimizer,
+        "optimizer_impl": optimizer_impl if training else "default",
         "seq": g_seq,
         "training": bool(training),
     }

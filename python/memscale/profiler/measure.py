@@ -25,18 +25,20 @@ from .storage import storage_bytes, storage_key
 log = logging.getLogger("memscale")
 
 
-def make_optimizer(kind: str, params: list[nn.Parameter]) -> torch.optim.Optimizer | None:
-    """The torch optimizer matching a ModelGraph optimizer name (None for ``none``)."""
+def make_optimizer(kind: str, params: list[nn.Parameter], impl: str = "default") -> torch.optim.Optimizer | None:
+    """The torch optimizer matching a ModelGraph optimizer name (None for ``none``), stepping
+    as ``impl`` says (default, foreach, per_tensor, fused)."""
     if kind == "none" or not params:
         return None
+    step = {"default": {}, "foreach": {"foreach": True}, "per_tensor": {"foreach": False}, "fused": {"fused": True}}[impl]
     if kind == "sgd":
-        return torch.optim.SGD(params, lr=1e-3)
+        return torch.optim.SGD(params, lr=1e-3, **step)
     if kind == "sgd_momentum":
-        return torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+        return torch.optim.SGD(params, lr=1e-3, momentum=0.9, **step)
     if kind == "adam":
-        return torch.optim.Adam(params, lr=1e-3)
+        return torch.optim.Adam(params, lr=1e-3, **step)
     if kind == "adamw":
-        return torch.optim.AdamW(params, lr=1e-3)
+        return torch.optim.AdamW(params, lr=1e-3, **step)
     raise ValueError(f"optimizer must be one of none, sgd, sgd_momentum, adam, adamw; got {kind!r}")
 
 
@@ -84,7 +86,8 @@ def _restored(model: nn.Module, device: torch.device) -> Iterator[None]:
 
 
 def measure_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[LayerSpec], training: bool,
-                 optimizer: str, autocast: torch.dtype | None = None) -> list[tuple[int, int]]:
+                 optimizer: str, autocast: torch.dtype | None = None,
+                 optimizer_impl: str = "default") -> list[tuple[int, int]]:
     """(measured peak bytes, measured saved bytes) per spec, from one real step (forward and
     loss under ``torch.autocast(device, autocast)`` when given)."""
     if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
@@ -95,7 +98,8 @@ def measure_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[LayerS
     flags = set_mode(model, training)
     try:
         with _restored(model, device):
-            opt = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad]) if training else None
+            opt = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad],
+                                 optimizer_impl) if training else None
             if training:  # warm-up: optimizer state exists during the measured step
                 with autocast_scope(scope):
                     loss = step_loss(model(*args, **kwargs))

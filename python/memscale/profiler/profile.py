@@ -58,6 +58,7 @@ from .discovery import discover_layers
 from .. import _C
 from .estimate import estimate_step, target_device
 from .graph import build_graph
+from .optimizer import optimizer_spec
 
 log = logging.getLogger("memscale")
 
@@ -97,10 +98,10 @@ def _check_args(model: Any, training: Any, optimizer: Any, measure: Any, mixed_p
     for name, value in (("training", training), ("measure", measure), ("mixed_precision", mixed_precision)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be a bool, got {value!r}")
-    _C.optimizer_state_factor(optimizer)  # refuses an unknown optimizer, naming the allowed ones
+    optimizer_spec(optimizer)  # refuses an unknown optimizer, naming the allowed ones
 
 
-def profile_dict(model: nn.Module, example_inputs: Any, training: bool = True, optimizer: str = "adamw",
+def profile_dict(model: nn.Module, example_inputs: Any, training: bool = True, optimizer: Any = "adamw",
                  measure: bool = False, mixed_precision: bool = False,
                  autocast: torch.dtype | None = None, *, loss_fn: Any = None) -> dict[str, Any]:
     """Profile ``model`` on ``example_inputs``; return the ModelGraph as a plain dict.
@@ -110,7 +111,10 @@ def profile_dict(model: nn.Module, example_inputs: Any, training: bool = True, o
             train/eval flags are as before). A model built on the meta device works.
         example_inputs: a Tensor, a tuple/list of positional args, or a dict of kwargs.
         training: profile a training step (forward + backward) or inference (forward).
-        optimizer: ``none``, ``sgd``, ``sgd_momentum``, ``adam`` or ``adamw``.
+        optimizer: ``none``, ``sgd``, ``sgd_momentum``, ``adam`` or ``adamw``, or the
+            ``torch.optim.Adam`` / ``AdamW`` / ``SGD`` the loop steps with (then its
+            ``foreach`` / ``fused`` flags size the step's temporaries; a name: torch's
+            default for the device).
         measure: also run one real step and fill ``measured_peak_bytes`` and
             ``measured_activation_bytes`` (needs real, non-meta parameters).
         mixed_precision: fp32 master weights are kept beside the parameters.
@@ -127,6 +131,7 @@ def profile_dict(model: nn.Module, example_inputs: Any, training: bool = True, o
     (:mod:`memscale.runtime.training.capabilities`).
     """
     _check_args(model, training, optimizer, measure, mixed_precision)
+    optimizer, optimizer_impl = optimizer_spec(optimizer)
     args, kwargs = _split_inputs(example_inputs)
     autocast = resolve_autocast(target_device(model, (args, kwargs)).type, autocast)
     specs = discover_layers(model)
@@ -136,20 +141,20 @@ def profile_dict(model: nn.Module, example_inputs: Any, training: bool = True, o
     measured = None
     if measure:
         from .measure import measure_step  # imported lazily: needs the counting allocator
-        measured = measure_step(model, args, kwargs, specs, training, optimizer, autocast)
+        measured = measure_step(model, args, kwargs, specs, training, optimizer, autocast, optimizer_impl)
     # What the training runtime can apply is the runtime's to say (lazy: it imports the profiler).
     from ..runtime.training.capabilities import capabilities_of
 
     cannot = capabilities_of(model, args, kwargs, training=training, loss_outside=loss_fn is not None)
     graph = build_graph(model, (args, kwargs), specs, est.records, est.orphan_first_use, training=training,
-                        optimizer=optimizer, mixed_precision=mixed_precision, measured=measured,
-                        cannot=cannot)
+                        optimizer=optimizer, optimizer_impl=optimizer_impl, mixed_precision=mixed_precision,
+                        measured=measured, cannot=cannot)
     log.info("profiled %s: %d layers, %d activation bytes", graph["model_name"],
              len(graph["layers"]), sum(layer["activation_bytes"] for layer in graph["layers"]))
     return graph
 
 
-def profile(model: nn.Module, example_inputs: Any, training: bool = True, optimizer: str = "adamw",
+def profile(model: nn.Module, example_inputs: Any, training: bool = True, optimizer: Any = "adamw",
             measure: bool = False, mixed_precision: bool = False, autocast: torch.dtype | None = None, *,
             loss_fn: Any = None) -> Any:
     """Profile ``model``; return a ``memscale.ModelGraph`` (same arguments as :func:`profile_dict`)."""

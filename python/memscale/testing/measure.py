@@ -41,7 +41,7 @@ def step_loss(output: Any) -> torch.Tensor:
 
 
 def measured_step_peak(model: nn.Module, inputs: Any, loss_fn: Callable[[Any], torch.Tensor] | None = None,
-                       autocast: torch.dtype | None = None, foreach: bool | None = True, *,
+                       autocast: torch.dtype | None = None, foreach: bool | None = None, *,
                        seed: int | None = None,
                        check: Callable[[int, torch.Tensor, nn.Module], None] | None = None) -> int:
     """Peak bytes of one AdamW training step of ``model`` on ``inputs`` (a tuple of positional
@@ -51,7 +51,8 @@ def measured_step_peak(model: nn.Module, inputs: Any, loss_fn: Callable[[Any], t
     as the common loop does: ``logits = model(x); loss = loss_fn(logits); loss.backward()``
     (the output stays referenced through backward);
     ``autocast`` runs forward and loss under ``torch.autocast(device, autocast)``;
-    ``foreach`` is AdamW's (None: torch's default for the device);
+    ``foreach`` is AdamW's (None, the default: torch's default for the device, what a loop
+    that does not set it runs; wrap's ``optimizer=`` says which one a plan assumes);
     ``seed``: ``torch.manual_seed(seed + i)`` before step ``i`` (dropout masks that two runs share);
     ``check(i, loss, model)`` is called after the backward of each warm-up step ``i`` (0, 1),
     before the optimizer step (compare the loss and gradients with another run there: the

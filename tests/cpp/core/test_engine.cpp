@@ -463,3 +463,50 @@ TEST(Engine, GpuBlasWorkspaceIsResidentThroughTheStep) {
 
 }  // namespace
 }  // namespace memscale
+
+namespace memscale {
+namespace {
+using namespace memscale::test;
+
+/// A graph whose step peaks at the optimizer step: weights dominate, activations are small.
+ModelGraph weight_heavy_graph(const std::string& impl) {
+  ModelGraph g;
+  g.model_name = "WeightHeavy";
+  g.optimizer = "adamw";
+  g.optimizer_impl = impl;
+  g.largest_param_bytes = 1u << 20;
+  for (int i = 0; i < 4; ++i) {
+    Layer l;
+    l.index = i;
+    l.name = "blocks." + std::to_string(i);
+    l.kind = "block";
+    l.param_bytes = l.grad_bytes = 1u << 20;
+    l.optimizer_bytes = 2u << 20;
+    l.activation_bytes = l.input_bytes = l.output_bytes = 1024;
+    g.layers.push_back(l);
+  }
+  return g;
+}
+
+TEST(Engine, OptimizerStepTemporariesFollowHowItSteps) {
+  const Hardware cpu = fixture_hardware("cpu_24gib.json"), gpu = fixture_hardware("gpu_24gib.json");
+  const std::uint64_t grads = 4u << 20, largest = 1u << 20;
+  const std::uint64_t fused = unoptimized_peak(weight_heavy_graph("fused"), cpu);
+  EXPECT_EQ(unoptimized_peak(weight_heavy_graph("foreach"), cpu), fused + grads) << "one copy of the parameters";
+  EXPECT_EQ(unoptimized_peak(weight_heavy_graph("per_tensor"), cpu), fused + 3 * largest) << "3 x the largest tensor";
+  EXPECT_EQ(unoptimized_peak(weight_heavy_graph("default"), cpu), fused + 3 * largest) << "torch's CPU default";
+  EXPECT_EQ(unoptimized_peak(weight_heavy_graph("default"), gpu), unoptimized_peak(weight_heavy_graph("foreach"), gpu))
+      << "torch's CUDA default";
+  nlohmann::json j = nlohmann::json::parse(weight_heavy_graph("foreach").to_json_text());
+  EXPECT_EQ(j.at("optimizer_impl"), "foreach");
+  j["optimizer_impl"] = "vectorised";
+  try {
+    ModelGraph::from_json_text(j.dump());
+    ADD_FAILURE() << "an unknown optimizer_impl was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("graph.optimizer_impl"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace memscale

@@ -35,7 +35,7 @@ class TrainingHandle:
     graph: Any
     cfg: Any
     example_inputs: Any
-    optimizer: str
+    optimizer: Any  # a name or the user's torch optimizer (profiler.optimizer)
     offload_dir: str | None
     loss_fn: Any = None
     autocast: Any = None
@@ -76,7 +76,7 @@ def offload_dir_of(cfg: Config, hardware: Any = None) -> str | None:
     return disk_dir or getattr(hardware, "offload_dir", None) or None
 
 
-def wrap_training(model: nn.Module, cfg: Config, example_inputs: Any, optimizer: str,
+def wrap_training(model: nn.Module, cfg: Config, example_inputs: Any, optimizer: Any,
                   verify: bool, loss_fn: Any = None, autocast: Any = None) -> TrainingHandle:
     """Plan and apply ``model``'s training step under ``cfg``; register and return its handle.
 
