@@ -87,9 +87,9 @@ def _restored(model: nn.Module, device: torch.device) -> Iterator[None]:
 
 def measure_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[LayerSpec], training: bool,
                  optimizer: str, autocast: torch.dtype | None = None,
-                 optimizer_impl: str = "default") -> list[tuple[int, int]]:
-    """(measured peak bytes, measured saved bytes) per spec, from one real step (forward and
-    loss under ``torch.autocast(device, autocast)`` when given)."""
+                 optimizer_impl: str = "default") -> list[tuple[int, int, int]]:
+    """(measured peak bytes, measured saved bytes, measured scratch bytes) per spec, from one
+    real step (forward and loss under ``torch.autocast(device, autocast)`` when given)."""
     if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
         raise ValueError("measure=True needs real parameters, but the model has tensors on the meta device")
     device = target_device(model, (args, kwargs))
@@ -126,4 +126,4 @@ def measure_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[LayerS
     finally:
         restore_mode(flags)
     log.debug("measured one real step of %s on %s", type(model).__name__, device)
-    return [(r.peak_abs, r.saved_bytes) for r in recorder.records]
+    return [(r.peak_abs, r.saved_bytes, max(r.fwd_scratch, r.bwd_scratch, 0)) for r in recorder.records]

@@ -20,7 +20,7 @@ from ...planning import plan_model
 from .. import hooks
 from .apply import PlanHandle, install_plan
 from .plan_view import has_techniques, summary
-from .verify import FirstStepMonitor
+from .verify import FirstStepMonitor, needs_verification
 
 log = logging.getLogger("memscale")
 
@@ -99,12 +99,13 @@ def wrap_training(model: nn.Module, cfg: Config, example_inputs: Any, optimizer:
     log.info("memscale plan for %s:\n%s", type(model).__name__, summary(plan))
     if not has_techniques(plan):
         reason = getattr(plan, "skip_reason", "") or "the step fits the budget as it is"
-        log.info("memscale: no optimization needed for %s (%s); the model is unchanged",
-                 type(model).__name__, reason)
-        hooks.register(model, handle)
-        return handle
-    handle.apply(plan, graph)
+        watched = verify and needs_verification(plan)
+        log.info("memscale: no optimization needed for %s (%s); %s", type(model).__name__, reason,
+                 "its first step is measured (predicted near the budget)" if watched else "the model is unchanged")
+    else:
+        handle.apply(plan, graph)
+        watched = verify
     hooks.register(model, handle)
-    if verify:
+    if watched:
         handle.monitor = FirstStepMonitor(model, handle)
     return handle
