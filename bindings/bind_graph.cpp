@@ -64,6 +64,7 @@ void bind_graph(py::module_& m) {
       .def_readonly("dtype", &ModelGraph::dtype)
       .def_readonly("batch", &ModelGraph::batch)
       .def_readonly("seq", &ModelGraph::seq)
+      .def_readonly("max_positions", &ModelGraph::max_positions)
       .def_readonly("training", &ModelGraph::training)
       .def_readonly("optimizer", &ModelGraph::optimizer)
       .def_readonly("mixed_precision", &ModelGraph::mixed_precision)

@@ -44,9 +44,11 @@ def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training
         example_inputs: one batch as the model's forward takes it (a tensor, a tuple of
             positional arguments or a dict of keyword arguments); used to profile and,
             if the first step is over budget, to re-profile.
-        training: ``True`` fits a training step; ``False`` fits inference: the weight
-            pager of :mod:`memscale.runtime.inference` pages weights per ``cfg.offload``
-            / the engine's inference plan (see docs/offload.md).
+        training: ``True`` fits a training step; ``False`` fits inference: the engine
+            plans it (within ``cfg.offload`` when a policy is given) and the runtime of
+            :mod:`memscale.runtime.inference` applies the plan (weight pager, KV-cache
+            tiers; see docs/offload.md). ``example_inputs`` are then of the generation's
+            batch and total length: they size the KV cache and the activation reservation.
         optimizer: ``none``, ``sgd``, ``sgd_momentum``, ``adam`` or ``adamw`` (its state
             counts towards the budget), or the ``torch.optim.Adam`` / ``AdamW`` / ``SGD``
             the loop steps with: its ``foreach`` / ``fused`` flags then size the step's

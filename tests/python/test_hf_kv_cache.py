@@ -96,6 +96,7 @@ def test_inference_graph_dims_from_hf_configs(family):
     assert len(blocks) == model_dims(model).layers
     dims = model_dims(model)
     assert dims.hidden == 64 and dims.vocab == 1000 and dims.max_positions == 128
+    assert graph["max_positions"] == 128  # caps the reservation's tokens per step
     for layer in blocks:
         assert layer["dims"]["heads"] == dims.heads == 4
         assert layer["dims"]["intermediate"] == (128 if name != "gpt2" else 256)  # GPT-2: 4 x n_embd (Conv1D)

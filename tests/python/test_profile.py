@@ -10,7 +10,8 @@ import memscale
 from memscale.testing import models
 from memscale.profiler.profile import profile_dict
 
-GRAPH_KEYS = {"model_name", "dtype", "batch", "seq", "training", "optimizer", "optimizer_impl", "mixed_precision",
+GRAPH_KEYS = {"model_name", "dtype", "batch", "seq", "max_positions", "training", "optimizer", "optimizer_impl",
+              "mixed_precision",
               "input_bytes", "largest_param_bytes", "layers"}
 LAYER_KEYS = {"index", "name", "kind", "param_bytes", "buffer_bytes", "grad_bytes", "optimizer_bytes",
               "activation_bytes", "transient_bytes", "input_bytes", "output_bytes", "kv_cache_bytes", "flops",

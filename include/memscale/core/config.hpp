@@ -42,7 +42,7 @@ struct MemoryBudget {
 /// Inference activation reservation knobs; the engine documents the formula.
 struct ReservationConfig {
   double safety_factor = 2.0;           ///< multiple of the per-step buffer estimate
-  std::int64_t prefill_tokens = 8192;   ///< floor on tokens per step (prefill chunk)
+  std::int64_t prefill_tokens = 0;      ///< tokens per step; 0 = batch x seq of the graph
   std::uint64_t flat_bytes = 4ull << 30;  ///< cap, and the fallback when dims are missing
   std::uint64_t graph_capture_bytes = 512ull << 20;  ///< CUDA-graph headroom (GPU only)
   bool operator==(const ReservationConfig&) const = default;
@@ -296,8 +296,9 @@ inline ReservationConfig parse_reservation(const json& value, const std::string&
   if (!(r.safety_factor > 0.0))
     throw ConfigError(path + ".safety_factor: got " + f::show(value.at("safety_factor")) + ", must be greater than 0");
   r.prefill_tokens = field(value, "prefill_tokens", path, f::as_i64);
-  if (r.prefill_tokens < 1)
-    throw ConfigError(path + ".prefill_tokens: got " + f::show(value.at("prefill_tokens")) + ", must be at least 1");
+  if (r.prefill_tokens < 0)
+    throw ConfigError(path + ".prefill_tokens: got " + f::show(value.at("prefill_tokens")) +
+                      ", must be 0 (tokens per step from the example inputs) or a token count of at least 1");
   const auto positive_size = [](const json& v, const std::string& p) { return parse_size_value(v, p, true); };
   const auto size = [](const json& v, const std::string& p) { return parse_size_value(v, p, false); };
   r.flat_bytes = field(value, "flat_bytes", path, positive_size);

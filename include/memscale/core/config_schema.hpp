@@ -142,8 +142,12 @@ inline schema_json reservation() {
   p["safety_factor"] = key("number", "multiple of the per-step buffer estimate (memscale.calibrate_reservation can "
                                      "fit it to measured peaks)",
                            1.5, 2.0, {{"exclusiveMinimum", 0}});
-  p["prefill_tokens"] = key("integer", "floor on the tokens processed per step (the prefill chunk)", 4096, 8192,
-                            {{"minimum", 1}});
+  p["prefill_tokens"] = key("integer", "tokens one step processes, when they are not the example inputs' "
+                                      "(e.g. a serving prefill chunk); 0 derives them from the graph",
+                            4096, 0,
+                            {{"minimum", 0},
+                             {"x-default-note", "batch x seq of the example inputs (their prefill), seq capped at "
+                                                "the model's max positions"}});
   p["flat_bytes"] = size(true, "the cap on the reservation, and the reservation when model dims are missing", "2GiB",
                          4ull << 30);
   p["graph_capture_bytes"] = size(false, "CUDA-graph capture headroom (GPU only)", 0, 512ull << 20);

@@ -86,7 +86,11 @@ Plan run_engine(const ModelGraph& graph, const Hardware& hw, const Config& confi
     log.trace.push_back("offload_dir_free_bytes unknown (0): disk capacity is not checked");
   if (!graph.training)
     log.trace.push_back("activation reservation " + format_bytes(setup.reservation.per_device_bytes) + " per device (" +
-                        setup.reservation.source + ", safety factor " + json_fields::format_number(setup.reservation.safety_factor) +
+                        setup.reservation.source + ", " + std::to_string(setup.reservation.tokens_per_step) +
+                        " tokens per step " +
+                        (config.reservation.prefill_tokens > 0 ? "from reservation.prefill_tokens"
+                                                               : "from the example inputs (batch x seq)") +
+                        ", safety factor " + json_fields::format_number(setup.reservation.safety_factor) +
                         (setup.reservation.calibrated ? ", calibrated" : "") + ")");
 
   Baseline base = forced_baseline(graph, setup, log, ledger);
@@ -154,6 +158,39 @@ Plan run_engine(const ModelGraph& graph, const Hardware& hw, const Config& confi
   return finish(states);
 }
 
+/// Inference. The pager prefetches offload.prefetch_n_ahead layers ahead only as far as its
+/// resident limit (Plan.offload.ram_bytes) has room, so the prefetch window the memory model
+/// counts is the engine's to choose: the configured depth where a plan fits with it, else
+/// the deepest shallower window that fits (down to the layer computing alone), rather than a
+/// refusal. The plan's offload section keeps the configured depth (what the pager runs),
+/// and its ram_bytes bounds what the pager holds to what the plan counted.
+inline Plan plan_inference(const ModelGraph& graph, const Hardware& hw, const Config& config, const PlanOptions& options) {
+  if (config.offload.kind != OffloadPolicy::Kind::none)  // apply_ram_budget chooses the window itself
+    return run_engine<model::InferenceTracker>(graph, hw, config, options);
+  Config shallower = config;
+  // min_memory: the least memory is the window of the layer computing alone.
+  if (config.mode == Mode::min_memory) shallower.offload.prefetch_n_ahead = 0;
+  for (;;) {
+    try {
+      Plan p = run_engine<model::InferenceTracker>(graph, hw, shallower, options);
+      const std::uint64_t asked = config.offload.prefetch_n_ahead, counted = shallower.offload.prefetch_n_ahead;
+      if (counted < asked) {
+        if (p.offload.policy != "none") p.offload.prefetch_n_ahead = asked;
+        p.trace.push_back("prefetch window: " +
+                          (config.mode == Mode::min_memory ? std::string("mode min_memory")
+                                                           : "no plan fits counting " + std::to_string(asked) +
+                                                                 " layer(s) ahead") +
+                          "; the memory model counts " + std::to_string(counted) +
+                          " and the pager prefetches only where offload.ram_bytes has room");
+      }
+      return p;
+    } catch (const InfeasibleBudgetError&) {
+      if (shallower.offload.prefetch_n_ahead == 0) throw;  // the refusal at the shallowest window: its minimum
+      --shallower.offload.prefetch_n_ahead;
+    }
+  }
+}
+
 }  // namespace engine_detail
 
 /// Plans `graph` on `hardware` under `config`. Throws ConfigError for invalid input (naming
@@ -162,7 +199,7 @@ Plan run_engine(const ModelGraph& graph, const Hardware& hw, const Config& confi
 inline Plan plan(const ModelGraph& graph, const Hardware& hardware, const Config& config,
                  const PlanOptions& options = {}) {
   if (graph.training) return engine_detail::run_engine<model::TrainingTracker>(graph, hardware, config, options);
-  return engine_detail::run_engine<model::InferenceTracker>(graph, hardware, config, options);
+  return engine_detail::plan_inference(graph, hardware, config, options);
 }
 
 /// The tier-placement problem `graph` poses on `hardware` (sizes, capacities with the

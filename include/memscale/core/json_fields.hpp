@@ -123,7 +123,10 @@ inline std::string load_json_document(const std::string& text_or_path) {
 }
 
 /// Doubles are written rounded to 6 decimals so plan JSON is stable text.
-inline double round6(double value) { return std::round(value * 1e6) / 1e6; }
+inline double round6(double value) {
+  const double r = std::round(value * 1e6) / 1e6;
+  return r == 0.0 ? 0.0 : r;  // -0.0 (e.g. 100 - 96.016331 - 3.983669) would print as "-0.0" and not round-trip
+}
 
 /// Rejects `value` unless it is one of `allowed` (error lists them).
 inline std::string one_of(const std::string& value, const std::vector<std::string>& allowed, const std::string& path) {

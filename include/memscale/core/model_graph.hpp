@@ -45,6 +45,8 @@ struct ModelGraph {
   std::string model_name;
   std::string dtype = "float32";
   std::int64_t batch = 0, seq = 0;
+  /// Longest sequence the model accepts (its config's max positions); 0 = unknown.
+  std::int64_t max_positions = 0;
   bool training = true;
   std::string optimizer = "adamw";  ///< none|sgd|sgd_momentum|adam|adamw
   /// How the optimizer steps (its temporaries differ): default (torch's choice for the
@@ -176,7 +178,8 @@ inline Layer layer_from_json(const nlohmann::json& j, const std::string& path) {
 
 inline void to_json(nlohmann::json& j, const ModelGraph& g) {
   j = {{"model_name", g.model_name}, {"dtype", g.dtype},         {"batch", g.batch},
-       {"seq", g.seq},               {"training", g.training},   {"optimizer", g.optimizer},
+       {"seq", g.seq},               {"max_positions", g.max_positions},
+       {"training", g.training},     {"optimizer", g.optimizer},
        {"optimizer_impl", g.optimizer_impl}, {"mixed_precision", g.mixed_precision}, {"input_bytes", g.input_bytes},
        {"largest_param_bytes", g.largest_param_bytes}, {"layers", g.layers}};
 }
@@ -190,6 +193,7 @@ inline ModelGraph graph_from_json(const nlohmann::json& j) {
                       {"float32", "float16", "bfloat16", "float64", "int8"}, "graph.dtype");
   g.batch = f::optional<std::int64_t>(j, "batch", path, 0, f::as_i64);
   g.seq = f::optional<std::int64_t>(j, "seq", path, 0, f::as_i64);
+  g.max_positions = f::optional<std::int64_t>(j, "max_positions", path, 0, f::as_i64);
   g.training = f::optional<bool>(j, "training", path, true, f::as_bool);
   g.optimizer = f::one_of(f::optional<std::string>(j, "optimizer", path, "adamw", f::as_string), optimizer_kinds(),
                           "graph.optimizer");

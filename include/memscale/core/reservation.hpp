@@ -1,9 +1,11 @@
 // Inference activation reservation (sized from model dims) and its calibration.
 //
 //   per-token buffer = max(hidden, intermediate) over the graph's layers    (widest buffer)
-//   tokens per step  = max(step tokens, reservation.prefill_tokens)          (prefill floor)
-//                      step tokens = batch for a KV-cached decoder (one new token per
-//                      sequence), batch x seq for any other model (one forward over all)
+//   tokens per step  = reservation.prefill_tokens when the Config gives it (> 0), else
+//                      batch x seq of the graph, seq capped at the model's max positions
+//                      where known: the example inputs are of the generation's batch and
+//                      total length, and their prefill is the biggest step of a KV-cached
+//                      decoder (one forward over all tokens for any other model)
 //   scaled           = widest x tokens x dtype bytes x safety factor
 //   per device       = min(scaled, flat_bytes) + graph-capture headroom (GPU machines only)
 //                      flat_bytes alone when the graph has no hidden/intermediate dims
@@ -57,12 +59,13 @@ inline std::int64_t widest_buffer(const ModelGraph& graph) {
   return widest;
 }
 
-/// Tokens one inference step processes, before the prefill floor.
+/// Tokens the biggest inference step of `graph` processes: batch x seq of the profiled
+/// example (a KV-cached decoder's prefill of the whole example; any other model's one
+/// forward), seq capped at graph.max_positions when the model states it.
 inline std::int64_t step_tokens(const ModelGraph& graph) {
-  bool kv = false;
-  for (const auto& layer : graph.layers) kv |= layer.kv_cache_bytes > 0;
-  const std::int64_t batch = std::max<std::int64_t>(graph.batch, 1);
-  return kv ? batch : batch * std::max<std::int64_t>(graph.seq, 1);
+  std::int64_t seq = std::max<std::int64_t>(graph.seq, 1);
+  if (graph.max_positions > 0) seq = std::min(seq, graph.max_positions);
+  return std::max<std::int64_t>(graph.batch, 1) * seq;
 }
 
 /// The inference activation reservation for `graph` on `hw` with `device_count` replicas. A given
@@ -79,7 +82,8 @@ inline Reservation activation_reservation(const ModelGraph& graph, const Hardwar
   r.calibrated = calibration.has_value();
   r.calibration_samples = calibration ? static_cast<std::int64_t>(calibration->samples) : 0;
   r.widest_buffer = widest_buffer(graph);
-  r.tokens_per_step = std::max(step_tokens(graph), config.prefill_tokens);
+  // An explicit prefill_tokens overrides what the graph says (a serving chunk size).
+  r.tokens_per_step = config.prefill_tokens > 0 ? config.prefill_tokens : step_tokens(graph);
   r.graph_capture_bytes = hw.gpu_count() > 0 ? config.graph_capture_bytes : 0;
   std::uint64_t core = config.flat_bytes;
   if (r.widest_buffer <= 0) {

@@ -142,6 +142,8 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
         "largest_param_bytes": max((p.numel() * p.element_size() for p in model.parameters() if p.requires_grad),
                                    default=0) if training else 0,
         "layers": layers,
+        # caps the inference reservation's tokens per step (reservation.hpp)
+        "max_positions": ins.model_dims(model).max_positions,
         "mixed_precision": bool(mixed_precision),
         "model_name": type(model).__name__,
         "optimizer": optimizer,

@@ -225,7 +225,9 @@ TEST(Engine, PinnedHotSetAndPrefetchDepthFollowTheOffloadPolicy) {
     plan(g, hw, budget_config(20ull << 30, R"("offload": {"policy": "pinned_hot_set", "ram_bytes": "100MiB"})"));
     FAIL();
   } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("offload.ram_bytes: got 100.00 MiB"), std::string::npos) << e.what();
+    const std::string what = e.what();
+    EXPECT_NE(what.find("offload.ram_bytes: got 104857600 (100.00 MiB), smaller than"), std::string::npos) << what;
+    EXPECT_NE(what.find("the pinned hot set 500.00 MiB"), std::string::npos) << what;
   }
 }
 

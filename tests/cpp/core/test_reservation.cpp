@@ -40,8 +40,8 @@ TEST(Reservation, ScaledEstimateIsBelowFlatForSmallBatch) {
   const Reservation r = activation_reservation(decoder(4, 4096, 11008), gpus(1), defaults(), 1);
   EXPECT_EQ(r.source, "scaled");
   EXPECT_EQ(r.widest_buffer, 11008);  // the MLP intermediate is wider than hidden
-  EXPECT_EQ(r.tokens_per_step, 8192);
-  EXPECT_EQ(r.scaled_bytes, 11008ull * 8192 * 2 * 2);  // widest x tokens x bf16 x safety 2
+  EXPECT_EQ(r.tokens_per_step, 4 * 4096);                 // batch x seq of the example
+  EXPECT_EQ(r.scaled_bytes, 11008ull * 4 * 4096 * 2 * 2);  // widest x tokens x bf16 x safety 2
   EXPECT_LT(r.scaled_bytes, r.flat_bytes);
   EXPECT_EQ(r.per_device_bytes, r.scaled_bytes + r.graph_capture_bytes);
 }
@@ -89,18 +89,33 @@ TEST(Reservation, AddsGraphCaptureHeadroomOnGpusOnly) {
   EXPECT_EQ(gpu.per_device_bytes - host.per_device_bytes, defaults().graph_capture_bytes);
 }
 
-TEST(Reservation, BatchTermIsInertBelowThePrefillFloor) {
+TEST(Reservation, TokensPerStepAreTheExamplesBatchTimesSeq) {
   const ReservationConfig c = defaults();
+  EXPECT_EQ(c.prefill_tokens, 0);  // derive from the graph
+  // A KV-cached decoder: the prefill of the whole example is its biggest step.
   const Reservation b1 = activation_reservation(decoder(1, 4096, 11008), gpus(1), c, 1);
-  const Reservation b64 = activation_reservation(decoder(64, 4096, 11008), gpus(1), c, 1);
-  const Reservation b8191 = activation_reservation(decoder(8191, 4096, 11008), gpus(1), c, 1);
-  EXPECT_EQ(b1.per_device_bytes, b64.per_device_bytes);
-  EXPECT_EQ(b1.per_device_bytes, b8191.per_device_bytes);
-  const Reservation above = activation_reservation(decoder(16384, 4096, 11008), gpus(1), c, 1);
-  EXPECT_EQ(above.tokens_per_step, 16384);
-  EXPECT_GT(above.scaled_bytes, b1.scaled_bytes);
-  // A model without a KV cache processes batch x seq tokens in one step.
+  const Reservation b8 = activation_reservation(decoder(8, 4096, 11008), gpus(1), c, 1);
+  EXPECT_EQ(b1.tokens_per_step, 4096);
+  EXPECT_EQ(b8.tokens_per_step, 8 * 4096);
+  EXPECT_EQ(b8.scaled_bytes, 8 * b1.scaled_bytes);
+  // A model without a KV cache processes batch x seq tokens in one step as well.
   EXPECT_EQ(activation_reservation(decoder(4, 4096, 11008, false), gpus(1), c, 1).tokens_per_step, 4 * 4096);
+  // The model's max positions cap the sequence where the graph states them.
+  ModelGraph capped = decoder(2, 4096, 11008);
+  capped.max_positions = 1024;
+  EXPECT_EQ(activation_reservation(capped, gpus(1), c, 1).tokens_per_step, 2 * 1024);
+  capped.max_positions = 1 << 20;  // a limit above the example changes nothing
+  EXPECT_EQ(activation_reservation(capped, gpus(1), c, 1).tokens_per_step, 2 * 4096);
+  // An explicit reservation.prefill_tokens overrides the graph, above or below it.
+  ReservationConfig chunk = c;
+  chunk.prefill_tokens = 8192;
+  EXPECT_EQ(activation_reservation(decoder(1, 4096, 11008), gpus(1), chunk, 1).tokens_per_step, 8192);
+  EXPECT_EQ(activation_reservation(decoder(8, 4096, 11008), gpus(1), chunk, 1).tokens_per_step, 8192);
+  // And the plan's trace says where the figure came from.
+  const Plan p = plan(decoder(2, 4096, 11008), gpus(1), Config::from_json_text(R"({"force_optimize": true})"));
+  bool said = false;
+  for (const auto& t : p.trace) said |= t.find("8192 tokens per step from the example inputs") != std::string::npos;
+  EXPECT_TRUE(said);
 }
 
 TEST(Calibration, RecoversAKnownFactorFromSyntheticMeasurements) {
@@ -144,12 +159,12 @@ TEST(Calibration, IsStoredInThePlan) {
   EXPECT_TRUE(p.reservation.calibrated);
   EXPECT_EQ(p.reservation.calibration_samples, 1);
   EXPECT_DOUBLE_EQ(p.reservation.safety_factor, 3.0);
-  EXPECT_EQ(p.reservation.scaled_bytes, 11008ull * 8192 * 2 * 3);
+  EXPECT_EQ(p.reservation.scaled_bytes, 11008ull * 4 * 4096 * 2 * 3);
   EXPECT_NE(p.to_json_text().find("\"calibrated\": true"), std::string::npos);
   // A sample made from a plan's reservation and a measurement has the plan's quantities.
   const ReservationSample s = reservation_sample(p.reservation, g.dtype, 123456789);
   EXPECT_EQ(s.widest_buffer, 11008);
-  EXPECT_EQ(s.tokens_per_step, 8192);
+  EXPECT_EQ(s.tokens_per_step, 4 * 4096);
   EXPECT_EQ(s.dtype_bytes, 2u);
 }
 

@@ -152,40 +152,91 @@ inline std::uint64_t resident_weight_bytes(const ModelGraph& graph, const std::v
   return model::u64(resident + model::window_bytes(largest, paged, prefetch));
 }
 
-/// Weight residency policy: with policy budget or pinned_hot_set, offload weights (cheapest first, never
-/// the hot set) until resident weights + the prefetch window fit offload.ram_bytes.
-inline void apply_ram_budget(const ModelGraph& graph, const Setup& setup, const OffloadPolicy& policy, Baseline& b,
-                             DecisionLog& log, TierLedger& ledger) {
-  if (policy.kind == OffloadPolicy::Kind::none) return;
-  b.anything_forced = true;
-  const std::uint64_t limit = policy.ram_bytes;
+/// Offloads weights (cheapest first, never the hot set) until resident weights + the window
+/// of `prefetch` layers ahead fit `limit`; returns the resident weight bytes it ends at.
+/// `log` null: a trial on copies (nothing is recorded).
+inline std::uint64_t offload_to_ram_limit(const ModelGraph& graph, const Setup& setup, std::uint64_t limit,
+                                          std::uint64_t prefetch, Baseline& b, TierLedger& ledger, DecisionLog* log) {
   for (std::size_t l : weight_offload_order(graph, setup, b, Technique::offload_weights)) {
-    const std::uint64_t before = resident_weight_bytes(graph, b.states, setup.step.prefetch_n_ahead);
+    const std::uint64_t before = resident_weight_bytes(graph, b.states, prefetch);
     if (before <= limit) break;
     model::LayerState next = b.states[l];
     next.offload_weights = true;
     const std::uint64_t bytes = offloaded_bytes(graph.layers[l], Technique::offload_weights, next, setup.step);
     const auto tier = ledger.place(bytes);
     if (!tier) {
-      log.reject(graph.layers[l], Technique::offload_weights, "offload.no_room",
-                 "no room below the device for " + format_bytes(bytes) + " (" + ledger.describe() + ")");
+      if (log)
+        log->reject(graph.layers[l], Technique::offload_weights, "offload.no_room",
+                    "no room below the device for " + format_bytes(bytes) + " (" + ledger.describe() + ")");
       continue;
     }
     ledger.take(*tier, bytes);
     b.states[l] = next;
     b.allowed[l][static_cast<int>(Technique::offload_weights)] = false;
-    log.weight_tier[l] = *tier;
-    log.decide(l, "offload_weights.ram_budget",
-               "offload.ram_bytes is " + format_bytes(limit) + " and resident weights were " + format_bytes(before) +
-                   "; paged to " + *tier);
+    if (!log) continue;
+    log->weight_tier[l] = *tier;
+    log->decide(l, "offload_weights.ram_budget",
+                "offload.ram_bytes is " + format_bytes(limit) + " and resident weights were " + format_bytes(before) +
+                    "; paged to " + *tier);
   }
-  const std::uint64_t resident = resident_weight_bytes(graph, b.states, setup.step.prefetch_n_ahead);
-  if (resident > limit)
-    throw ConfigError("offload.ram_bytes: got " + format_bytes(limit) + ", but at least " + format_bytes(resident) +
-                      " of weights stay resident (the pinned hot set, layers whose offload_weights is \"off\", and the "
-                      "prefetch window of " + std::to_string(setup.step.prefetch_n_ahead) +
-                      " layer(s) ahead); raise ram_bytes, pin fewer layers or lower prefetch_n_ahead");
-  log.trace.push_back("offload.ram_bytes " + format_bytes(limit) + ": resident weights " + format_bytes(resident));
+  return resident_weight_bytes(graph, b.states, prefetch);
+}
+
+/// Weight residency policy: with policy budget or pinned_hot_set, offload weights (cheapest first, never
+/// the hot set) until resident weights + the prefetch window fit offload.ram_bytes. The pager
+/// never holds more than ram_bytes (it drops a prefetch that does not fit), so where
+/// ram_bytes cannot hold the window of offload.prefetch_n_ahead layers the memory model counts
+/// the deepest window that fits (setup.step) instead of refusing; only ram_bytes below the
+/// hot set plus the layer computing is refused, as the pager itself refuses it.
+inline void apply_ram_budget(const ModelGraph& graph, Setup& setup, const OffloadPolicy& policy, Baseline& b,
+                             DecisionLog& log, TierLedger& ledger) {
+  if (policy.kind == OffloadPolicy::Kind::none) return;
+  b.anything_forced = true;
+  const std::uint64_t limit = policy.ram_bytes;
+  if (limit > setup.budget)
+    throw ConfigError("offload.ram_bytes: got " + std::to_string(limit) + " (" + format_bytes(limit) +
+                      "), more than memory_budget " + std::to_string(setup.budget) + " (" + format_bytes(setup.budget) +
+                      "); resident weights must fit inside the budget");
+  const std::uint64_t asked = setup.step.prefetch_n_ahead;
+  std::uint64_t depth = asked;
+  for (; depth > 0; --depth) {
+    Baseline trial = b;
+    TierLedger room = ledger;
+    if (offload_to_ram_limit(graph, setup, limit, depth, trial, room, nullptr) <= limit) break;
+  }
+  if (depth < asked) {
+    log.trace.push_back("prefetch window: offload.ram_bytes " + format_bytes(limit) + " cannot hold " +
+                        std::to_string(asked) + " layer(s) ahead beside the weights that stay resident; the memory "
+                        "model counts " + std::to_string(depth) +
+                        " and the pager prefetches only where ram_bytes has room");
+    setup.step.prefetch_n_ahead = depth;
+  }
+  const std::uint64_t resident = offload_to_ram_limit(graph, setup, limit, depth, b, ledger, &log);
+  if (resident > limit) {
+    std::uint64_t hot = 0, kept = 0, largest = 0;
+    std::string largest_name;
+    for (std::size_t l = 0; l < graph.layers.size(); ++l) {
+      const std::uint64_t w = graph.layers[l].param_bytes + graph.layers[l].buffer_bytes;
+      if (b.states[l].offload_weights) {
+        if (largest_name.empty() || w > largest) largest = w, largest_name = graph.layers[l].name;
+      } else {
+        (setup.pinned[l].empty() ? kept : hot) += w;
+      }
+    }
+    throw ConfigError("offload.ram_bytes: got " + std::to_string(limit) + " (" + format_bytes(limit) +
+                      "), smaller than the " + std::to_string(resident) + " (" + format_bytes(resident) +
+                      ") of weights that stay resident: the pinned hot set " + format_bytes(hot) +
+                      (kept ? ", layers left on the device " + format_bytes(kept) +
+                                  " (offload_weights \"off\", or no room below the device: " + ledger.describe() + ")"
+                            : std::string()) +
+                      (largest_name.empty() ? std::string()
+                                            : ", and the largest paged layer \"" + largest_name + "\" (" +
+                                                  format_bytes(largest) + ") while it computes") +
+                      "; raise ram_bytes to at least " + std::to_string(resident) +
+                      " or pin less (pin_embeddings, pin_output_head, pin_last_n_layers)");
+  }
+  log.trace.push_back("offload.ram_bytes " + format_bytes(limit) + ": resident weights " + format_bytes(resident) +
+                      ", prefetch " + std::to_string(depth) + " layer(s) ahead");
 }
 
 /// Inference: Config.tiers fixes the split of weights or KV cache; realise it per layer

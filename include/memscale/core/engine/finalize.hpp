@@ -1,6 +1,7 @@
 // Turns the decided per-layer states and the decision log into the Plan document.
 #pragma once
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -23,9 +24,12 @@ inline std::vector<std::string> techniques_of(const model::LayerState& s) {
 }
 
 /// The weight residency policy in the plan: the residency policy the pager runs, its resident limit, the
-/// pinned hot set and the prefetch depth.
+/// pinned hot set and the prefetch depth. The resident limit is what the plan keeps resident
+/// plus the window the memory model counted (setup.step, which may be shallower than the
+/// depth the pager runs: see apply_ram_budget and plan_inference); with a policy the Config
+/// names, up to its ram_bytes as far as the budget's headroom over the predicted peak allows.
 inline OffloadPlan offload_plan(const ModelGraph& graph, const Setup& setup, const Config& config,
-                                const std::vector<model::LayerState>& states) {
+                                const std::vector<model::LayerState>& states, std::uint64_t predicted) {
   OffloadPlan o;
   bool paged = false;
   for (const auto& s : states) paged |= s.offload_weights;
@@ -33,9 +37,13 @@ inline OffloadPlan offload_plan(const ModelGraph& graph, const Setup& setup, con
   // With policy "none" the engine decided to page: the pager runs a plain budget policy
   // sized to what the plan keeps resident.
   o.policy = config.offload.kind == OffloadPolicy::Kind::none ? "budget" : to_string(config.offload.kind);
+  const std::uint64_t resident = resident_weight_bytes(graph, states, setup.step.prefetch_n_ahead);
+  const std::uint64_t headroom = predicted < setup.budget ? setup.budget - predicted : 0;
+  // Policy none: the engine's own limit, with the headroom left as the margin of the
+  // activation reservation (an estimate). A ram_bytes the user gives may use the headroom.
   o.ram_bytes = config.offload.kind == OffloadPolicy::Kind::none
-                    ? resident_weight_bytes(graph, states, setup.step.prefetch_n_ahead)
-                    : config.offload.ram_bytes;
+                    ? resident
+                    : std::max(resident, std::min(config.offload.ram_bytes, resident + headroom));
   o.prefetch_n_ahead = config.offload.prefetch_n_ahead;
   for (std::size_t l = 0; l < graph.layers.size(); ++l)
     if (!setup.pinned[l].empty()) o.hot_set.push_back(graph.layers[l].name);
@@ -94,7 +102,7 @@ inline Plan build_plan(const ModelGraph& graph, const Setup& setup, const Config
   p.rejected = std::move(log.rejected);
   p.trace = std::move(log.trace);
   if (!graph.training) p.reservation = setup.reservation;
-  p.offload = offload_plan(graph, setup, config, states);
+  p.offload = offload_plan(graph, setup, config, states, predicted);
   if (!graph.training) {
     bool moved = !config.tiers.empty();
     for (const auto& s : states) moved |= s.offload_weights || s.offload_activations;

@@ -1,15 +1,19 @@
-"""Offloaded inference: page a model's weights under ``Config.offload`` (weight residency policy).
+"""Offloaded inference: apply the engine's inference plan to a model's weights and KV cache.
 
-``wrap_for_inference`` splits the model into paging units, writes the home copy of every
-unit outside the pinned hot set (a safetensors file, mode 0600, in ``offload.disk_dir``;
-pinned host memory on CUDA where the tier policy puts weights on the CPU), frees their
-resident memory, and installs forward hooks: a unit's pre-hook acquires it from the
-C++ pager (which prefetches the next ``prefetch_n_ahead`` units on its own thread) and
-its post-hook releases it. Outputs are bit-identical to the unwrapped model because the
-very same bytes come back into the very same parameters.
+``wrap_for_inference`` asks the decision engine for the plan (one decider: the resident
+limit, prefetch depth, each layer's weight tier, the KV-cache and activation tiers, the
+reservation; :mod:`.plan_view` reads it), splits the model into paging units matched to
+the plan's layers by name, writes the home copy of every unit the plan offloads (a
+safetensors file, mode 0600, in ``offload.disk_dir``; pinned host memory on CUDA where the
+plan puts a layer's weights on the host), frees their resident memory, and installs
+forward hooks: a unit's pre-hook acquires it from the C++ pager (which prefetches the next
+``prefetch_n_ahead`` units on its own thread) and its post-hook releases it. Outputs are
+bit-identical to the unwrapped model because the very same bytes come back into the very
+same parameters.
 
-Everything that can be refused is checked before anything is written: the policy, the
-budget against the hot set, the directory (missing, not a directory, read-only, full).
+Everything that can be refused is refused before anything is written: the engine's
+refusal (InfeasibleBudgetError with its minimum, or ConfigError), the pager's layout
+rules, the directory (missing, not a directory, read-only, full).
 
 Example:
     >>> import memscale, tempfile, torch
@@ -28,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import shutil
@@ -47,7 +50,8 @@ from ...errors import ConfigError, MemScaleError
 from ...profiler.storage import storage_bytes
 from .. import hooks
 from ..hooks import ModuleHooks
-from .plan_view import device_layers, inference_plan, needs_plan, policy_from_plan
+from .plan_view import check_inference_plan, inference_plan, policy_from_plan, unit_placements
+from .step_tokens import TokenWatch
 from .tiers import TierPolicy, tier_policy
 from .units import PagingUnit, paging_units
 
@@ -58,7 +62,11 @@ _live: "weakref.WeakSet[OffloadHandle]" = weakref.WeakSet()
 
 
 class OffloadHandle:
-    """State of one wrapped model: units, pager, storage, hooks. ``handle_of(model)`` returns it."""
+    """State of one wrapped model: units, pager, storage, hooks. ``handle_of(model)`` returns it.
+
+    ``pager`` and ``storage`` are None when the plan pages nothing and only the KV cache
+    moves (``units`` is then empty).
+    """
 
     def __init__(self, units: list[PagingUnit], pager: Any, storage: Any, policy: Any, tiers: TierPolicy,
                  private_dir: str | None, unpaged_bytes: int) -> None:
@@ -77,6 +85,7 @@ class OffloadHandle:
         self._io_base: dict[str, float] = {}
         self.closed = False
         self.kv_hook: Any = None  # hf_cache.CacheHook: the KV cache of a Hugging Face model on its tiers
+        self.token_watch: Any = None  # step_tokens.TokenWatch: warns once past the planned tokens per step
 
     # -- hooks ------------------------------------------------------------------
     def _stack(self) -> list[int]:
@@ -116,11 +125,13 @@ class OffloadHandle:
 
     # -- reporting ----------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Pager and storage counters (bytes, seconds) and the prefetch hiding fraction."""
+        """Pager and storage counters (bytes, seconds) and the prefetch hiding fraction
+        (all zero when nothing is paged)."""
+        if self.pager is None:
+            return _idle_stats(self.unpaged_bytes)
         s = self.pager.stats()
         now = self.storage.io_stats()
-        io = {k: getattr(now, k) - self._io_base.get(k, 0) for k in
-              ("read_seconds", "bytes_read", "bytes_written", "write_seconds")}
+        io = {k: getattr(now, k) - self._io_base.get(k, 0) for k in _IO_KEYS}
         return {
             "budget_bytes": s.budget_bytes, "pinned_bytes": s.pinned_bytes, "unpaged_bytes": self.unpaged_bytes,
             "resident_weight_bytes": s.physical_bytes, "peak_resident_weight_bytes": s.peak_physical_bytes,
@@ -136,12 +147,14 @@ class OffloadHandle:
 
     def reset_stats(self) -> None:
         """Zeroes the pager's counters and the storage's I/O figures reported by stats()."""
+        if self.pager is None:
+            return
         self.pager.reset_stats()
         io = self.storage.io_stats()
-        self._io_base = {k: getattr(io, k) for k in ("read_seconds", "bytes_read", "bytes_written", "write_seconds")}
+        self._io_base = {k: getattr(io, k) for k in _IO_KEYS}
 
     def files(self) -> list[str]:
-        return list(self.storage.files())
+        return list(self.storage.files()) if self.storage is not None else []
 
     # -- teardown -------------------------------------------------------------------
     def remove(self) -> None:
@@ -161,6 +174,11 @@ class OffloadHandle:
         if self.kv_hook is not None:
             self.kv_hook.remove()
             self.kv_hook = None
+        if self.token_watch is not None:
+            self.token_watch.remove()
+            self.token_watch = None
+        if self.pager is None:
+            return
         self.pager.stop()
         if restore:
             self.storage.restore_all()
@@ -170,86 +188,66 @@ class OffloadHandle:
             shutil.rmtree(self.private_dir, ignore_errors=True)
 
 
+_IO_KEYS = ("read_seconds", "bytes_read", "bytes_written", "write_seconds")
+_PAGER_COUNTERS = ("budget_bytes", "pinned_bytes", "resident_weight_bytes", "peak_resident_weight_bytes", "acquires",
+                   "hits", "prefetch_hits", "late_prefetches", "loads", "prefetch_loads", "demand_loads", "evictions",
+                   "prefetch_dropped", "bytes_loaded", "load_seconds", "prefetch_load_seconds",
+                   "acquire_wait_seconds", "hidden_fraction", "disk_read_seconds", "disk_bytes_read",
+                   "disk_bytes_written", "disk_write_seconds", "files")
+
+
+def _idle_stats(unpaged_bytes: int) -> dict[str, Any]:
+    """stats() of a handle that pages nothing: every weight is unpaged, no counter moved."""
+    return {"unpaged_bytes": unpaged_bytes, **{k: 0 for k in _PAGER_COUNTERS}}
+
+
 def handle_of(model: nn.Module) -> OffloadHandle | None:
     """The offload handle of a model wrapped for inference, else None."""
     return hooks.handle_of(model, OffloadHandle)
 
 
-def _weight_homes(units: list[PagingUnit], tiers: TierPolicy, cuda: bool) -> list[str]:
-    """Home tier of each unit while it is not resident.
-
-    CPU-only: disk (RAM is the device). CUDA: the weights split's cpu share of the
-    off-device weights lives in pinned host memory, the disk share in files.
-    """
-    if not cuda:
-        return ["disk"] * len(units)
-    off_device = tiers.weights.cpu + tiers.weights.disk
-    host_share = tiers.weights.cpu / off_device if off_device > 0 else 1.0
-    n_host = round(len(units) * host_share)
-    return ["host"] * n_host + ["disk"] * (len(units) - n_host)
-
-
-def _check_budget(cfg: Config, policy: Any, weight_bytes: int) -> None:
-    budget = cfg.memory_budget
-    if policy.policy == "none":
-        if isinstance(budget, int) and weight_bytes > budget:
-            raise ConfigError(
-                f"offload.policy: \"none\" keeps all weights resident, but they take {weight_bytes} bytes "
-                f"({format_bytes(weight_bytes)}) and memory_budget is {budget} ({format_bytes(budget)}); use "
-                "offload={\"policy\": \"budget\" or \"pinned_hot_set\", \"ram_bytes\": ...}")
-        return
-    if isinstance(budget, int) and policy.ram_bytes > budget:
-        raise ConfigError(f"offload.ram_bytes: got {policy.ram_bytes} ({format_bytes(policy.ram_bytes)}), more than "
-                          f"memory_budget {budget} ({format_bytes(budget)}); resident weights must fit inside the budget")
-
-
 def wrap_for_inference(model: nn.Module, config: Config | dict[str, Any], example_inputs: tuple | None = None,
                        *, plan: Any = None, calibration: Any = None, file_format: str = "safetensors",
                        drop_page_cache: bool = True) -> nn.Module:
-    """Page ``model``'s weights per ``config.offload``; returns the same module.
+    """Apply the engine's inference plan to ``model``: page its weights, place its KV cache;
+    returns the same module.
 
-    ``example_inputs`` (positional args of ``forward``, ideally of the generation's batch
-    and total length) fix the execution order the prefetch follows and let the decision
-    engine plan (:mod:`memscale.runtime.inference.plan_view`): with ``offload.policy`` "none" the
-    engine decides whether and how much to page, and it fills the KV-cache / activation
-    tier splits ``Config.tiers`` leaves open. ``plan`` gives a ready inference plan;
-    ``calibration`` (``memscale.calibrate_reservation``) refines its reservation.
-    Raises ConfigError (nothing written, model untouched) for a policy, budget or
-    directory that cannot work, InfeasibleBudgetError when the engine finds no plan.
+    The decision engine plans every wrap (:mod:`memscale.runtime.inference.plan_view`) on
+    ``memscale.profile(model, example_inputs, training=False)``: the resident-weight limit
+    and prefetch depth (``Plan.offload``; an explicit ``offload.policy`` bounds them), each
+    layer's weight tier, the KV-cache / activation tiers ``Config.tiers`` leaves open, and
+    the activation reservation. ``example_inputs`` (positional args of ``forward``) must be
+    of the generation's batch and total length: they size the KV cache and the
+    reservation's tokens per step, and fix the execution order the prefetch follows.
+    ``plan`` gives a ready inference plan instead; ``calibration``
+    (``memscale.calibrate_reservation``) refines its reservation.
+
+    Raises (nothing written, model untouched): ConfigError for a Config, directory or
+    missing ``example_inputs`` that cannot work; InfeasibleBudgetError when the engine finds
+    no plan (``min_budget_bytes`` as ``memscale.plan`` states it).
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model: got {type(model).__name__}, expected a torch.nn.Module")
     if hooks.handle_of(model) is not None:
         raise MemScaleError("model is already wrapped; unwrap it first (memscale.unwrap(model))")
     cfg = as_config(config)
-    policy = _C.OffloadPolicy.from_json(json.dumps(cfg.offload))
+    if plan is None and example_inputs is None:
+        raise ConfigError("example_inputs: required; the decision engine plans offloaded inference on "
+                          "memscale.profile(model, example_inputs, training=False). Give one batch as forward takes "
+                          "it, of the generation's batch and total length (prompt + new tokens)")
     units = paging_units(model, example_inputs)
-    weight_bytes = sum(u.bytes for u in units)
-    if policy.policy != "none":
-        _check_budget(cfg, policy, weight_bytes)
-    if plan is None and needs_plan(cfg, policy):
-        try:
-            plan = inference_plan(model, cfg, example_inputs, calibration)
-        except ConfigError as error:
-            if policy.policy == "none":
-                raise
-            # The user fixed the pager's settings; the engine only fills open tier splits.
-            # Where its stricter model rejects those settings (e.g. a prefetch window it
-            # counts as always resident), the pager still runs them: it drops prefetches
-            # that do not fit. The splits then come from Config.tiers and the defaults.
-            log.warning("offloaded inference: no engine plan for the tier splits (%s); using Config.tiers", error)
-    if policy.policy == "none" and plan is not None:
-        policy = policy_from_plan(cfg, plan)
-    _check_budget(cfg, policy, weight_bytes)
-    if policy.policy == "none":
-        log.info("offload.policy none: all %s of weights stay resident; nothing is paged", format_bytes(weight_bytes))
-        return model
-    cuda = any(p.is_cuda for u in units for p in u.params.values())
+    if plan is None:
+        plan = inference_plan(model, cfg, example_inputs, calibration)
+    else:
+        check_inference_plan(plan)
+    policy = policy_from_plan(cfg, plan)
     tiers = tier_policy(cfg, plan)
-    homes = _weight_homes(units, tiers, cuda)
-    kept = device_layers(plan)
-    specs = [(u.name, u.kind, u.bytes, h, u.name in kept) for u, h in zip(units, homes)]
-    _C.validate_pager_layout(specs, policy)  # budget vs hot set, single layer vs budget
+    weight_bytes = sum(u.bytes for u in units)
+    if policy.policy == "none":
+        return _wrap_resident(model, cfg, plan, policy, tiers, weight_bytes)
+    places = unit_placements([u.name for u in units], plan)
+    specs = [(u.name, u.kind, u.bytes, p.home, p.kept) for u, p in zip(units, places)]
+    _C.validate_pager_layout(specs, policy)  # the pager's own rules: names, homes, hot set, single layer
     hot = _C.pager_hot_set(specs, policy)
     private_dir = None
     disk_dir = policy.disk_dir
@@ -258,9 +256,9 @@ def wrap_for_inference(model: nn.Module, config: Config | dict[str, Any], exampl
         if not disk_dir:
             disk_dir = private_dir = tempfile.mkdtemp(prefix="memscale-weights-")
         storage = _C.TorchPagerStorage(disk_dir, file_format, 16 << 20, drop_page_cache)
-        for u, home in zip(units, homes):
+        for u, place in zip(units, places):
             names = list(u.params)
-            storage.add_layer(u.name, names, [u.params[n].detach() for n in names], home)
+            storage.add_layer(u.name, names, [u.params[n].detach() for n in names], place.home)
         required = storage.disk_bytes_required(hot.pinned)
         free = shutil.disk_usage(disk_dir).free if required > 0 and os.path.isdir(disk_dir) else None
         storage.write_home_copies(hot.pinned, free)
@@ -277,13 +275,44 @@ def wrap_for_inference(model: nn.Module, config: Config | dict[str, Any], exampl
     handle.plan = plan
     handle.install_hooks()
     handle.kv_hook = _install_kv_hook(model, tiers, storage.dir)
+    _register(model, handle)
+    log.info("offloaded inference: %d units, %d pinned (%s, of which %s kept on the device by the plan), "
+             "weights %s, ram_bytes %s, prefetch %d ahead, files in %s", len(units), sum(hot.pinned),
+             format_bytes(hot.pinned_bytes), format_bytes(hot.planned_bytes), format_bytes(weight_bytes),
+             format_bytes(policy.ram_bytes), policy.prefetch_n_ahead, storage.dir)
+    return model
+
+
+def _wrap_resident(model: nn.Module, cfg: Config, plan: Any, policy: Any, tiers: TierPolicy,
+                   weight_bytes: int) -> nn.Module:
+    """The plan keeps every weight resident: nothing is paged, but a KV cache the plan puts
+    off the device still gets its tiers (the KV hook). Nothing to apply: model untouched."""
+    kv_hook = _install_kv_hook(model, tiers, cfg.offload.get("disk_dir") or None)
+    if kv_hook is None:
+        log.info("offloaded inference: the plan keeps all %s of weights and the KV cache resident; nothing to "
+                 "apply", format_bytes(weight_bytes))
+        return model
+    handle = OffloadHandle([], None, None, policy, tiers, None, weight_bytes)
+    handle.plan = plan
+    handle.kv_hook = kv_hook
+    _register(model, handle)
+    log.info("offloaded inference: all %s of weights stay resident; the KV cache goes on its planned tiers",
+             format_bytes(weight_bytes))
+    return model
+
+
+def _register(model: nn.Module, handle: OffloadHandle) -> None:
+    tokens = plan_tokens(handle.plan)
+    handle.token_watch = TokenWatch(model, tokens) if tokens > 0 else None
     handle.model = weakref.ref(model)
     hooks.register(model, handle)
     _live.add(handle)
-    log.info("offloaded inference: %d units, %d pinned (%s, of which %s kept on the device by the plan), "
-             "weights %s, ram_bytes %s, files in %s", len(units), sum(hot.pinned), format_bytes(hot.pinned_bytes),
-             format_bytes(hot.planned_bytes), format_bytes(weight_bytes), format_bytes(policy.ram_bytes), storage.dir)
-    return model
+
+
+def plan_tokens(plan: Any) -> int:
+    """Tokens per step the plan's activation reservation is sized for (0: no reservation)."""
+    reservation = plan.reservation
+    return int(reservation.tokens_per_step) if reservation.used else 0
 
 
 def _install_kv_hook(model: nn.Module, tiers: TierPolicy, disk_dir: str) -> Any:

@@ -1,50 +1,76 @@
 """What the decision engine decides for offloaded inference, read for the pager.
 
-With ``offload.policy`` "none" and a budget the weights exceed, the engine's inference
-plan decides to page (``Plan.offload``: policy, resident limit, prefetch depth) and
-where the KV cache and activations go (``Plan.tier_policy``, its tier-policy search). The
-plan is made on ``memscale.profile(model, example_inputs, training=False)``: give example
-inputs of the generation's batch and total length, so the KV cache is sized right.
+The engine plans every inference wrap (one decider): whether and how much to page
+(``Plan.offload``: policy, resident limit, prefetch depth), where each layer's weights
+live (``LayerPlan.weight_tier``), where the KV cache and activations go
+(``Plan.tier_policy``) and the activation reservation. This module only reads the plan;
+nothing here decides. The plan is made on ``memscale.profile(model, example_inputs,
+training=False)``: give example inputs of the generation's batch and total length, so the
+KV cache and the reservation's tokens per step are sized right.
 """
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 from torch import nn
 
 from ... import _C
 from ...config import Config
+from ...errors import ConfigError, MemScaleError
 from ...planning import plan_model
-from .tiers import TENSOR_TYPES
 
 log = logging.getLogger("memscale")
 
 
-def needs_plan(cfg: Config, policy: Any) -> bool:
-    """The engine is asked when it must choose the policy or a tier split the user left open."""
-    return policy.policy == "none" or any(t not in cfg.tiers for t in TENSOR_TYPES if t != "weights")
-
-
-def inference_plan(model: nn.Module, cfg: Config, example_inputs: tuple | None, calibration: Any = None) -> Any:
-    """The engine's inference plan, or None without example inputs."""
-    if example_inputs is None:
-        return None
+def inference_plan(model: nn.Module, cfg: Config, example_inputs: tuple, calibration: Any = None) -> Any:
+    """The engine's inference plan; raises what the engine raises (InfeasibleBudgetError
+    with its minimum budget, ConfigError), before anything is written."""
     result, _, _ = plan_model(model, tuple(example_inputs), cfg, training=False,
                               offload_dir=cfg.offload.get("disk_dir") or None, calibration=calibration)
     log.info("offloaded inference: engine plan\n%s", result.summary())
     return result
 
 
-def device_layers(plan: Any) -> set[str]:
-    """Names of the layers whose weights the plan keeps on the device (pinned by the pager):
-    FlexGen's always-resident share of the weights. Empty without a plan, or when the plan
-    pages nothing."""
-    if plan is None or plan.offload.policy == "none":
-        return set()
-    return {layer.name for layer in plan.layers
-            if layer.weight_tier == "device" and not layer.has("offload_weights")}
+def check_inference_plan(plan: Any) -> None:
+    """A plan given by the caller must be an inference plan the engine made."""
+    if not isinstance(plan, _C.Plan):
+        raise ConfigError(f"plan: got {type(plan).__name__}, expected a memscale.Plan (memscale.plan(graph, ...))")
+    if plan.training:
+        raise ConfigError("plan: a training plan; offloaded inference needs one made on "
+                          "memscale.profile(model, example_inputs, training=False)")
+
+
+@dataclass(frozen=True)
+class UnitPlacement:
+    """Where the plan puts one paging unit's weights: kept on the device (pinned by the
+    pager), or paged from its home tier ("host" or "disk")."""
+
+    kept: bool
+    home: str
+
+
+def unit_placements(unit_names: Sequence[str], plan: Any) -> list[UnitPlacement]:
+    """The plan layer of each paging unit, matched by name (units are the profiler's
+    layers, so each one has a plan layer): a layer the plan offloads is paged from its
+    ``weight_tier``; any other is kept on the device. A unit without a plan layer means
+    the plan was made for another model: MemScaleError naming it."""
+    layers = {layer.name: layer for layer in plan.layers}
+    out = []
+    for name in unit_names:
+        layer = layers.get(name)
+        if layer is None:
+            raise MemScaleError(f"plan: no layer named {name!r}, a paging unit of this model; the plan was made "
+                                "for another model (plan it on memscale.profile(model, example_inputs, "
+                                "training=False))")
+        if layer.has("offload_weights"):
+            out.append(UnitPlacement(kept=False, home=layer.weight_tier))
+        else:
+            # A kept unit is never written anywhere; its home only names a valid tier.
+            out.append(UnitPlacement(kept=True, home="disk"))
+    return out
 
 
 def policy_from_plan(cfg: Config, plan: Any) -> Any:
