@@ -77,6 +77,21 @@ def _owners(model: nn.Module, specs: list[LayerSpec], order: list[int],
     return params, buffers
 
 
+def _grad_makers(specs: list[LayerSpec], records: list[LayerRecord], order: list[int],
+                 params: dict[int, list[torch.Tensor]]) -> dict[int, int]:
+    """id(parameter) -> the spec index whose backward makes its gradient: the last layer in
+    execution order that ran holding it (backward runs in reverse, so a parameter shared by
+    several layers, a head tied to the embedding, gets its gradient at the later one and
+    keeps it through the earlier ones' backward); a parameter no layer that ran holds (an
+    orphan, a layer that never ran) at its owner."""
+    maker = {id(p): i for i in order for p in params[i]}
+    for i in order:
+        if records[i].order >= 0:
+            for p in specs[i].module.parameters():
+                maker[id(p)] = i
+    return maker
+
+
 def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: list[LayerRecord],
                 orphan_first_use: dict[int, int | None], *, training: bool, optimizer: str,
                 mixed_precision: bool, measured: list[tuple[int, int]] | None = None,
@@ -87,6 +102,13 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
     order = execution_order(specs, records)
     kinds = assign_kinds(specs, order, records)
     params, buffers = _owners(model, specs, order, orphan_first_use)
+    maker = _grad_makers(specs, records, order, params)
+    grads: dict[int, list[torch.Tensor]] = {i: [] for i in order}
+    if training:
+        for i in order:
+            for p in params[i]:
+                if p.requires_grad:
+                    grads[maker[id(p)]].append(p)
     g_batch, g_seq = batch_seq(inputs)
     dtype = graph_dtype(model)
     dbytes = ins.dtype_bytes(next(d for d, n in DTYPE_NAMES.items() if n == dtype))
@@ -117,7 +139,7 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
             "cannot": dict(sorted(incapable.items())),
             "dims": dims.to_dict(),
             "flops": int(rec.flops),
-            "grad_bytes": trainable_bytes,
+            "grad_bytes": tensor_bytes(grads[i]),
             "index": index,
             "input_bytes": int(rec.input_bytes),
             "kind": kind,
@@ -129,7 +151,10 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
             "output_bytes": int(rec.output_bytes),
             "param_bytes": tensor_bytes(params[i]),
             "tileable": tileable,
-            "transient_bytes": int(max(rec.fwd_scratch, rec.bwd_scratch, 0)),
+            "retained_bytes": int(rec.retained_bytes),
+            # the retained bytes no op saved were part of the forward scratch; the engine
+            # charges them as retained from the layer's forward on
+            "transient_bytes": int(max(rec.fwd_scratch - rec.retained_unsaved, rec.bwd_scratch, 0)),
         })
     return {
         "batch": g_batch,
