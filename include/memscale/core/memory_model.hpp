@@ -165,10 +165,11 @@ inline TrainTerms train_terms(const Layer& layer, const LayerState& state, const
   const std::int64_t retained = s64(layer.retained_bytes);
   terms.retained = retained;
   terms.forward_local = in + (state.tiled() ? out : 0) + body + retained;
-  // Backward starts with the incoming gradient (output-sized); a recomputed layer holds
-  // its boundary while it recomputes and then runs backward (its recompute makes the
-  // retained tensors again beside the ones still held).
-  terms.backward_local = out + (recomputed ? in + retained : 0) + body;
+  // Backward starts with the incoming gradient (output-sized; none reaches a layer before
+  // every trainable parameter); a recomputed layer holds its boundary while it recomputes
+  // and then runs backward (its recompute makes the retained tensors again beside the
+  // ones still held).
+  terms.backward_local = (layer.receives_grad ? out : 0) + (recomputed ? in + retained : 0) + body;
   const std::int64_t weights = s64(layer.param_bytes) + s64(layer.buffer_bytes);
   const std::int64_t grad = s64(layer.grad_bytes);
   if (state.offload_weights) {

@@ -152,6 +152,9 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
             "param_bytes": tensor_bytes(params[i]),
             "tileable": tileable,
             "retained_bytes": int(rec.retained_bytes),
+            # a layer backward never reached (before every trainable parameter) has no incoming
+            # gradient; inference has no backward (the field keeps its default there)
+            "receives_grad": bool(rec.grad_seen or not training),
             # the retained bytes no op saved were part of the forward scratch; the engine
             # charges them as retained from the layer's forward on
             "transient_bytes": int(max(rec.fwd_scratch - rec.retained_unsaved, rec.bwd_scratch, 0)),

@@ -71,6 +71,7 @@ class LayerRecord:
     outputs_seen: bool = False
     retained_bytes: int = 0  # referenced outside autograd until backward ends (module docstring)
     retained_unsaved: int = 0  # the part of it no op saved (it is in the forward scratch)
+    grad_seen: bool = False  # backward reached one of its outputs
 
 
 @dataclass
@@ -343,6 +344,7 @@ class StepRecorder:
 
     def _make_grad_hook(self, i: int) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
+            self.records[i].grad_seen = True
             if self._span is not None and self._span.backward and self._span.layer != i:
                 self._close()
                 self._open(i, backward=True)

@@ -398,6 +398,23 @@ TEST(Engine, RetainedBytesStayFromTheirForwardUntilBackwardEnds) {
   EXPECT_EQ(model::layer_resident_bytes(g.layers[1], ckpt, ctx), static_cast<std::uint64_t>(IN + R));
 }
 
+TEST(Engine, ALayerNoGradientReachesHasNoIncomingGradient) {
+  // A frozen embedding under LoRA: nothing before it trains, so backward never reaches it.
+  Layer l;
+  l.kind = "embedding";
+  l.input_bytes = 1 << 10;
+  l.output_bytes = 1 << 20;
+  l.transient_bytes = 1 << 12;
+  model::StepContext ctx;
+  EXPECT_EQ(model::train_terms(l, model::LayerState{}, ctx).backward_local, (1 << 20) + (1 << 12));
+  l.receives_grad = false;
+  EXPECT_EQ(model::train_terms(l, model::LayerState{}, ctx).backward_local, 1 << 12);
+  EXPECT_FALSE(ModelGraph::from_json_text(R"({"layers": [{"index": 0, "name": "e", "kind": "embedding",
+      "param_bytes": 0, "activation_bytes": 0, "receives_grad": false}]})").layers[0].receives_grad);
+  EXPECT_TRUE(ModelGraph::from_json_text(R"({"layers": [{"index": 0, "name": "e", "kind": "embedding",
+      "param_bytes": 0, "activation_bytes": 0}]})").layers[0].receives_grad);  // absent: a gradient arrives
+}
+
 TEST(Engine, TiledOutputHeadIsFusedWithItsLoss) {
   const Layer head = head_layer("lm_head"), mlp = head_layer("mlp");
   model::StepContext ctx;
