@@ -42,6 +42,8 @@ void bind_graph(py::module_& m) {
       .def_readonly("grad_bytes", &Layer::grad_bytes)
       .def_readonly("optimizer_bytes", &Layer::optimizer_bytes)
       .def_readonly("activation_bytes", &Layer::activation_bytes)
+      .def_readonly("retained_bytes", &Layer::retained_bytes)
+      .def_readonly("receives_grad", &Layer::receives_grad)
       .def_readonly("transient_bytes", &Layer::transient_bytes)
       .def_readonly("input_bytes", &Layer::input_bytes)
       .def_readonly("output_bytes", &Layer::output_bytes)

@@ -14,7 +14,7 @@ GRAPH_KEYS = {"model_name", "dtype", "batch", "seq", "max_positions", "training"
               "mixed_precision",
               "input_bytes", "largest_param_bytes", "layers"}
 LAYER_KEYS = {"index", "name", "kind", "param_bytes", "buffer_bytes", "grad_bytes", "optimizer_bytes",
-              "activation_bytes", "transient_bytes", "input_bytes", "output_bytes", "kv_cache_bytes", "flops",
+              "activation_bytes", "retained_bytes", "receives_grad", "transient_bytes", "input_bytes", "output_bytes", "kv_cache_bytes", "flops",
               "dims", "tileable", "measured_peak_bytes", "measured_activation_bytes", "cannot"}
 DIM_KEYS = {"hidden", "intermediate", "heads", "vocab", "seq", "batch"}
 KINDS = {"embedding", "attention", "mlp", "block", "norm", "lm_head", "conv", "recurrent", "other"}

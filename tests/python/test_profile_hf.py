@@ -55,6 +55,12 @@ def test_frozen_parameters_have_no_gradient_and_no_optimizer_state() -> None:
     assert sum(layer["optimizer_bytes"] for layer in graph["layers"]) == 2 * trainable
     assert sum(layer["param_bytes"] for layer in graph["layers"]) == total
     assert graph["largest_param_bytes"] == max(p.numel() * p.element_size() for p in params if p.requires_grad)
+    # backward never reaches the frozen embedding (nothing before it trains): no incoming gradient
+    receives = {layer["kind"]: layer["receives_grad"] for layer in graph["layers"]}
+    assert receives["embedding"] is False and receives["block"] is True and receives["lm_head"] is True
+    plain = hf_models.build("llama")
+    assert {layer["kind"]: layer["receives_grad"] for layer in profile_dict(plain.model, plain.inputs)["layers"]}[
+        "embedding"] is True
 
 
 def test_autocast_keyword_and_the_callers_autocast_give_the_same_profile() -> None:

@@ -6,8 +6,8 @@
 // Training step, layers 0..n-1 in execution order:
 //   base      = graph input + Σ_k static_k             (params + buffers + optimizer state)
 //   windows   = weight window + activation window      (offloaded bytes on their way back)
-//   forward  at l:  F_l = base + windows + Σ_{k<l} saved_k + forward_local_l
-//   backward at l:  B_l = base + windows + Σ_{k<l} saved_k + Σ_{k>l} grad_k + backward_local_l
+//   forward  at l:  F_l = base + windows + Σ_{k<l} (saved_k + retained_k) + forward_local_l
+//   backward at l:  B_l = base + windows + Σ_{k<l} saved_k + Σ_k retained_k + Σ_{k>l} grad_k + backward_local_l
 //   optimizer step: O   = base + Σ_k grad_k + optimizer transient
 //   peak = max over all F_l, B_l and O.
 // Inference step: input + resident weights + resident KV cache + windows + the
@@ -81,6 +81,7 @@ inline std::int64_t s64(std::uint64_t v) { return static_cast<std::int64_t>(v); 
 /// A layer's terms in the training-step model, bytes on the device. See the file comment.
 struct TrainTerms {
   std::int64_t saved = 0;           ///< kept on the device from its forward to its backward
+  std::int64_t retained = 0;        ///< kept from its forward until backward ends, whatever the techniques
   std::int64_t activation_window = 0;  ///< saved bytes sent to another tier (one layer returns at a time)
   std::int64_t forward_local = 0;   ///< its own peak during forward, over what is already live
   std::int64_t backward_local = 0;  ///< its own peak during backward (incoming gradient included)
@@ -146,6 +147,9 @@ inline std::int64_t fused_head_slice(const Layer& layer, std::int64_t chunks, co
 /// A tiled output head is fused with its loss (fused_head): its gradient buffers take the
 /// place of the logits and of their gradient, and stay on the device (they are not saved
 /// tensors, so activation offload cannot move them); one slice's logits are its working set.
+/// Retained bytes (referenced outside autograd: a KV cache object, the output a loss outside
+/// the model holds) are allocated by the forward and stay until backward ends: no technique
+/// moves them, and a recompute allocates them once more.
 inline TrainTerms train_terms(const Layer& layer, const LayerState& state, const StepContext& ctx) {
   const std::int64_t a = s64(layer.activation_bytes), t = s64(layer.transient_bytes);
   const std::int64_t in = s64(layer.input_bytes);
@@ -166,10 +170,14 @@ inline TrainTerms train_terms(const Layer& layer, const LayerState& state, const
   terms.activation_window = moved ? kept : 0;
   // The input is live throughout the layer's forward; a tiled layer also accumulates its
   // whole output while one chunk's working set is live.
-  terms.forward_local = in + (state.tiled() ? out : 0) + body;
-  // Backward starts with the incoming gradient (output-sized); a recomputed layer holds
-  // its boundary while it recomputes and then runs backward.
-  terms.backward_local = out + (recomputed ? in : 0) + body;
+  const std::int64_t retained = s64(layer.retained_bytes);
+  terms.retained = retained;
+  terms.forward_local = in + (state.tiled() ? out : 0) + body + retained;
+  // Backward starts with the incoming gradient (output-sized; none reaches a layer before
+  // every trainable parameter); a recomputed layer holds its boundary while it recomputes
+  // and then runs backward (its recompute makes the retained tensors again beside the
+  // ones still held).
+  terms.backward_local = (layer.receives_grad ? out : 0) + (recomputed ? in + retained : 0) + body;
   const std::int64_t weights = s64(layer.param_bytes) + s64(layer.buffer_bytes);
   const std::int64_t grad = s64(layer.grad_bytes);
   if (state.offload_weights) {
@@ -236,10 +244,11 @@ inline PeakReport evaluate_training(const ModelGraph& graph, const std::vector<L
                                     const StepContext& ctx) {
   const std::size_t n = graph.layers.size();
   std::vector<TrainTerms> terms(n);
-  std::int64_t base = s64(ctx.input_bytes), grads = 0, opt_t = 0, aw = 0, ww_max = 0, ww_sum = 0;
+  std::int64_t base = s64(ctx.input_bytes), grads = 0, opt_t = 0, aw = 0, ww_max = 0, ww_sum = 0, retained = 0;
   for (std::size_t l = 0; l < n; ++l) {
     terms[l] = train_terms(graph.layers[l], states[l], ctx);
     base += terms[l].static_bytes;
+    retained += terms[l].retained;
     grads += terms[l].grad;
     opt_t += terms[l].optimizer_transient;
     aw = std::max(aw, terms[l].activation_window);
@@ -264,14 +273,16 @@ inline PeakReport evaluate_training(const ModelGraph& graph, const std::vector<L
   };
   std::vector<std::int64_t> grad_after(n + 1, 0);  // Σ_{k>l} grad_k = grad_after[l+1]
   for (std::size_t l = n; l-- > 0;) grad_after[l] = grad_after[l + 1] + terms[l].grad;
-  std::int64_t saved_before = 0;
+  std::int64_t saved_before = 0, retained_before = 0;
   for (std::size_t l = 0; l < n; ++l) {
     const auto& t = terms[l];
     const std::int64_t il = static_cast<std::int64_t>(l);
-    consider(base + windows + saved_before + t.forward_local, "forward", il, saved_before, 0, t.forward_local, windows, 0);
-    consider(base + windows + saved_before + grad_after[l + 1] + t.backward_local, "backward", il, saved_before,
+    const std::int64_t kept_forward = saved_before + retained_before, kept_backward = saved_before + retained;
+    consider(base + windows + kept_forward + t.forward_local, "forward", il, kept_forward, 0, t.forward_local, windows, 0);
+    consider(base + windows + kept_backward + grad_after[l + 1] + t.backward_local, "backward", il, kept_backward,
              grad_after[l + 1], t.backward_local, windows, 0);
     saved_before += t.saved;
+    retained_before += t.retained;
   }
   opt_t += s64(ctx.optimizer_workspace_bytes);
   consider(base + grads + opt_t, "optimizer_step", -1, 0, grads, 0, 0, opt_t);
@@ -317,7 +328,7 @@ inline std::uint64_t layer_resident_bytes(const Layer& layer, const LayerState& 
     return u64(t.weights + t.kv);
   }
   const TrainTerms t = train_terms(layer, state, ctx);
-  return u64(t.static_bytes + t.saved);
+  return u64(t.static_bytes + t.saved + t.retained);
 }
 
 /// The same resident bytes by kind (grads included: they exist from the layer's
@@ -336,7 +347,7 @@ inline LayerBytes layer_resident_terms(const Layer& layer, const LayerState& sta
     b.optimizer = layer.optimizer_bytes;
   }
   b.grads = u64(t.grad);
-  b.activations = u64(t.saved);
+  b.activations = u64(t.saved + t.retained);
   return b;
 }
 

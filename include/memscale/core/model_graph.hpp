@@ -25,7 +25,14 @@ struct Layer {
   std::string name;            ///< module path as in named_modules(); "" for the root
   std::string kind = "other";  ///< embedding|attention|mlp|block|norm|lm_head|conv|recurrent|other
   std::uint64_t param_bytes = 0, buffer_bytes = 0, grad_bytes = 0, optimizer_bytes = 0;
-  std::uint64_t activation_bytes = 0;  ///< saved for backward, deduplicated by storage
+  std::uint64_t activation_bytes = 0;  ///< saved for backward, deduplicated by storage (retained ones excluded)
+  /// Training: bytes its forward allocates that stay referenced outside autograd until
+  /// backward ends (a KV cache object the model's calls carry, the output a loss outside
+  /// the model is computed from); no technique frees them.
+  std::uint64_t retained_bytes = 0;
+  /// Training: a gradient reaches its output in backward (false for a layer before every
+  /// trainable parameter, a frozen embedding under LoRA: it has no incoming gradient).
+  bool receives_grad = true;
   std::uint64_t transient_bytes = 0;   ///< scratch peak inside the layer (forward or backward)
   std::uint64_t input_bytes = 0, output_bytes = 0;
   std::uint64_t kv_cache_bytes = 0;  ///< KV cache for batch x seq tokens (inference)
@@ -126,6 +133,8 @@ inline void to_json(nlohmann::json& j, const Layer& l) {
        {"grad_bytes", l.grad_bytes},
        {"optimizer_bytes", l.optimizer_bytes},
        {"activation_bytes", l.activation_bytes},
+       {"retained_bytes", l.retained_bytes},
+       {"receives_grad", l.receives_grad},
        {"transient_bytes", l.transient_bytes},
        {"input_bytes", l.input_bytes},
        {"output_bytes", l.output_bytes},
@@ -154,6 +163,8 @@ inline Layer layer_from_json(const nlohmann::json& j, const std::string& path) {
   l.grad_bytes = f::optional<std::uint64_t>(j, "grad_bytes", path, 0, f::as_u64);
   l.optimizer_bytes = f::optional<std::uint64_t>(j, "optimizer_bytes", path, 0, f::as_u64);
   l.activation_bytes = f::u64(j, "activation_bytes", path);
+  l.retained_bytes = f::optional<std::uint64_t>(j, "retained_bytes", path, 0, f::as_u64);
+  l.receives_grad = f::optional<bool>(j, "receives_grad", path, true, f::as_bool);
   l.transient_bytes = f::optional<std::uint64_t>(j, "transient_bytes", path, 0, f::as_u64);
   l.input_bytes = f::optional<std::uint64_t>(j, "input_bytes", path, 0, f::as_u64);
   l.output_bytes = f::optional<std::uint64_t>(j, "output_bytes", path, 0, f::as_u64);

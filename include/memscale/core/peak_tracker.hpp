@@ -4,8 +4,8 @@
 //
 // Training positions F_0..F_{n-1}, B_0..B_{n-1} live in a segment tree with range-add:
 // a change of layer k's saved bytes shifts F_l and B_l for every l > k, a change of its
-// gradient shifts B_l for every l < k, and its own forward/backward terms are point
-// updates. Step-wide terms (base, windows, the optimizer step) are kept as scalars.
+// gradient shifts B_l for every l < k, a change of its retained bytes F_l for l > k and
+// every B_l, and its own forward/backward terms are point updates. Step-wide terms (base, windows, the optimizer step) are kept as scalars.
 #pragma once
 
 #include <algorithm>
@@ -143,11 +143,14 @@ class TrainingTracker {
     std::vector<std::int64_t> values(2 * n_);
     std::vector<std::int64_t> grad_after(n_ + 1, 0);
     for (std::size_t l = n_; l-- > 0;) grad_after[l] = grad_after[l + 1] + terms_[l].grad;
-    std::int64_t saved_before = 0;
+    std::int64_t retained = 0;
+    for (const auto& t : terms_) retained += t.retained;
+    std::int64_t saved_before = 0, retained_before = 0;
     for (std::size_t l = 0; l < n_; ++l) {
-      values[l] = saved_before + terms_[l].forward_local;
-      values[n_ + l] = saved_before + grad_after[l + 1] + terms_[l].backward_local;
+      values[l] = saved_before + retained_before + terms_[l].forward_local;
+      values[n_ + l] = saved_before + retained + grad_after[l + 1] + terms_[l].backward_local;
       saved_before += terms_[l].saved;
+      retained_before += terms_[l].retained;
     }
     tree_ = MaxAddTree(values);
   }
@@ -163,6 +166,10 @@ class TrainingTracker {
       tree_.add(n_ + l + 1, 2 * n_ - 1, d);
     }
     if (const std::int64_t d = next.grad - prev.grad; d != 0 && l > 0) tree_.add(n_, n_ + l - 1, d);
+    if (const std::int64_t d = next.retained - prev.retained; d != 0) {  // technique-independent today
+      if (l + 1 < n_) tree_.add(l + 1, n_ - 1, d);
+      tree_.add(n_, 2 * n_ - 1, d);
+    }
     tree_.add(l, l, next.forward_local - prev.forward_local);
     tree_.add(n_ + l, n_ + l, next.backward_local - prev.backward_local);
     base_ += next.static_bytes - prev.static_bytes;

@@ -176,6 +176,7 @@ def _run(model: nn.Module, fargs: tuple, fkwargs: dict, specs: list[LayerSpec], 
             recorder.add_flops(op_flops(func, a, kw, out))
 
     tracker._on_op = on_op
+    tracker.on_new = recorder.note_created
     flags = set_mode(model, training)
     try:
         with fake_mode, tracker, _without_cudnn_rnn(model, device):

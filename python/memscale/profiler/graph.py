@@ -77,10 +77,25 @@ def _owners(model: nn.Module, specs: list[LayerSpec], order: list[int],
     return params, buffers
 
 
+def _grad_makers(specs: list[LayerSpec], records: list[LayerRecord], order: list[int],
+                 params: dict[int, list[torch.Tensor]]) -> dict[int, int]:
+    """id(parameter) -> the spec index whose backward makes its gradient: the last layer in
+    execution order that ran holding it (backward runs in reverse, so a parameter shared by
+    several layers, a head tied to the embedding, gets its gradient at the later one and
+    keeps it through the earlier ones' backward); a parameter no layer that ran holds (an
+    orphan, a layer that never ran) at its owner."""
+    maker = {id(p): i for i in order for p in params[i]}
+    for i in order:
+        if records[i].order >= 0:
+            for p in specs[i].module.parameters():
+                maker[id(p)] = i
+    return maker
+
+
 def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: list[LayerRecord],
                 orphan_first_use: dict[int, int | None], *, training: bool, optimizer: str,
                 optimizer_impl: str = "default",
-                mixed_precision: bool, measured: list[tuple[int, int]] | None = None,
+                mixed_precision: bool, measured: list[tuple[int, int, int]] | None = None,
                 cannot: Callable[[nn.Module, str, str, list[str]], dict[str, str]] | None = None) -> dict[str, Any]:
     """The ModelGraph dict. ``measured``: (peak, saved, scratch) bytes per spec index, or None.
     ``cannot(module, name, kind, tileable)``: the techniques the runtime cannot apply to
@@ -88,6 +103,13 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
     order = execution_order(specs, records)
     kinds = assign_kinds(specs, order, records)
     params, buffers = _owners(model, specs, order, orphan_first_use)
+    maker = _grad_makers(specs, records, order, params)
+    grads: dict[int, list[torch.Tensor]] = {i: [] for i in order}
+    if training:
+        for i in order:
+            for p in params[i]:
+                if p.requires_grad:
+                    grads[maker[id(p)]].append(p)
     g_batch, g_seq = batch_seq(inputs)
     dtype = graph_dtype(model)
     dbytes = ins.dtype_bytes(next(d for d, n in DTYPE_NAMES.items() if n == dtype))
@@ -118,7 +140,7 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
             "cannot": dict(sorted(incapable.items())),
             "dims": dims.to_dict(),
             "flops": int(rec.flops),
-            "grad_bytes": trainable_bytes,
+            "grad_bytes": tensor_bytes(grads[i]),
             "index": index,
             "input_bytes": int(rec.input_bytes),
             "kind": kind,
@@ -130,9 +152,15 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
             "output_bytes": int(rec.output_bytes),
             "param_bytes": tensor_bytes(params[i]),
             "tileable": tileable,
-            # a measured step also sees what fake tensors cannot: scratch inside opaque
-            # kernels (a fused RNN backward's workspace); the graph keeps the larger figure
-            "transient_bytes": int(max(rec.fwd_scratch, rec.bwd_scratch, scratch, 0)),
+            "retained_bytes": int(rec.retained_bytes),
+            # a layer backward never reached (before every trainable parameter) has no incoming
+            # gradient; inference has no backward (the field keeps its default there)
+            "receives_grad": bool(rec.grad_seen or not training),
+            # the retained bytes no op saved were part of the forward scratch; the engine
+            # charges them as retained from the layer's forward on. A measured step also sees
+            # what fake tensors cannot, scratch inside opaque kernels (a fused RNN backward's
+            # workspace): the graph keeps the larger figure
+            "transient_bytes": int(max(rec.fwd_scratch - rec.retained_unsaved, rec.bwd_scratch, scratch, 0)),
         })
     return {
         "batch": g_batch,

@@ -126,4 +126,5 @@ def measure_step(model: nn.Module, args: tuple, kwargs: dict, specs: list[LayerS
     finally:
         restore_mode(flags)
     log.debug("measured one real step of %s on %s", type(model).__name__, device)
-    return [(r.peak_abs, r.saved_bytes, max(r.fwd_scratch, r.bwd_scratch, 0)) for r in recorder.records]
+    return [(r.peak_abs, r.saved_bytes, max(r.fwd_scratch - r.retained_unsaved, r.bwd_scratch, 0))
+            for r in recorder.records]

@@ -11,10 +11,17 @@ What the per-layer figures mean (the engine's memory model relies on exactly thi
   whose span first uses them.
 * ``activation_bytes``: storages saved for backward by ops in the layer's forward span,
   deduplicated by storage, excluding parameters, buffers and the example inputs (those
-  are counted in ``param_bytes``/``buffer_bytes``/graph ``input_bytes``).
+  are counted in ``param_bytes``/``buffer_bytes``/graph ``input_bytes``) and the retained
+  storages.
+* ``retained_bytes`` (training): storages the layer's forward span allocated that are still
+  reachable at the end of the forward from the non-tensor state the layers were called
+  with (a Hugging Face ``Cache``) or, with the loss outside the model, from its output:
+  they stay until backward ends whatever the plan (profiler/retained.py).
+* ``grad_bytes``: gradients of the trainable parameters whose gradient the layer's
+  backward makes (a parameter shared by layers: at the last of them in execution order).
 * ``transient_bytes`` = max(forward scratch, backward scratch). Forward scratch = peak
-  live bytes in the forward span - live bytes at entry - the span's saved bytes (>= 0);
-  it includes the layer's output. Backward scratch = peak live bytes in the backward span
+  live bytes in the forward span - live bytes at entry - the span's saved bytes - its
+  retained bytes no op saved (>= 0); it includes the layer's output. Backward scratch = peak live bytes in the backward span
   - live bytes when it starts (when the gradient of the layer's output is ready; for the
   layer the forward ended in, when backward starts plus its output-sized gradient, which
   the loss's backward makes and the engine charges as its incoming gradient, so a loss's

@@ -20,6 +20,14 @@ is counted above the live bytes at its start plus that gradient (docs/memory-mod
 
 Saved tensors (``saved_tensors_hooks``) are attributed to the current forward span's layer,
 deduplicated by storage and excluding parameters, buffers and the step's inputs.
+
+Retained tensors (:mod:`.retained`): at the end of the forward, what is reachable from the
+non-tensor state the layers were called with (a KV ``Cache`` object) and, with the loss
+outside the model, from the output the loop holds through backward, stays referenced
+outside autograd whatever a technique does with the saved tensors. Those storages are a
+layer's ``retained_bytes`` (the layer whose forward span allocated them; the saver where the
+allocation was not seen) and are taken out of its saved bytes, so ``activation_bytes`` is
+only what checkpointing or offload can free.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from .introspect import InputGeometry
+from .retained import reachable_tensors, stateful
 from .storage import storage_key, storage_nbytes, tensor_bytes
 
 
@@ -60,6 +69,9 @@ class LayerRecord:
     output_bytes: int = 0
     input_geom: InputGeometry | None = None
     outputs_seen: bool = False
+    retained_bytes: int = 0  # referenced outside autograd until backward ends (module docstring)
+    retained_unsaved: int = 0  # the part of it no op saved (it is in the forward scratch)
+    grad_seen: bool = False  # backward reached one of its outputs
 
 
 @dataclass
@@ -156,7 +168,10 @@ class StepRecorder:
     _next_order: int = 0
     _watch: dict[int, int | None] = field(default_factory=dict)
     _saved_ctx: Any = None
-    held_output_bytes: int = 0  # the output a loss outside the model keeps alive in its backward
+    _roots: list[Any] = field(default_factory=list)  # stateful non-tensor arguments of layer calls
+    _saver: dict[int, tuple[int | None, int]] = field(default_factory=dict)  # storage -> (layer, bytes) saved
+    _created: dict[int, int | None] = field(default_factory=dict)  # storage -> layer whose forward allocated it
+    _prelude_layer: int | None = None  # the layer that adopted the ops before the first layer
 
     def __post_init__(self) -> None:
         self.records = [LayerRecord() for _ in self.modules]
@@ -173,11 +188,12 @@ class StepRecorder:
                 # leaving the step's autocast frees its cast weights even inside a caller's
                 # autocast (whose cache would otherwise keep them, and fake ones, alive)
                 torch.clear_autocast_cache()
-            if loss is not None and own_loss(out) is None:
+            if loss is not None:
                 # a loss outside the model: the loop holds the output it computed the loss
-                # from (``logits = model(x); loss = ...``) through the loss's backward
-                self.held_output_bytes = tensor_bytes(out)
-            del out  # the step keeps its loss; the output lives on only where autograd saved it
+                # from (``logits = model(x); loss = ...``) until backward returns
+                self._retain(self._roots + ([out] if own_loss(out) is None else []))
+            self._roots = []
+            del out  # the profiled step keeps its loss only: what is retained is charged apart
             self.end_forward()
             if loss is not None:
                 self.begin_backward()
@@ -226,6 +242,39 @@ class StepRecorder:
         self._close()
         self._span = None
 
+    def note_created(self, key: int) -> None:
+        """A storage was allocated (the fake tracker calls this): remember the forward span's layer."""
+        if self._saved_ctx is not None and not self.in_backward:
+            self._created[key] = self.current_layer
+
+    def _retain(self, roots: list[Any]) -> None:
+        """Move the storages reachable from ``roots`` out of saved bytes into retained bytes."""
+        def resolve(layer: int | None) -> int | None:
+            return self._prelude_layer if layer is None else layer
+
+        done: set[int] = set()
+        for t in reachable_tensors(roots):
+            key = storage_key(t)
+            # only what the step allocated (the fake tracker saw it made, or an op saved it)
+            if key in self.excluded_storages or key in done or (key not in self._created and key not in self._saver):
+                continue
+            done.add(key)
+            saver = self._saver.get(key)
+            if saver is not None and resolve(saver[0]) is not None:
+                self.records[resolve(saver[0])].saved_bytes -= saver[1]
+                if self._span is not None and self._span.layer == resolve(saver[0]) and not self._span.backward:
+                    self._span.saved0 -= saver[1]  # the open span's scratch stays what it measured
+            maker = resolve(self._created[key]) if key in self._created else (
+                resolve(saver[0]) if saver is not None else None)
+            if maker is None:
+                maker = self.current_layer
+            if maker is None:
+                continue
+            n = saver[1] if saver is not None else self.nbytes(t)
+            self.records[maker].retained_bytes += n
+            if saver is None:
+                self.records[maker].retained_unsaved += n
+
     # ---- attribution targets ---------------------------------------------------------
     @property
     def current_layer(self) -> int | None:
@@ -270,6 +319,8 @@ class StepRecorder:
                 t = _first_tensor((args, kwargs))
                 if t is not None:
                     rec.input_geom = InputGeometry(tuple(t.shape), t.is_floating_point())
+            if self.training and not self.in_backward:
+                self._roots.extend(v for v in (*args, *kwargs.values()) if stateful(v))
             self._stack.append(i)
             self._enter_forward(i)
         return pre
@@ -293,6 +344,7 @@ class StepRecorder:
 
     def _make_grad_hook(self, i: int) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
+            self.records[i].grad_seen = True
             if self._span is not None and self._span.backward and self._span.layer != i:
                 self._close()
                 self._open(i, backward=True)
@@ -305,6 +357,7 @@ class StepRecorder:
         self._seen_saved.add(key)
         n = self.nbytes(t)
         layer = self.current_layer
+        self._saver[key] = (layer, n)
         if layer is None:
             self._prelude_saved += n
         else:
@@ -318,6 +371,7 @@ class StepRecorder:
             # ops before the first layer belong to it: keep the span, adopt the layer
             rec = self.records[i]
             span.layer = i
+            self._prelude_layer = i
             span.saved0 = rec.saved_bytes
             rec.saved_bytes += self._prelude_saved
             rec.flops += self.prelude_flops
@@ -342,8 +396,7 @@ class StepRecorder:
             # the loss's backward makes this layer's output gradient: the incoming gradient
             # the memory model charges every layer apart from its scratch
             incoming = rec.output_bytes if span.loss else 0
-            held = self.held_output_bytes if span.loss else 0
-            rec.bwd_scratch = max(rec.bwd_scratch, peak - span.entry - incoming + held)
+            rec.bwd_scratch = max(rec.bwd_scratch, peak - span.entry - incoming)
         else:
             saved = rec.saved_bytes - span.saved0
             rec.fwd_scratch = max(rec.fwd_scratch, peak - span.entry - saved)

@@ -76,6 +76,7 @@ class LiveTracker(TorchDispatchMode):
         self._sizes: dict[int, int] = {}
         self._finalizers: list[weakref.finalize] = []
         self._on_op = on_op
+        self.on_new: Callable[[int], None] | None = None  # called with each newly tracked storage's key
         self._fake = fake
         self._probe_cache: dict[tuple, list[int]] = {}
         # storage key -> bytes the real kernel would allocate (see _REAL_SIZE_PROBES)
@@ -95,6 +96,8 @@ class LiveTracker(TorchDispatchMode):
         self._sizes[key] = n
         self.live += n
         self._finalizers.append(weakref.finalize(st, self._release, key))
+        if self.on_new is not None:
+            self.on_new(key)
 
     def _release(self, key: int) -> None:
         n = self._sizes.pop(key, 0)

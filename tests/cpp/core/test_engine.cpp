@@ -27,7 +27,10 @@ TEST(Engine, IdenticalInputsGiveByteIdenticalJson) {
 TEST(Engine, IncrementalTrackerAgreesWithFullEvaluation) {
   std::mt19937 rng(1234);  // the test may be random; the engine may not
   for (const bool training : {true, false}) {
-    const ModelGraph g = synthetic_graph(60, training);
+    ModelGraph g = synthetic_graph(60, training);
+    // some layers' forward leaves tensors held outside autograd (a KV cache object)
+    if (training)
+      for (std::size_t l = 1; l < g.layers.size(); l += 4) g.layers[l].retained_bytes = 1000 * (l + 1);
     model::StepContext ctx;
     ctx.training = training;
     ctx.optimizer_transient = training ? 1.0 : 0.0;
@@ -339,6 +342,79 @@ Layer head_layer(const std::string& kind) {
   l.flops = 12'880'000'000;
   l.tileable = {"seq", "batch"};
   return l;
+}
+
+TEST(Engine, RetainedBytesStayFromTheirForwardUntilBackwardEnds) {
+  // Three blocks; block 1's forward leaves R bytes referenced outside autograd (its keys and
+  // values in a cache object). Checkpointing or offloading block 1 frees its saved bytes,
+  // never R; R is live in every later forward, in every backward, not in the optimizer step.
+  constexpr std::int64_t A = 1 << 20, IN = 1 << 12, T = 1 << 16, R = 1 << 18;
+  ModelGraph g;
+  for (int i = 0; i < 3; ++i) {
+    Layer l;
+    l.index = i;
+    l.name = "blocks." + std::to_string(i);
+    l.kind = "block";
+    l.activation_bytes = A;
+    l.transient_bytes = T;
+    l.input_bytes = l.output_bytes = IN;
+    l.retained_bytes = i == 1 ? R : 0;
+    g.layers.push_back(l);
+  }
+  model::StepContext ctx;
+  const model::LayerState plain;
+  model::LayerState ckpt;
+  ckpt.checkpoint = true;
+  model::LayerState offload;
+  offload.offload_activations = true;
+  const model::TrainTerms p = model::train_terms(g.layers[1], plain, ctx);
+  EXPECT_EQ(p.saved, A);
+  EXPECT_EQ(p.retained, R);
+  EXPECT_EQ(p.forward_local, IN + A + T + R);  // allocated by its forward
+  EXPECT_EQ(p.backward_local, IN + A + T);      // still held: counted with every layer's backward
+  const model::TrainTerms c = model::train_terms(g.layers[1], ckpt, ctx);
+  EXPECT_EQ(c.saved, IN);
+  EXPECT_EQ(c.retained, R);
+  EXPECT_EQ(c.backward_local, IN + IN + A + T + R);  // the recompute makes them once more
+  EXPECT_EQ(model::train_terms(g.layers[1], offload, ctx).retained, R);
+  EXPECT_EQ(model::train_terms(g.layers[1], offload, ctx).activation_window, A);  // only the saved bytes move
+
+  // Every block checkpointed: R is live in block 2's backward (before block 1's) and in
+  // block 0's (after it); block 1's own backward holds R and recomputes it beside.
+  const std::vector<model::LayerState> all(3, ckpt);
+  const model::PeakReport r = model::evaluate(g, all, ctx);
+  const std::int64_t b0 = R + (IN + IN + A + T), b1 = IN + R + (IN + IN + A + T + R),
+                     b2 = 2 * IN + R + (IN + IN + A + T);
+  EXPECT_EQ(static_cast<std::int64_t>(r.peak), b1);
+  EXPECT_EQ(r.phase, "backward");
+  EXPECT_EQ(r.layer, 1);
+  EXPECT_GT(b1, std::max(b0, b2));
+  // Without the retained bytes the same plan peaks at block 2's backward, R below b2.
+  g.layers[1].retained_bytes = 0;
+  EXPECT_EQ(static_cast<std::int64_t>(model::evaluate(g, all, ctx).peak), b2 - R);
+  g.layers[1].retained_bytes = R;
+  // The incremental tracker and the plan's resident bytes agree.
+  model::TrainingTracker tracker(g, ctx, std::vector<model::LayerState>(3));
+  for (std::size_t l = 0; l < 3; ++l) tracker.set(l, ckpt);
+  EXPECT_EQ(tracker.peak().value, static_cast<std::int64_t>(r.peak));
+  EXPECT_EQ(model::layer_resident_bytes(g.layers[1], ckpt, ctx), static_cast<std::uint64_t>(IN + R));
+}
+
+TEST(Engine, ALayerNoGradientReachesHasNoIncomingGradient) {
+  // A frozen embedding under LoRA: nothing before it trains, so backward never reaches it.
+  Layer l;
+  l.kind = "embedding";
+  l.input_bytes = 1 << 10;
+  l.output_bytes = 1 << 20;
+  l.transient_bytes = 1 << 12;
+  model::StepContext ctx;
+  EXPECT_EQ(model::train_terms(l, model::LayerState{}, ctx).backward_local, (1 << 20) + (1 << 12));
+  l.receives_grad = false;
+  EXPECT_EQ(model::train_terms(l, model::LayerState{}, ctx).backward_local, 1 << 12);
+  EXPECT_FALSE(ModelGraph::from_json_text(R"({"layers": [{"index": 0, "name": "e", "kind": "embedding",
+      "param_bytes": 0, "activation_bytes": 0, "receives_grad": false}]})").layers[0].receives_grad);
+  EXPECT_TRUE(ModelGraph::from_json_text(R"({"layers": [{"index": 0, "name": "e", "kind": "embedding",
+      "param_bytes": 0, "activation_bytes": 0}]})").layers[0].receives_grad);  // absent: a gradient arrives
 }
 
 TEST(Engine, TiledOutputHeadIsFusedWithItsLoss) {

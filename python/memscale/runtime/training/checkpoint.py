@@ -32,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import types
 from typing import Any, Callable, Iterator
 
 import torch
@@ -40,6 +39,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
 from memscale.errors import ExecutorError
+from memscale.profiler.retained import ATOMIC as _ATOMIC
+from memscale.profiler.retained import stateful as _stateful
 from memscale.profiler.storage import storage_key
 from memscale.runtime.hooks import ForwardPatch
 
@@ -129,21 +130,8 @@ class _BufferGuard:
                         obj.copy_(value)
 
 
-#: Values that hold no mutable state of their own.
-_ATOMIC = (int, float, complex, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size,
-           torch.memory_format, torch.layout, type, types.FunctionType, types.BuiltinFunctionType,
-           types.MethodType, types.ModuleType, torch.nn.Module, torch.Generator)
 #: At most this many objects are recorded per call (a cache object graph is a few dozen).
 _MAX_STATE_OBJECTS = 100_000
-
-
-def _stateful(value: Any) -> bool:
-    """Whether ``value`` (a non-tensor argument) may hold mutable state."""
-    if isinstance(value, (torch.Tensor, *_ATOMIC)):
-        return False
-    if isinstance(value, tuple):
-        return any(_stateful(v) for v in value)
-    return True
 
 
 def _snapshot(roots: list[Any]) -> tuple[list[tuple[Any, str, Any]], list[tuple[torch.Tensor, int]]]:
