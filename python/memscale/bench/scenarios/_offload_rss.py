@@ -70,7 +70,7 @@ def measure(family: str, size: str, fraction: float, page_cache: str, batch: int
     budget = int(weights * fraction)
     # memscale's imports come after the baseline: what they hold counts in the rise.
     from memscale.memory import track_memory
-    from memscale.runtime.inference import handle_of, wrap_for_inference
+    from memscale.runtime.inference import handle_of, unwrap_inference, wrap_for_inference
 
     from .offload_inference import engine_config
 
@@ -87,6 +87,9 @@ def measure(family: str, size: str, fraction: float, page_cache: str, batch: int
         peak = proc_status()
         tensor_peak = tracker.peak_bytes
         policy = handle_of(model).policy
+        unwrap_inference(model)  # its KV-cache files go before their directory does
+        del model
+        gc.collect()
     rise = peak["VmHWM"] - base["VmRSS"]
     return {
         "weight_bytes": weights, "budget_bytes": budget,

@@ -47,7 +47,7 @@ from ...errors import ConfigError, MemScaleError
 from ...profiler.storage import storage_bytes
 from .. import hooks
 from ..hooks import ModuleHooks
-from .heap import release_freed_memory
+from .heap import pin_mmap_threshold, release_freed_memory
 from .plan_view import device_layers, inference_plan, needs_plan, policy_from_plan
 from .tiers import TierPolicy, tier_policy
 from .units import PagingUnit, paging_units
@@ -281,13 +281,27 @@ def wrap_for_inference(model: nn.Module, config: Config | dict[str, Any], exampl
     handle.model = weakref.ref(model)
     hooks.register(model, handle)
     _live.add(handle)
-    # The pager just freed the resident copy of every paged unit; glibc keeps freed heap
-    # pages in the process unless told to return them.
-    release_freed_memory()
+    # The pager just freed the resident copy of every paged unit: glibc keeps freed heap
+    # pages in the process unless told to return them, and those frees raised its mmap
+    # threshold so later activations would stay resident too (heap.py).
+    if not cuda:
+        pin_mmap_threshold()
+        release_freed_memory()
+        # What a forward (a decoding step) frees goes back too: the heap holds the freed
+        # weights' space, which activations reuse and would otherwise leave resident.
+        handle.hooks.add(model, _nothing, _release_after_forward)
     log.info("offloaded inference: %d units, %d pinned (%s, of which %s kept on the device by the plan), "
              "weights %s, ram_bytes %s, files in %s", len(units), sum(hot.pinned), format_bytes(hot.pinned_bytes),
              format_bytes(hot.planned_bytes), format_bytes(weight_bytes), format_bytes(policy.ram_bytes), storage.dir)
     return model
+
+
+def _nothing() -> None:
+    pass
+
+
+def _release_after_forward() -> None:
+    release_freed_memory()  # its result must not become the forward's output
 
 
 def _install_kv_hook(model: nn.Module, tiers: TierPolicy, disk_dir: str) -> Any:
