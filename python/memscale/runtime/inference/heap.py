@@ -8,9 +8,13 @@ glibc two things then keep freed memory in the process's resident set:
   the counted tensors were 0.38x;
 * freeing those large blocks raises glibc's dynamic mmap threshold to the largest of them
   (up to 32 MiB), so from then on every tensor below that size (activations, logits, the
-  KV cache's growing rows) comes from the heap and stays resident once freed: HF GPT-2 at
-  0.25x held 52 MiB above its counted tensor peak, 21 MiB unwrapped. Pinning the threshold
-  at glibc's initial 128 KiB brings it to 13 MiB (``pin_mmap_threshold``).
+  KV cache's growing rows) comes from the heap and stays resident once freed. Pinning the
+  threshold at glibc's initial 128 KiB (``pin_mmap_threshold``) stops new heap growth, but
+  the heap still holds the freed weights' space (trimmed, not resident) and a step's
+  tensors fault it back in; the wrap therefore also trims after every forward. HF GPT-2 at
+  0.25x: 52 MiB above its counted tensor peak before, 39 MiB after (21 MiB unwrapped; 13
+  MiB with ``MALLOC_MMAP_THRESHOLD_=131072`` from process start, so the weights never
+  were in the heap).
 
 Elsewhere (musl, macOS) there is nothing to call and nothing is done.
 """
