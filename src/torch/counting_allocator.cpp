@@ -1,5 +1,6 @@
 // See include/memscale/torch/counting_allocator.hpp.
 #include "memscale/torch/counting_allocator.hpp"
+#include "memscale/torch/counted_allocate.hpp"
 
 #include <c10/core/Allocator.h>
 #include <c10/core/DeviceType.h>
@@ -41,7 +42,20 @@ class CountingAllocator final : public c10::Allocator {
       inner = inner_;
     }
     TORCH_CHECK(inner != nullptr, "memscale counting allocator used while not installed");
-    c10::DataPtr block = inner->allocate(n);
+    return count(inner->allocate(n), n);
+  }
+
+  /// A block from another allocator (allocate_counted), counted when a session is live.
+  c10::DataPtr allocate_from(c10::Allocator& allocator, size_t n) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (sessions_.empty()) return allocator.allocate(n);
+    }
+    return count(allocator.allocate(n), n);
+  }
+
+  /// Registers `block` with the live sessions; the returned pointer frees it through free_block.
+  c10::DataPtr count(c10::DataPtr block, size_t n) {
     void* data = block.get();
     const c10::Device device = block.device();
     if (data == nullptr) {  // zero-byte allocations: nothing to count or free
@@ -183,5 +197,9 @@ void CountingSession::close() {
 }
 
 bool counting_allocator_installed() { return CountingAllocator::instance().installed(); }
+
+c10::DataPtr allocate_counted(c10::Allocator& allocator, std::size_t n) {
+  return CountingAllocator::instance().allocate_from(allocator, n);
+}
 
 }  // namespace memscale::memory

@@ -11,7 +11,8 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "training_sweep": ("memscale.bench.scenarios.training_sweep",
                        "GPT training at 80/60/45/35% of its peak vs unoptimized and checkpoint-every-block"),
     "offload_inference": ("memscale.bench.scenarios.offload_inference",
-                          "generation with weights 2.5x the budget: pager vs Accelerate disk offload"),
+                          "HF Llama / GPT-2 / Qwen2 generate at 0.4x and 0.25x of their weights: pager vs "
+                          "Accelerate disk_offload and device_map=auto, page cache dropped and kept"),
     "scheduler": ("memscale.bench.scenarios.scheduler",
                   "memory-aware scheduler vs fixed worst-case batch on a request stream, two models"),
 }

@@ -50,6 +50,7 @@ from ...errors import ConfigError, MemScaleError
 from ...profiler.storage import storage_bytes
 from .. import hooks
 from ..hooks import ModuleHooks
+from .heap import pin_mmap_threshold, release_freed_memory
 from .plan_view import check_inference_plan, inference_plan, policy_from_plan, unit_placements
 from .step_tokens import TokenWatch
 from .tiers import TierPolicy, tier_policy
@@ -276,6 +277,15 @@ def wrap_for_inference(model: nn.Module, config: Config | dict[str, Any], exampl
     handle.install_hooks()
     handle.kv_hook = _install_kv_hook(model, tiers, storage.dir)
     _register(model, handle)
+    # The pager just freed the resident copy of every paged unit: glibc keeps freed heap
+    # pages in the process unless told to return them, and those frees raised its mmap
+    # threshold so later activations would stay resident too (heap.py).
+    if not any(p.is_cuda for u in units for p in u.params.values()):
+        pin_mmap_threshold()
+        release_freed_memory()
+        # What a forward (a decoding step) frees goes back too: the heap holds the freed
+        # weights' space, which activations reuse and would otherwise leave resident.
+        handle.hooks.add(model, _nothing, _release_after_forward)
     log.info("offloaded inference: %d units, %d pinned (%s, of which %s kept on the device by the plan), "
              "weights %s, ram_bytes %s, prefetch %d ahead, files in %s", len(units), sum(hot.pinned),
              format_bytes(hot.pinned_bytes), format_bytes(hot.planned_bytes), format_bytes(weight_bytes),
@@ -313,6 +323,14 @@ def plan_tokens(plan: Any) -> int:
     """Tokens per step the plan's activation reservation is sized for (0: no reservation)."""
     reservation = plan.reservation
     return int(reservation.tokens_per_step) if reservation.used else 0
+
+
+def _nothing() -> None:
+    pass
+
+
+def _release_after_forward() -> None:
+    release_freed_memory()  # its result must not become the forward's output
 
 
 def _install_kv_hook(model: nn.Module, tiers: TierPolicy, disk_dir: str) -> Any:
