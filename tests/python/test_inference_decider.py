@@ -171,3 +171,32 @@ def test_a_forward_over_more_tokens_than_planned_warns_once(tmp_path, caplog):
         assert "example_inputs" in warned[0]
     finally:
         memscale.unwrap(model)
+
+
+def test_the_engines_resident_limit_bounds_what_the_pager_holds_over_budgets_and_depths(tmp_path):
+    """Over budgets and prefetch depths with the user's policy: every budget at or above an
+    accepted one is accepted too (a deeper prefetch than the budget holds is counted
+    shallower, not refused), and the resident weights the plan allows (plan.offload.ram_bytes)
+    are never below what the pager holds during generate. (Within 10% of it, as issue 14
+    asks, does not hold yet: the plan grants headroom the pager does not use, up to 1.21x.)"""
+    ids = _prompt()
+    full = torch.cat([ids, torch.ones(2, NEW, dtype=ids.dtype)], 1)
+    for depth in (1, 2, 3):
+        for k, share in enumerate((0.3, 0.5, 0.7)):
+            model = _llama()
+            budget = int(_weights(model) * share)
+            disk_dir = tmp_path / f"d{depth}-{k}"
+            disk_dir.mkdir()
+            memscale.wrap(model, memscale.Config(memory_budget=budget, offload={
+                "policy": "budget", "ram_bytes": budget, "prefetch_n_ahead": depth, "disk_dir": str(disk_dir)}),
+                example_inputs=(full,), training=False)
+            handle = handle_of(model)
+            try:
+                handle.pager.wait_idle()
+                handle.reset_stats()
+                _generate(model, ids)
+                handle.pager.wait_idle()
+                held = handle.stats()["peak_resident_weight_bytes"]
+                assert 0 < held <= handle.plan.offload.ram_bytes, (share, depth, held, handle.plan.offload.ram_bytes)
+            finally:
+                memscale.unwrap(model)

@@ -163,10 +163,10 @@ Plan run_engine(const ModelGraph& graph, const Hardware& hw, const Config& confi
 /// counts is the engine's to choose: the configured depth where a plan fits with it, else
 /// the deepest shallower window that fits (down to the layer computing alone), rather than a
 /// refusal. The plan's offload section keeps the configured depth (what the pager runs),
-/// and its ram_bytes bounds what the pager holds to what the plan counted.
+/// and its ram_bytes bounds what the pager holds to what the plan counted. The same holds for
+/// a policy the user set: a ram_bytes that holds the configured window does not make the
+/// window fit the budget (more budget must never be refused where less is planned).
 inline Plan plan_inference(const ModelGraph& graph, const Hardware& hw, const Config& config, const PlanOptions& options) {
-  if (config.offload.kind != OffloadPolicy::Kind::none)  // apply_ram_budget chooses the window itself
-    return run_engine<model::InferenceTracker>(graph, hw, config, options);
   Config shallower = config;
   // min_memory: the least memory is the window of the layer computing alone.
   if (config.mode == Mode::min_memory) shallower.offload.prefetch_n_ahead = 0;
