@@ -79,8 +79,10 @@ def measure(case: Any, check: Any) -> int:
 
 def reference(build: Build) -> Reference:
     steps: list = []
-    ref = Reference(measure(build(), _recorder(steps)), steps)
-    if build().autocast is not None:
+    case = build()
+    autocast = case.autocast
+    ref = Reference(measure(case, _recorder(steps)), steps)
+    if autocast is not None:
         fp32 = build()
         fp32.autocast = None
         measure(fp32, _recorder(ref.exact))

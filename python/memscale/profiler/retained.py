@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import types
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -49,28 +49,44 @@ def stateful(value: Any) -> bool:
     return True
 
 
-def reachable_tensors(roots: Iterable[Any], limit: int = 100_000) -> list[torch.Tensor]:
-    """Every distinct tensor reachable from ``roots`` through tuples, lists, dicts, sets and
-    object attributes (``vars``), never through a module or into a tensor; at most
-    ``limit`` objects are visited (a cache's object graph is a few dozen)."""
+class StateTooLarge(Exception):
+    """More than ``limit`` objects are reachable from the roots :func:`walk_state` was given."""
+
+
+def walk_state(roots: Iterable[Any], limit: int = 100_000) -> Iterator[Any]:
+    """Each distinct tensor and mutable object reachable from ``roots`` through tuples,
+    lists, sets, dict values and object attributes (``vars``), once, never through a module
+    or into a tensor; raises :class:`StateTooLarge` past ``limit`` objects (a cache's
+    object graph is a few dozen). The one walk of the profiler's retained bytes and the
+    checkpoint executor's state guard, so both see the same state."""
     seen: set[int] = set()
-    found: list[torch.Tensor] = []
     stack = list(roots)
-    while stack and len(seen) < limit:
+    while stack:
         obj = stack.pop()
-        if id(obj) in seen:
-            continue
-        if isinstance(obj, torch.Tensor):
-            seen.add(id(obj))
-            found.append(obj)
-            continue
-        if isinstance(obj, ATOMIC):
+        if id(obj) in seen or isinstance(obj, ATOMIC):
             continue
         seen.add(id(obj))
+        if len(seen) > limit:
+            raise StateTooLarge(f"over {limit} objects reachable")
+        yield obj
+        if isinstance(obj, torch.Tensor):
+            continue
         if isinstance(obj, (tuple, list, set, frozenset)):
             stack.extend(obj)
         elif isinstance(obj, dict):
             stack.extend(obj.values())
         elif hasattr(obj, "__dict__"):
             stack.extend(vars(obj).values())
+
+
+def reachable_tensors(roots: Iterable[Any], limit: int = 100_000) -> list[torch.Tensor]:
+    """Every distinct tensor :func:`walk_state` reaches from ``roots``; the walk stops at
+    ``limit`` objects and keeps what it found."""
+    found: list[torch.Tensor] = []
+    try:
+        for obj in walk_state(roots, limit):
+            if isinstance(obj, torch.Tensor):
+                found.append(obj)
+    except StateTooLarge:
+        pass
     return found

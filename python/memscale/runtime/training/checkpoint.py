@@ -39,7 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
 from memscale.errors import ExecutorError
-from memscale.profiler.retained import ATOMIC as _ATOMIC
+from memscale.profiler.retained import StateTooLarge, walk_state
 from memscale.profiler.retained import stateful as _stateful
 from memscale.profiler.storage import storage_key
 from memscale.runtime.hooks import ForwardPatch
@@ -137,37 +137,22 @@ _MAX_STATE_OBJECTS = 100_000
 def _snapshot(roots: list[Any]) -> tuple[list[tuple[Any, str, Any]], list[tuple[torch.Tensor, int]]]:
     """(object, kind, shallow copy of its contents) for every mutable object reachable from
     ``roots``, and (tensor, version) for every tensor reachable from them."""
-    seen: set[int] = set()
     contents: list[tuple[Any, str, Any]] = []
     tensors: list[tuple[torch.Tensor, int]] = []
-    stack = list(roots)
-    while stack:
-        obj = stack.pop()
-        if isinstance(obj, torch.Tensor):
-            if id(obj) not in seen:
-                seen.add(id(obj))
+    try:
+        for obj in walk_state(roots, _MAX_STATE_OBJECTS):
+            if isinstance(obj, torch.Tensor):
                 tensors.append((obj, obj._version))
-            continue
-        if isinstance(obj, _ATOMIC) or id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if len(seen) > _MAX_STATE_OBJECTS:
-            raise ExecutorError(f"a checkpointed layer's arguments reach over {_MAX_STATE_OBJECTS} objects")
-        if isinstance(obj, tuple):
-            stack.extend(obj)
-        elif isinstance(obj, list):
-            contents.append((obj, "list", list(obj)))
-            stack.extend(obj)
-        elif isinstance(obj, dict):
-            contents.append((obj, "dict", dict(obj)))
-            stack.extend(obj.values())
-        elif isinstance(obj, set):
-            contents.append((obj, "set", set(obj)))
-            stack.extend(obj)
-        elif hasattr(obj, "__dict__"):
-            attrs = vars(obj)
-            contents.append((obj, "attrs", dict(attrs)))
-            stack.extend(attrs.values())
+            elif isinstance(obj, list):
+                contents.append((obj, "list", list(obj)))
+            elif isinstance(obj, dict):
+                contents.append((obj, "dict", dict(obj)))
+            elif isinstance(obj, set):
+                contents.append((obj, "set", set(obj)))
+            elif not isinstance(obj, (tuple, frozenset)) and hasattr(obj, "__dict__"):
+                contents.append((obj, "attrs", dict(vars(obj))))
+    except StateTooLarge:
+        raise ExecutorError(f"a checkpointed layer's arguments reach over {_MAX_STATE_OBJECTS} objects") from None
     return contents, tensors
 
 
