@@ -32,7 +32,7 @@ log = logging.getLogger("memscale")
 
 
 class _TrackerView:
-    """MemoryView over a LiveTracker: the peak is sampled after every op."""
+    """MemoryView over a LiveTracker: the peak is sampled after every op (and inside probed kernels)."""
 
     def __init__(self, tracker: LiveTracker) -> None:
         self.tracker = tracker
@@ -48,8 +48,8 @@ class _TrackerView:
         return max(self.peak, self.tracker.live)
 
     def observe(self) -> None:
-        if self.tracker.live > self.peak:
-            self.peak = self.tracker.live
+        # op_peak: the peak inside a probed kernel (its scratch is gone once it returns)
+        self.peak = max(self.peak, self.tracker.live, self.tracker.op_peak or 0)
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves, tree_map
 
+from .. import _C
 from .storage import storage_key, storage_nbytes
 
 log = logging.getLogger("memscale")
@@ -24,11 +25,15 @@ OpCallback = Callable[[Any, tuple, dict, Any], None]
 
 aten = torch.ops.aten
 
-# Ops whose meta/fake kernels return a placeholder workspace smaller than the real one
-# (oneDNN's RNN workspace is computed by the library at run time). For these the real
-# kernel is run once per distinct input geometry on uninitialised CPU tensors to learn
-# the true output sizes; the probe's memory is freed immediately.
-_REAL_SIZE_PROBES = {aten.mkldnn_rnn_layer.default}
+# Ops whose fake kernels cannot show what the real kernel allocates: oneDNN's fused RNN
+# returns a workspace whose size the library computes at run time (the meta kernel returns
+# a placeholder), and its forward and backward allocate scratch inside the kernel that no
+# output shows. For these the real kernel is run once per distinct input geometry on zero
+# CPU tensors of the fake inputs' layouts (storages at their probed real sizes) under the
+# counting allocator, to learn the true output sizes and the kernel's peak; the probe's
+# memory is freed immediately.
+_REAL_SIZE_PROBES = {op.default for op in (getattr(aten, name, None) for name in
+                                           ("mkldnn_rnn_layer", "mkldnn_rnn_layer_backward")) if op is not None}
 # A probe is skipped (and the estimate logged as a lower bound) past this many input bytes.
 PROBE_LIMIT_BYTES = 256 << 20
 
@@ -81,6 +86,9 @@ class LiveTracker(TorchDispatchMode):
         self._probe_cache: dict[tuple, list[int]] = {}
         # storage key -> bytes the real kernel would allocate (see _REAL_SIZE_PROBES)
         self._size_override: dict[int, int] = {}
+        # live bytes at the peak inside the op that just ran, where a probe measured it
+        # (the kernel's own scratch is freed before it returns): None for other ops
+        self.op_peak: int | None = None
 
     def nbytes(self, t: torch.Tensor) -> int:
         """Bytes of ``t``'s storage, corrected by a real-size probe where one ran."""
@@ -119,38 +127,53 @@ class LiveTracker(TorchDispatchMode):
             out = override(func, args, kwargs)
         else:
             out = func(*args, **kwargs)
-        if self._fake and func in _REAL_SIZE_PROBES:
-            self._probe(func, args, kwargs, out)
+        live_before = self.live
+        kernel_peak = self._probe(func, args, kwargs, out) if self._fake and func in _REAL_SIZE_PROBES else None
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 self.track(t)
+        self.op_peak = live_before + kernel_peak if kernel_peak is not None else None
         if self._on_op is not None:
             self._on_op(func, args, kwargs, out)
+        self.op_peak = None
         return out
 
-    def _probe(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+    def _real_like(self, t: torch.Tensor) -> torch.Tensor:
+        """A zero CPU tensor of ``t``'s layout on a storage of its real size (a probed one)."""
+        n = self.nbytes(t) // t.element_size()
+        return torch.zeros(n, dtype=t.dtype, device="cpu").as_strided(t.shape, t.stride(), t.storage_offset())
+
+    def _probe(self, func: Any, args: tuple, kwargs: dict, out: Any) -> int | None:
+        """Run the real kernel once per geometry: record its outputs' real storage sizes
+        (where larger than the fake ones) and return the bytes it allocated at its peak
+        (outputs included), or None where it was not probed."""
         tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         if any(t.device.type != "cpu" for t in tensors):
-            return
-        sig = (func, tuple((tuple(t.shape), t.dtype) for t in tensors), repr([a for a in tree_leaves((args, kwargs))
-                                                                              if not isinstance(a, torch.Tensor)]))
-        sizes = self._probe_cache.get(sig)
-        if sizes is None:
-            in_bytes = sum(t.numel() * t.element_size() for t in tensors)
+            return None
+        sig = (func, tuple((tuple(t.shape), t.stride(), t.dtype, self.nbytes(t)) for t in tensors),
+               repr([a for a in tree_leaves((args, kwargs)) if not isinstance(a, torch.Tensor)]))
+        probed = self._probe_cache.get(sig)
+        if probed is None:
+            in_bytes = sum(self.nbytes(t) for t in tensors)
             if in_bytes > PROBE_LIMIT_BYTES:
                 log.warning("%s inputs are %d bytes (> %d): workspace size not probed, "
                             "the activation estimate of this op is a lower bound", func, in_bytes, PROBE_LIMIT_BYTES)
-                return
+                return None
             # grad mode stays as it is: oneDNN only returns a workspace when grad is enabled
             with _disable_current_modes():
                 real_args, real_kwargs = tree_map(
-                    lambda a: torch.zeros(a.shape, dtype=a.dtype, device="cpu") if isinstance(a, torch.Tensor) else a, (args, kwargs))
+                    lambda a: self._real_like(a) if isinstance(a, torch.Tensor) else a, (args, kwargs))
+                session = _C.CountingSession()
                 real_out = func(*real_args, **real_kwargs)
+                peak = session.stats().peak_bytes
                 sizes = [t.untyped_storage().nbytes() if isinstance(t, torch.Tensor) else 0
                          for t in tree_leaves(real_out)]
-                del real_out, real_args, real_kwargs
-            self._probe_cache[sig] = sizes
-            log.debug("probed real output sizes of %s: %s", func, sizes)
+                del real_out, session, real_args, real_kwargs
+            probed = (sizes, peak)
+            self._probe_cache[sig] = probed
+            log.debug("probed %s: real output sizes %s, kernel peak %d bytes", func, sizes, peak)
+        sizes, peak = probed
         for t, n in zip(tree_leaves(out), sizes):
             if isinstance(t, torch.Tensor) and n > storage_nbytes(t):
                 self._size_override[storage_key(t)] = n
+        return peak
