@@ -48,8 +48,12 @@ def planner(monkeypatch):
         # training keeps weights resident: the graph says so, the Config is passed unchanged
         assert all("offload_weights" in layer.cannot for layer in graph.layers)
         calls.append({"graph": json.loads(graph.to_json()), "budget": cfg.memory_budget})
+        if len(calls) > 1 and planner.refuse_replan_with:
+            raise memscale.InfeasibleBudgetError(f"no plan fits the budget of {cfg.memory_budget}",
+                                                 planner.refuse_replan_with)
         return memscale.Plan.from_json(json.dumps(_plan_doc(graph, cfg, planner.techniques)))
     planner.techniques = ["checkpoint"]
+    planner.refuse_replan_with = 0  # > 0: re-plans are refused with this minimum
     planner.calls = calls
     monkeypatch.setattr(planning_mod, "plan", make)
     return planner
@@ -149,6 +153,23 @@ def test_over_budget_first_step_replans_before_the_next(planner, caplog) -> None
     assert_same_step(model, ref, inputs)
     unwrap(model)
     assert module_state(model) == before
+
+
+def test_a_refused_replan_names_the_users_budget_and_the_measured_minimum(planner) -> None:
+    model, inputs = build("gpt")
+    ref = twin(model)
+    budget = 1 << 20
+    planner.refuse_replan_with = 3 << 20
+    wrap(model, memory_budget=budget, example_inputs=inputs)
+    assert_same_step(model, ref, inputs)  # measured here; over budget
+    with pytest.raises(memscale.InfeasibleBudgetError) as refusal:
+        model(*inputs)
+    assert refusal.value.min_budget_bytes == 3 << 20
+    message = str(refusal.value)
+    # the planning budget the engine was given is scaled down; the user's is what it names
+    assert planner.calls[1]["budget"] < budget
+    assert f"memory_budget = {budget} bytes" in message and f"min_budget_bytes = {3 << 20}" in message
+    unwrap(model)
 
 
 # -- with the real engine ---------------------------------------------------------------

@@ -191,7 +191,12 @@ def _replan(model: nn.Module, state: TrainingHandle, measured: int) -> None:
         # The scaled budget is only a margin for what the measured profile still misses;
         # where the measured minimum fits the user's budget, its plan is the best there is.
         if refusal.min_budget_bytes > budget:
-            raise
+            # the engine's message names the scaled planning budget; the user set `budget`
+            raise InfeasibleBudgetError(
+                f"the first training step of {type(model).__name__} measured {measured} bytes, over "
+                f"{REPLAN_TOLERANCE:.2f} x memory_budget = {budget} bytes, and no plan made from the measured "
+                f"figures fits memory_budget: min_budget_bytes = {refusal.min_budget_bytes}; raise memory_budget "
+                f"to at least that (the engine: {refusal})", refusal.min_budget_bytes) from refusal
         tighter = int(refusal.min_budget_bytes)
         plan = _plan_at(model, state, graph, tighter)
     log.warning("memscale: re-planned %s: measured step %d > %.2f x budget %d; activations "
