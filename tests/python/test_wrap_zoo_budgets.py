@@ -1,7 +1,6 @@
 """Issue 13, acceptance 1, over the reference zoo and a user's own CNN (budget_sweep.py).
 
-Each zoo model with its loss inside (``labels``) and, for the models that return logits,
-outside (the plain loop: ``loss = F.cross_entropy(model(x)..., y)``). The CNN is a user
+Each zoo model with its loss inside (``labels``) and outside (the plain loop: ``loss = F.cross_entropy(model(x)..., y)``). The CNN is a user
 module nobody here wrote: Conv -> BatchNorm -> in-place ReLU -> Dropout stages in one
 ``nn.Sequential`` and a Linear head, trained with its loss outside. Layer discovery makes
 that Sequential of leaf modules one layer (profiler/discovery.py splits a Sequential only
@@ -47,8 +46,8 @@ def zoo_case(name: str, labels: bool) -> Case:
     return Case(model, tuple(inputs), loss_fn)
 
 
-#: Loss outside for two zoo LMs; test_wrap_hf_budgets.py runs it on every Hugging Face model.
-ZOO = [(name, True) for name in models.MODELS] + [(name, False) for name in ("gpt", "lstm")]
+#: Every zoo model with its loss inside (labels) and outside (the plain loop on its logits).
+ZOO = [(name, labels) for name in models.MODELS for labels in (True, False)]
 
 
 @pytest.mark.parametrize("name, labels", ZOO, ids=[f"{n}-{'loss_inside' if lab else 'loss_outside'}" for n, lab in ZOO])
