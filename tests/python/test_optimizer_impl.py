@@ -73,3 +73,36 @@ def test_the_stated_minimum_fits_the_loops_optimizer(foreach: bool | None) -> No
         with pytest.raises(memscale.InfeasibleBudgetError) as default_refusal:
             wrap(default_model, memscale.Config(memory_budget=1), example_inputs=inputs)
         assert minimum > default_refusal.value.min_budget_bytes
+
+
+@pytest.mark.parametrize("shapes", [[(256, 256)], [(256, 256), (256, 256)], [(256, 256), (8,), (64, 64), (256, 256)],
+                                    [(64,), (256, 256), (16, 16)]], ids=["one", "two_equal", "mixed", "small_first"])
+def test_the_per_tensor_adamw_workspace_is_what_its_step_allocates(shapes) -> None:
+    """The engine's workspace of torch's per-tensor AdamW step (previous + 2 x current over
+    the tensors in step order) against the step measured with the counting allocator."""
+    import json
+
+    from memscale._C import ModelGraph
+    from memscale.config import Config
+    from memscale.hardware import detect_hardware
+    from memscale.planning import plan as make_plan
+
+    params = [torch.nn.Parameter(torch.randn(*s)) for s in shapes]
+    opt = torch.optim.AdamW(params, lr=1e-3, foreach=False)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()  # the state exists before the measured step
+    with memscale.track_memory("cpu") as t:
+        opt.step()
+    sizes = [p.numel() * p.element_size() for p in params]
+
+    def peak(order: list[int]) -> int:
+        layer = {"index": 0, "name": "l", "kind": "other", "param_bytes": sum(sizes), "grad_bytes": sum(sizes),
+                 "optimizer_bytes": 2 * sum(sizes), "buffer_bytes": 0, "activation_bytes": 0, "transient_bytes": 0,
+                 "input_bytes": 0, "output_bytes": 0, "kv_cache_bytes": 0, "flops": 0}
+        graph = {"layers": [layer], "optimizer": "adamw", "optimizer_impl": "per_tensor",
+                 "largest_param_bytes": max(sizes), "trainable_param_bytes": order}
+        plan = make_plan(ModelGraph.from_json(json.dumps(graph)), Config(mode="off"), hardware=detect_hardware())
+        return int(plan.unoptimized_peak_bytes)
+    workspace = peak(sizes) - peak([0])
+    assert workspace == pytest.approx(t.peak_bytes, abs=64), (workspace, t.peak_bytes)

@@ -12,7 +12,7 @@ from memscale.profiler.profile import profile_dict
 
 GRAPH_KEYS = {"model_name", "dtype", "batch", "seq", "max_positions", "training", "optimizer", "optimizer_impl",
               "mixed_precision",
-              "input_bytes", "largest_param_bytes", "layers"}
+              "input_bytes", "largest_param_bytes", "trainable_param_bytes", "layers"}
 LAYER_KEYS = {"index", "name", "kind", "param_bytes", "buffer_bytes", "grad_bytes", "optimizer_bytes",
               "activation_bytes", "retained_bytes", "receives_grad", "transient_bytes", "input_bytes", "output_bytes", "kv_cache_bytes", "flops",
               "dims", "tileable", "measured_peak_bytes", "measured_activation_bytes", "cannot"}

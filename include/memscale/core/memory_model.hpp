@@ -44,13 +44,24 @@ inline double optimizer_transient_factor(const std::string& optimizer) {
   return optimizer == "adam" || optimizer == "adamw" ? 1.0 : 0.0;
 }
 
-/// Adam's per-tensor step (torch's default on CPU; foreach is the CUDA default) allocates
-/// temporaries of about three copies of the parameter being updated, so the step's
-/// workspace is 3 x the largest trainable tensor (measured with the counting allocator on
-/// torch 2.13: 2.25-3.0x for 2-64 tensors, 2.0x for a single tensor). The fused step
-/// allocates nothing (measured: 0 bytes).
-inline std::uint64_t per_tensor_optimizer_workspace(const std::string& optimizer, std::uint64_t largest_param_bytes) {
-  return optimizer == "adam" || optimizer == "adamw" ? 3 * largest_param_bytes : 0;
+/// Adam's per-tensor step (torch's default on CPU; foreach is the CUDA default) computes
+/// each parameter's denominator as `exp_avg_sq.sqrt() / c`: two temporaries the size of the
+/// parameter, while the previous parameter's denominator is still held (the loop variable is
+/// rebound only once the new one exists). Its workspace is therefore the largest
+/// `previous + 2 x current` over the tensors in the order the step visits them
+/// (`param_bytes`, the graph's trainable_param_bytes; measured with the counting allocator on
+/// torch 2.13: exact for one, two and many tensors of mixed sizes). Without the order it is
+/// bounded by 3 x the largest tensor. The fused step allocates nothing (measured: 0 bytes).
+inline std::uint64_t per_tensor_optimizer_workspace(const std::string& optimizer, std::uint64_t largest_param_bytes,
+                                                     const std::vector<std::uint64_t>& param_bytes = {}) {
+  if (optimizer != "adam" && optimizer != "adamw") return 0;
+  if (param_bytes.empty()) return 3 * largest_param_bytes;
+  std::uint64_t workspace = 0, previous = 0;
+  for (const std::uint64_t bytes : param_bytes) {
+    workspace = std::max(workspace, previous + 2 * bytes);
+    previous = bytes;
+  }
+  return workspace;
 }
 
 /// The implementation a graph's optimizer steps with on this machine: graph.optimizer_impl,

@@ -64,6 +64,9 @@ struct ModelGraph {
   /// Largest single trainable parameter tensor (0 = unknown): sizes the per-tensor
   /// optimizer's workspace on CPU.
   std::uint64_t largest_param_bytes = 0;
+  /// Bytes of each trainable parameter tensor in the order the optimizer steps them (empty =
+  /// unknown): the per-tensor optimizer's workspace is exact with it (memory_model.hpp).
+  std::vector<std::uint64_t> trainable_param_bytes;
   std::vector<Layer> layers;
   bool operator==(const ModelGraph&) const = default;
 
@@ -192,7 +195,8 @@ inline void to_json(nlohmann::json& j, const ModelGraph& g) {
        {"seq", g.seq},               {"max_positions", g.max_positions},
        {"training", g.training},     {"optimizer", g.optimizer},
        {"optimizer_impl", g.optimizer_impl}, {"mixed_precision", g.mixed_precision}, {"input_bytes", g.input_bytes},
-       {"largest_param_bytes", g.largest_param_bytes}, {"layers", g.layers}};
+       {"largest_param_bytes", g.largest_param_bytes}, {"trainable_param_bytes", g.trainable_param_bytes},
+       {"layers", g.layers}};
 }
 
 inline ModelGraph graph_from_json(const nlohmann::json& j) {
@@ -213,6 +217,12 @@ inline ModelGraph graph_from_json(const nlohmann::json& j) {
   g.mixed_precision = f::optional<bool>(j, "mixed_precision", path, false, f::as_bool);
   g.input_bytes = f::optional<std::uint64_t>(j, "input_bytes", path, 0, f::as_u64);
   g.largest_param_bytes = f::optional<std::uint64_t>(j, "largest_param_bytes", path, 0, f::as_u64);
+  if (j.contains("trainable_param_bytes")) {
+    const auto& sizes = j.at("trainable_param_bytes");
+    if (!sizes.is_array()) f::wrong_type("graph.trainable_param_bytes", sizes, "an array of byte counts");
+    for (std::size_t i = 0; i < sizes.size(); ++i)
+      g.trainable_param_bytes.push_back(f::as_u64(sizes[i], "graph.trainable_param_bytes[" + std::to_string(i) + "]"));
+  }
   const auto& layers = f::require(j, "layers", path);
   if (!layers.is_array()) f::wrong_type("graph.layers", layers, "an array of layers");
   for (std::size_t i = 0; i < layers.size(); ++i) {

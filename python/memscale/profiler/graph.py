@@ -169,6 +169,10 @@ def build_graph(model: nn.Module, inputs: Any, specs: list[LayerSpec], records: 
         # sizes the CPU optimizer's per-tensor workspace (memory-model.md)
         "largest_param_bytes": max((p.numel() * p.element_size() for p in model.parameters() if p.requires_grad),
                                    default=0) if training else 0,
+        # in the order a torch optimizer over model.parameters() steps them: the CPU
+        # per-tensor optimizer's workspace (memory-model.md)
+        "trainable_param_bytes": [p.numel() * p.element_size() for p in model.parameters() if p.requires_grad]
+        if training else [],
         "layers": layers,
         # caps the inference reservation's tokens per step (reservation.hpp)
         "max_positions": ins.model_dims(model).max_positions,

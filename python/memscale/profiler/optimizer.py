@@ -3,8 +3,8 @@
 
 The engine sizes the optimizer state by kind (``_C.optimizer_state_factor``) and the step's
 temporaries by implementation (docs/memory-model.md, "The optimizer step"): torch's Adam
-allocates about one copy of the parameters with ``foreach=True``, three copies of the largest
-tensor per-tensor (torch's default on CPU), nothing fused. A name leaves the implementation
+allocates about one copy of the parameters with ``foreach=True``, two copies of a tensor plus
+the previous tensor's per-tensor (torch's default on CPU), nothing fused. A name leaves the implementation
 to torch's default for the device; an optimizer object says which one it uses.
 """
 from __future__ import annotations

@@ -573,6 +573,11 @@ TEST(Engine, OptimizerStepTemporariesFollowHowItSteps) {
   EXPECT_EQ(unoptimized_peak(weight_heavy_graph("foreach"), cpu), fused + grads) << "one copy of the parameters";
   EXPECT_EQ(unoptimized_peak(weight_heavy_graph("per_tensor"), cpu), fused + 3 * largest) << "3 x the largest tensor";
   EXPECT_EQ(unoptimized_peak(weight_heavy_graph("default"), cpu), fused + 3 * largest) << "torch's CPU default";
+  // with the order the step visits the tensors: the previous denominator + two of the current
+  ModelGraph ordered = weight_heavy_graph("per_tensor");
+  ordered.trainable_param_bytes = {largest, 1u << 16, largest, 1u << 16};
+  EXPECT_EQ(unoptimized_peak(ordered, cpu), fused + (1u << 16) + 2 * largest) << "previous + 2 x current";
+  EXPECT_EQ(ModelGraph::from_json_text(ordered.to_json_text()).trainable_param_bytes, ordered.trainable_param_bytes);
   EXPECT_EQ(unoptimized_peak(weight_heavy_graph("default"), gpu), unoptimized_peak(weight_heavy_graph("foreach"), gpu))
       << "torch's CUDA default";
   nlohmann::json j = nlohmann::json::parse(weight_heavy_graph("foreach").to_json_text());

@@ -87,9 +87,10 @@ inline Setup make_setup(const ModelGraph& graph, const Hardware& hw, const Confi
   const std::string impl = model::resolved_optimizer_impl(graph.optimizer_impl, hw.gpu_count() > 0);
   s.step.optimizer_transient =
       graph.training && impl != "fused" ? model::optimizer_transient_factor(graph.optimizer) : 0.0;
-  if (graph.training && impl == "per_tensor" && graph.largest_param_bytes > 0) {
+  if (graph.training && impl == "per_tensor" && (graph.largest_param_bytes > 0 || !graph.trainable_param_bytes.empty())) {
     s.step.optimizer_transient = 0.0;
-    s.step.optimizer_workspace_bytes = model::per_tensor_optimizer_workspace(graph.optimizer, graph.largest_param_bytes);
+    s.step.optimizer_workspace_bytes = model::per_tensor_optimizer_workspace(graph.optimizer, graph.largest_param_bytes,
+                                                                             graph.trainable_param_bytes);
   }
   s.step.data_parallel = graph.training && s.device_count > 1;
   // The BLAS workspace is resident like the inputs once the first product ran (the peak
