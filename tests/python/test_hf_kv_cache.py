@@ -205,6 +205,18 @@ def test_engine_plans_each_layers_kv_tier_and_the_cache_follows_it(name, tmp_pat
     assert os.listdir(tmp_path) == []
 
 
+def test_a_plan_with_other_kv_layers_is_refused_before_anything_is_written(tmp_path):
+    from memscale.runtime.inference import wrap_for_inference
+
+    cfg = memscale.Config(memory_budget="64MiB", offload={"disk_dir": str(tmp_path)},
+                          tiers={"kv_cache": {"gpu": 50, "cpu": 0}})
+    other = memscale.plan(memscale.profile(_llama(layers=4), (_ids(),), training=False), cfg)
+    model = _llama()
+    with pytest.raises(memscale.MemScaleError, match="plan: 4 layers hold a KV cache .* caches 2 layers"):
+        wrap_for_inference(model, cfg, plan=other)
+    assert os.listdir(tmp_path) == [] and memscale.runtime.inference.handle_of(model) is None
+
+
 def test_inference_activations_off_the_device_are_the_engines_config_error(tmp_path):
     model = _llama()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
