@@ -26,6 +26,7 @@ void bind_plan(py::module_& m) {
       .def_readonly("tile_chunks", &LayerPlan::tile_chunks)
       .def_readonly("weight_tier", &LayerPlan::weight_tier)
       .def_readonly("activation_tier", &LayerPlan::activation_tier)
+      .def_readonly("kv_tier", &LayerPlan::kv_tier)
       .def_readonly("pinned", &LayerPlan::pinned)
       .def_readonly("bytes_before", &LayerPlan::bytes_before)
       .def_readonly("bytes_after", &LayerPlan::bytes_after)
@@ -76,6 +77,18 @@ void bind_plan(py::module_& m) {
   m.def("parse_tier_splits", splits_of, py::arg("value"), py::arg("path") = "tiers",
         "Parse {tensor type: split} (only the types given come back) with TierSplit.from_dict's rule;\n"
         "an unknown tensor type is a ConfigError listing weights, kv_cache, activations.");
+
+  m.def("split_layer_tiers", &split_layer_tiers, py::arg("n_layers"), py::arg("split"), py::arg("gpu"),
+        "Tier of each of n_layers layers under one tensor type's split, by position: the first gpu% on the\n"
+        "device, the next cpu% on the host (\"device\" without a GPU), the rest on disk.");
+  m.def(
+      "check_inference_activation_tiers",
+      [splits_of](const py::object& value, const std::string& path) {
+        check_inference_activation_tiers(splits_of(value, path), path);
+      },
+      py::arg("value"), py::arg("path") = "tiers",
+      "ConfigError when {tensor type: split} puts inference activations off the device (gpu < 100):\n"
+      "the model's own forward holds them between its layers.");
 
   py::class_<TierPolicy>(m, "TierPolicy", "Immutable placement of weights, KV cache and activations.")
       .def(py::init([](const TierSplit& w, const TierSplit& k, const TierSplit& a) { return TierPolicy{w, k, a}; }),

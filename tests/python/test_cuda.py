@@ -161,3 +161,21 @@ def test_pager_with_device_layers_is_bit_identical(tmp_path, weights) -> None:
     assert all(p.is_cuda for p in model.parameters())
     unwrap_inference(model)
     assert torch.equal(model(ids), ref)
+
+
+def test_kv_cache_on_the_plans_host_and_disk_tiers_is_identical_on_cuda(tmp_path) -> None:
+    from memscale.runtime.inference import generate, handle_of, unwrap_inference, wrap_for_inference
+    from pager_models import build_gpt, prompt
+
+    model = build_gpt(n_layers=6).cuda()
+    ids = prompt(model, 2, 16).cuda()
+    ref = generate(model, ids, 5, return_logits=True)
+    cfg = memscale.Config(offload={"disk_dir": str(tmp_path)}, tiers={"kv_cache": {"gpu": 0, "cpu": 50}})
+    wrap_for_inference(model, cfg, (torch.cat([ids, ids[:, :5]], dim=1),))
+    planned = [layer.kv_tier for layer in handle_of(model).plan.layers if layer.kv_tier != "none"]
+    assert sorted(planned) == ["disk"] * 3 + ["host"] * 3
+    out = generate(model, ids, 5, return_logits=True)
+    assert out.kv_layer_tiers == planned and out.kv_bytes["host"] > 0 and out.kv_bytes["disk"] > 0
+    assert torch.equal(out.tokens, ref.tokens)
+    assert all(torch.equal(a, b) for a, b in zip(out.logits, ref.logits))
+    unwrap_inference(model)

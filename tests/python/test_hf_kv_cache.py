@@ -20,9 +20,9 @@ transformers = pytest.importorskip("transformers")
 from memscale.runtime.inference.hf_cache import TieredCache, tiered_cache  # noqa: E402
 
 
-def _llama():
+def _llama(layers=2):
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
         vocab_size=1000, max_position_embeddings=128)).eval()
 
 
@@ -32,9 +32,9 @@ def _qwen2():
         vocab_size=1000, max_position_embeddings=128)).eval()
 
 
-def _gpt2():
+def _gpt2(layers=2):
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        n_embd=64, n_layer=2, n_head=4, vocab_size=1000, n_positions=128, bos_token_id=0, eos_token_id=0)).eval()
+        n_embd=64, n_layer=layers, n_head=4, vocab_size=1000, n_positions=128, bos_token_id=0, eos_token_id=0)).eval()
 
 
 FAMILIES = {"llama": _llama, "qwen2": _qwen2, "gpt2": _gpt2}
@@ -160,6 +160,72 @@ def test_offload_generate_hf_refuses_activation_tiers():
     model = _llama()
     with pytest.raises(memscale.ConfigError, match="tiers.activations"):
         memscale.offload.generate(model, _ids(), 2, tiers={"activations": {"gpu": 0, "cpu": 0}})
+
+
+def _mixed_kv_budget(graph, kv_layer_bytes):
+    """The first budget below the unoptimized peak (in half-layer steps of KV cache) at
+    which the engine, weights kept resident, puts some layers' KV cache on disk and keeps
+    others on the device."""
+    cfg = dict(force_optimize=True, techniques={"offload_weights": "off"})
+    peak = memscale.plan(graph, memscale.Config(memory_budget="1GiB", **cfg)).unoptimized_peak_bytes
+    for halves in range(1, 16):
+        budget = peak - halves * kv_layer_bytes // 2
+        tiers = {layer.kv_tier for layer in memscale.plan(graph, memscale.Config(memory_budget=budget, **cfg)).layers}
+        if {"device", "disk"} <= tiers:
+            return budget
+    raise AssertionError("no budget splits the KV cache between the device and disk")
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_engine_plans_each_layers_kv_tier_and_the_cache_follows_it(name, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = {"llama": _llama, "gpt2": _gpt2}[name](layers=4)
+    ids, new = _ids(), 8
+    ref = _reference(model, ids, new)
+    total = torch.cat([ids, ids[:, :new]], dim=1)  # example inputs of the generation's total length
+    graph = memscale.profile(model, (total,), training=False)
+    kv = max(layer["kv_cache_bytes"] for layer in json.loads(graph.to_json())["layers"])
+    cfg = memscale.Config(memory_budget=_mixed_kv_budget(graph, kv), force_optimize=True,
+                          techniques={"offload_weights": "off"}, offload={"disk_dir": str(tmp_path)})
+    memscale.wrap(model, cfg, example_inputs=(total,), training=False)
+    try:
+        handle = memscale.runtime.inference.handle_of(model)
+        planned = [layer.kv_tier for layer in handle.plan.layers if layer.kv_tier != "none"]
+        assert len(planned) == model_dims(model).layers and {"device", "disk"} <= set(planned)
+        assert handle.kv_hook.layer_tiers == planned
+        spy = _FileSpy(monkeypatch)
+        out = model.generate(ids, max_new_tokens=new, do_sample=False)  # Hugging Face's own generate
+        assert torch.equal(out, ref)
+        spy.check(2 * planned.count("disk"))
+        r = memscale.offload.generate(model, ids, new)
+        assert torch.equal(r.tokens, ref) and r.kv_layer_tiers == planned
+        assert r.kv_bytes["disk"] > 0 and r.kv_bytes["device"] > 0
+    finally:
+        memscale.unwrap(model)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_plan_with_other_kv_layers_is_refused_before_anything_is_written(tmp_path):
+    from memscale.runtime.inference import wrap_for_inference
+
+    cfg = memscale.Config(memory_budget="64MiB", offload={"disk_dir": str(tmp_path)},
+                          tiers={"kv_cache": {"gpu": 50, "cpu": 0}})
+    other = memscale.plan(memscale.profile(_llama(layers=4), (_ids(),), training=False), cfg)
+    model = _llama()
+    with pytest.raises(memscale.MemScaleError, match="plan: 4 layers hold a KV cache .* caches 2 layers"):
+        wrap_for_inference(model, cfg, plan=other)
+    assert os.listdir(tmp_path) == [] and memscale.runtime.inference.handle_of(model) is None
+
+
+def test_inference_activations_off_the_device_are_the_engines_config_error(tmp_path):
+    model = _llama()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = memscale.Config(memory_budget="64MiB", offload={"disk_dir": str(tmp_path)},
+                          tiers={"activations": {"gpu": 50, "cpu": 50}})
+    with pytest.raises(memscale.ConfigError, match=r'tiers.activations: got \{"gpu": 50, "cpu": 50\}.*allowed: gpu 100'):
+        memscale.wrap(model, cfg, example_inputs=(_ids(),), training=False)
+    assert os.listdir(tmp_path) == [] and memscale.runtime.inference.handle_of(model) is None
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2"])

@@ -78,10 +78,14 @@ def test_forward_and_generation_are_bit_identical(tmp_path, gpt):
     assert handle.stats()["evictions"] == 0 and handle.files()
     for _ in range(2):
         assert torch.equal(model(ids), ref)
-    for tiers in (None, {"kv_cache": {"gpu": 50, "cpu": 0}, "activations": {"gpu": 0, "cpu": 0}}):
+    for tiers in (None, {"kv_cache": {"gpu": 50, "cpu": 0}}):
         out = generate(model, ids, 6, tiers=tiers, return_logits=True)
         assert torch.equal(out.tokens, ref_gen.tokens)
         assert all(torch.equal(a, b) for a, b in zip(out.logits, ref_gen.logits))
+    assert out.kv_layer_tiers == ["device"] * 3 + ["disk"] * 3  # an override applies by position
+    # The activations between layers stay on the device: the model's own forward holds them.
+    with pytest.raises(memscale.ConfigError, match=r'tiers.activations: got \{"gpu": 0, "cpu": 0\}.*allowed: gpu 100'):
+        generate(model, ids, 2, tiers={"activations": {"gpu": 0, "cpu": 0}})
     stats = handle.stats()
     assert stats["evictions"] > 0 and stats["prefetch_loads"] > 0
     assert stats["peak_resident_weight_bytes"] <= 2_500_000
@@ -101,6 +105,47 @@ def test_generation_with_a_kv_cache_matches_full_recompute(gpt):
     for k, logits in enumerate(out.logits):
         torch.testing.assert_close(logits, full[:, ids.shape[1] + k - 1], rtol=1e-4, atol=1e-5)
     assert torch.equal(out.logits[0], model(ids)[:, -1])  # the prefill is the model's own forward
+
+
+def test_the_gpt_models_kv_cache_follows_the_plans_layers(tmp_path, gpt, monkeypatch):
+    model, ids = gpt
+    ref = generate(model, ids, 4, return_logits=True)
+    import memscale.runtime.inference.kv_cache as kv
+
+    files = []
+    real = kv.DiskRows.__init__
+
+    def spy(self, *a, **k):
+        real(self, *a, **k)
+        files.append(self.path)
+
+    monkeypatch.setattr(kv.DiskRows, "__init__", spy)
+    cfg = memscale.Config(memory_budget="1GiB", tiers={"kv_cache": {"gpu": 50, "cpu": 0}},
+                          offload={"policy": "budget", "ram_bytes": "2.5MB", "disk_dir": str(tmp_path)})
+    wrap_for_inference(model, cfg, (torch.cat([ids, ids[:, :4]], dim=1),))
+    handle = handle_of(model)
+    planned = [layer.kv_tier for layer in handle.plan.layers if layer.kv_tier != "none"]
+    kv_layers = [layer.name for layer in handle.plan.layers if layer.kv_tier != "none"]
+    assert kv_layers == [f"blocks.{i}" for i in range(6)]
+    assert sorted(planned) == ["device"] * 3 + ["disk"] * 3
+    out = generate(model, ids, 4, return_logits=True)
+    assert out.kv_layer_tiers == planned  # the engine's per-layer choice, not the positional split
+    assert torch.equal(out.tokens, ref.tokens)
+    assert all(torch.equal(a, b) for a, b in zip(out.logits, ref.logits))
+    assert len(files) == 2 * planned.count("disk") and not any(os.path.exists(f) for f in files)
+    unwrap_inference(model)
+
+
+def test_the_gpt_model_takes_a_transformers_cache(gpt):
+    pytest.importorskip("transformers")
+    model, ids = gpt
+    assert torch.equal(model(ids, use_cache=False), model(ids))  # the plain call is unchanged
+    out = model(ids[:, :-3], use_cache=True)
+    assert out.past_key_values.get_seq_length() == ids.shape[1] - 3
+    step = model(ids[:, -3:], past_key_values=out.past_key_values, use_cache=True)  # three new tokens at once
+    torch.testing.assert_close(step.logits, model(ids)[:, -3:], rtol=1e-4, atol=1e-5)
+    labels = ids.roll(-1, dims=1)
+    assert torch.equal(model(ids, labels, use_cache=True).loss, model(ids, labels))
 
 
 def test_resident_parameter_bytes_stay_within_ram_bytes(tmp_path, gpt):

@@ -216,9 +216,10 @@ inline schema_json build() {
                 {"properties",
                  {{"weights", split("share of the layer weights")},
                   {"kv_cache", split("share of the KV cache")},
-                  {"activations", split("scales the activation reservation kept on the device")}}},
+                  {"activations", split("inference keeps the activations between layers on the device: gpu must be 100 "
+                                         "(the model's own forward holds them)")}}},
                 {"default", schema_json::object()},
-                {"x-default-note", "the engine searches the split of every tensor type"}};
+                {"x-default-note", "the engine decides the tier of each layer's weights and KV cache"}};
   p["reservation"] = reservation();
   return {{"$schema", "https://json-schema.org/draft/2020-12/schema"},
           {"title", "memscale.Config"},

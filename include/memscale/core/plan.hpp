@@ -36,6 +36,7 @@ struct LayerPlan {
   std::int64_t tile_chunks = 1;
   std::string weight_tier = "device";      ///< device|host|disk
   std::string activation_tier = "device";  ///< device|host|disk
+  std::string kv_tier = "none";            ///< inference: where the layer's KV cache lives, device|host|disk; none: it has none
   bool pinned = false;
   std::uint64_t bytes_before = 0, bytes_after = 0;
   LayerBytes before, after;  ///< the same figures by kind, without / with the techniques
@@ -130,6 +131,7 @@ inline void to_json(nlohmann::json& j, const LayerPlan& l) {
        {"tile_chunks", l.tile_chunks},
        {"weight_tier", l.weight_tier},
        {"activation_tier", l.activation_tier},
+       {"kv_tier", l.kv_tier},
        {"pinned", l.pinned},
        {"bytes_before", l.bytes_before},
        {"bytes_after", l.bytes_after},
@@ -230,6 +232,9 @@ inline Plan plan_from_json(const nlohmann::json& j) {
     l.tile_chunks = f::i64(lj, "tile_chunks", lp);
     l.weight_tier = f::one_of(f::string(lj, "weight_tier", lp), {"device", "host", "disk"}, lp + ".weight_tier");
     l.activation_tier = f::one_of(f::string(lj, "activation_tier", lp), {"device", "host", "disk"}, lp + ".activation_tier");
+    // Optional: plans written before the per-layer KV tier existed still load (as "none").
+    if (lj.contains("kv_tier"))
+      l.kv_tier = f::one_of(f::string(lj, "kv_tier", lp), {"none", "device", "host", "disk"}, lp + ".kv_tier");
     l.pinned = f::boolean(lj, "pinned", lp);
     l.bytes_before = f::u64(lj, "bytes_before", lp);
     l.bytes_after = f::u64(lj, "bytes_after", lp);

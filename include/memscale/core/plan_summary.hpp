@@ -29,7 +29,8 @@ inline std::string techniques_of(const LayerPlan& l) {
     std::string item = x;
     if (x == "tile") item += "x" + std::to_string(l.tile_chunks);
     if (x == "offload_weights") item += "->" + l.weight_tier;
-    if (x == "offload_activations") item += "->" + l.activation_tier;
+    // An inference layer's offload_activations is its KV cache.
+    if (x == "offload_activations") item = l.kv_tier != "none" ? "kv_cache->" + l.kv_tier : item + "->" + l.activation_tier;
     t += (t.empty() ? "" : ", ") + item;
   }
   if (l.pinned) t += std::string(t.empty() ? "" : ", ") + "pinned";
@@ -96,6 +97,12 @@ inline std::string plan_summary(const Plan& plan) {
                   plan.tier_policy.compute_s, plan.tier_policy.io_s);
     out += line;
   }
+  std::size_t kv[3] = {0, 0, 0};
+  for (const auto& l : plan.layers)
+    if (l.kv_tier != "none") ++kv[l.kv_tier == "device" ? 0 : l.kv_tier == "host" ? 1 : 2];
+  if (kv[0] + kv[1] + kv[2] > 0)
+    out += "KV cache per layer: " + std::to_string(kv[0]) + " on the device, " + std::to_string(kv[1]) + " on the host, " +
+           std::to_string(kv[2]) + " on disk\n";
   if (!plan.rejected.empty()) out += std::to_string(plan.rejected.size()) + " alternatives considered and rejected (see plan.rejected)\n";
   return out;
 }

@@ -113,4 +113,35 @@ inline std::map<std::string, TierSplit> parse_tier_splits(const nlohmann::json& 
   return splits;
 }
 
+/// Tier of each of `n_layers` layers when one tensor type's `split` is applied by position:
+/// the first gpu% of the layers on the device, the next cpu% on the host, the rest on disk
+/// (shares rounded to whole layers, halves away from zero). Without a GPU the host is RAM
+/// like the device, so a host share is reported as "device". The rule of an explicit
+/// per-call tier override (memscale.offload.generate(tiers=...)); a plan's layers carry
+/// the engine's own per-layer decision (LayerPlan.kv_tier).
+inline std::vector<std::string> split_layer_tiers(std::size_t n_layers, const TierSplit& split, bool gpu) {
+  const auto n = static_cast<double>(n_layers);
+  const auto on_device = static_cast<std::size_t>(std::lround(n * split.gpu / 100.0));
+  const auto above_disk =
+      std::min(n_layers, static_cast<std::size_t>(std::lround(n * (split.gpu + split.cpu) / 100.0)));
+  std::vector<std::string> tiers(n_layers, "disk");
+  for (std::size_t l = 0; l < above_disk; ++l) tiers[l] = l < on_device || !gpu ? "device" : "host";
+  return tiers;
+}
+
+/// Inference keeps the activations between layers on the device: the runtime runs each
+/// model's own forward, which holds its hidden state from one layer to the next, so
+/// nothing can free it by moving it (only the weights and the KV cache are tiered).
+/// `tiers.activations` with gpu below 100 is a ConfigError naming the value.
+inline void check_inference_activation_tiers(const std::map<std::string, TierSplit>& tiers, const std::string& path) {
+  const auto it = tiers.find("activations");
+  if (it == tiers.end() || it->second.gpu >= 100.0) return;
+  const TierSplit& s = it->second;
+  throw ConfigError(path + ".activations: got {\"gpu\": " + json_fields::format_number(s.gpu) + ", \"cpu\": " +
+                    json_fields::format_number(s.cpu) + "}, but inference keeps the activations between layers on the "
+                    "device; allowed: gpu 100 (or leave tiers.activations out). The model runs its own forward, which "
+                    "holds the hidden state between its layers, so it cannot be moved off the device; the weights and "
+                    "the KV cache are tiered (tiers.weights, tiers.kv_cache)");
+}
+
 }  // namespace memscale

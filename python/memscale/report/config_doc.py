@@ -75,9 +75,11 @@ FOOTER = """\
   kind block/attention. `prefetch_n_ahead` sizes the window in the memory model and is
   copied into the plan for the pager.
 - `tiers` applies to inference plans: `weights`/`kv_cache` fix the share kept on the
-  device (on a CPU-only machine `gpu` + `cpu` both mean host RAM, the device);
-  `activations` scales the activation reservation kept on the device. Training plans
-  ignore `tiers` (said in the trace).
+  device (on a CPU-only machine `gpu` + `cpu` both mean host RAM, the device), realised
+  layer by layer (`LayerPlan.weight_tier`, `LayerPlan.kv_tier`); `activations` must keep
+  `gpu` at 100 for inference (the model's own forward holds the activations between its
+  layers, so they cannot be moved; anything else is a `ConfigError` naming
+  `tiers.activations`). Training plans ignore `tiers` (said in the trace).
 - `reservation`: the inference activation reservation; `safety_factor` can be
   replaced by a calibrated one (`memscale.calibrate_reservation`).
 - `auto_policy`: no learned policy stage ships yet; the flag is accepted and the trace

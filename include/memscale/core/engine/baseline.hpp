@@ -251,11 +251,7 @@ inline void apply_fixed_tiers(const ModelGraph& graph, const Setup& setup, const
     return;
   }
   for (const auto& [type, split] : config.tiers) {
-    if (type == "activations") {
-      log.trace.push_back("tiers.activations: " + json_fields::format_number(split.gpu) +
-                          "% of the activation reservation stays on the device");
-      continue;
-    }
+    if (type == "activations") continue;  // on the device (make_setup refuses any other split)
     const Technique t = type == "weights" ? Technique::offload_weights : Technique::offload_activations;
     auto bytes_of = [&](std::size_t l) {
       const Layer& layer = graph.layers[l];

@@ -70,6 +70,7 @@ inline Plan build_plan(const ModelGraph& graph, const Setup& setup, const Config
   p.skipped = outcome.skipped;
   p.skip_reason = outcome.skipped ? outcome.skip_reason : "";
   const std::vector<model::LayerState> none(graph.layers.size());
+  const std::vector<std::string> kv_tier = kv_tiers_of(graph, states, log.activation_tier);
   for (std::size_t l = 0; l < graph.layers.size(); ++l) {
     const Layer& layer = graph.layers[l];
     LayerPlan lp;
@@ -79,7 +80,10 @@ inline Plan build_plan(const ModelGraph& graph, const Setup& setup, const Config
     lp.techniques = techniques_of(states[l]);
     lp.tile_chunks = states[l].tiled() ? states[l].chunks : 1;
     lp.weight_tier = states[l].offload_weights ? log.weight_tier[l] : "device";
-    lp.activation_tier = states[l].offload_activations ? log.activation_tier[l] : "device";
+    // Inference: offload_activations moves the layer's KV cache (kv_tier); the activations
+    // between layers stay on the device.
+    lp.activation_tier = graph.training && states[l].offload_activations ? log.activation_tier[l] : "device";
+    lp.kv_tier = kv_tier[l];
     lp.pinned = !setup.pinned[l].empty();
     lp.bytes_before = model::layer_resident_bytes(layer, none[l], setup.step);
     lp.bytes_after = model::layer_resident_bytes(layer, states[l], setup.step);
@@ -106,7 +110,7 @@ inline Plan build_plan(const ModelGraph& graph, const Setup& setup, const Config
   if (!graph.training) {
     bool moved = !config.tiers.empty();
     for (const auto& s : states) moved |= s.offload_weights || s.offload_activations;
-    if (moved) p.tier_policy = realised_tiers(graph, setup, config, states, log.weight_tier, log.activation_tier);
+    if (moved) p.tier_policy = realised_tiers(graph, setup, config, states, log.weight_tier, kv_tier);
   }
   return p;
 }

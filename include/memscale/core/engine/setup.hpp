@@ -39,8 +39,7 @@ struct Setup {
   cost::Rates rates;
   cost::TierCapacity capacity;
   model::StepContext step;
-  Reservation reservation;  ///< inference only
-  double activation_gpu_share = 1.0;  ///< inference: share of the reservation on the device (tiers.activations)
+  Reservation reservation;  ///< inference only: on the device (check_inference_activation_tiers)
   rules::ResolvedOverrides overrides;
   std::vector<std::string> pinned;  ///< per layer: why its weights are pinned ("" = not)
 };
@@ -99,14 +98,12 @@ inline Setup make_setup(const ModelGraph& graph, const Hardware& hw, const Confi
   s.step.input_bytes = graph.input_bytes + hw.workspace_bytes() * (graph.training ? 2 : 1);
   s.step.element_bytes = cost::dtype_bytes(graph.dtype);
   if (!graph.training) {
+    check_inference_activation_tiers(config.tiers, "tiers");
     s.reservation = activation_reservation(graph, hw, config.reservation, s.device_count, options.calibration);
-    if (const auto it = config.tiers.find("activations"); it != config.tiers.end())
-      s.activation_gpu_share = it->second.gpu / 100.0;
     bool kv = false;
     for (const auto& layer : graph.layers) kv |= layer.kv_cache_bytes > 0;
     if (kv) s.step.step_flops_share = 1.0 / static_cast<double>(std::max<std::int64_t>(graph.seq, 1));
-    s.step.reservation_bytes = static_cast<std::uint64_t>(
-        std::ceil(static_cast<double>(s.reservation.per_device_bytes) * s.activation_gpu_share));
+    s.step.reservation_bytes = s.reservation.per_device_bytes;
   }
   s.overrides = rules::resolve_overrides(graph, config);
   s.pinned = rules::hot_set(graph, config.offload);

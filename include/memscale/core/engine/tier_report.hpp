@@ -46,14 +46,31 @@ inline TierProblem tier_problem_of(const ModelGraph& graph, const Setup& setup, 
   p.disk_write_bytes_per_s = setup.rates.disk_write;
   p.compute_s = inference_step_compute_s(graph, setup.rates);
   p.fixed = config.tiers;
+  // The activations between layers stay on the device (check_inference_activation_tiers):
+  // the search places only what the runtime can move.
+  p.fixed["activations"] = TierSplit{100.0, 0.0};
   return p;
+}
+
+/// Where each layer's KV cache lives under `states`: "none" for a layer without one
+/// (training, or no attention in it), "device" unless the engine offloaded it
+/// (offload_activations on an inference layer is its KV cache), else the tier the ledger
+/// gave it (`offload_tier`: host first on a GPU machine, disk when host is full or
+/// on a CPU-only machine). The one per-layer rule the tier report and LayerPlan.kv_tier share.
+inline std::vector<std::string> kv_tiers_of(const ModelGraph& graph, const std::vector<model::LayerState>& states,
+                                            const std::vector<std::string>& offload_tier) {
+  std::vector<std::string> tiers(graph.layers.size(), "none");
+  if (graph.training) return tiers;
+  for (std::size_t l = 0; l < graph.layers.size(); ++l)
+    if (graph.layers[l].kv_cache_bytes > 0) tiers[l] = states[l].offload_activations ? offload_tier[l] : "device";
+  return tiers;
 }
 
 inline double percent(std::uint64_t part, std::uint64_t total) {
   return total == 0 ? 0.0 : 100.0 * static_cast<double>(part) / static_cast<double>(total);
 }
 
-/// The split an inference plan realises, costed.
+/// The split an inference plan realises, costed (`kv_tier`: kv_tiers_of).
 inline TierChoice realised_tiers(const ModelGraph& graph, const Setup& setup, const Config& config,
                                  const std::vector<model::LayerState>& states, const std::vector<std::string>& weight_tier,
                                  const std::vector<std::string>& kv_tier) {
@@ -65,15 +82,14 @@ inline TierChoice realised_tiers(const ModelGraph& graph, const Setup& setup, co
     k_total += k;
     if (!states[l].offload_weights) w_gpu += w;
     else if (weight_tier[l] == "host") w_host += w;
-    if (!states[l].offload_activations) k_gpu += k;
+    if (kv_tier[l] == "device") k_gpu += k;
     else if (kv_tier[l] == "host") k_host += k;
   }
   TierChoice c;
   c.used = true;
   c.policy.weights = w_total ? TierSplit{percent(w_gpu, w_total), percent(w_host, w_total)} : TierSplit{100.0, 0.0};
   c.policy.kv_cache = k_total ? TierSplit{percent(k_gpu, k_total), percent(k_host, k_total)} : TierSplit{100.0, 0.0};
-  c.policy.activations = TierSplit{100.0 * setup.activation_gpu_share, 100.0 - 100.0 * setup.activation_gpu_share};
-  if (const auto it = config.tiers.find("activations"); it != config.tiers.end()) c.policy.activations = it->second;
+  c.policy.activations = TierSplit{100.0, 0.0};  // on the device (check_inference_activation_tiers)
   TierProblem problem = tier_problem_of(graph, setup, config, setup.budget);
   const TierCost cost = tier_cost(problem, c.policy);
   c.compute_s = cost.compute_s;

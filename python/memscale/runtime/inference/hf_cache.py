@@ -1,12 +1,18 @@
 """A transformers ``Cache`` whose layers keep their keys and values on their planned tier.
 
 :class:`TieredCache` is a ``DynamicCache`` (so ``generate``, masks and the attention code
-of any Hugging Face causal LM use it unchanged) in which every full-attention layer placed
-off the device by the tier policy (``layer_tiers(n_layers, policy.kv_cache, cuda)``) is a
-:class:`TieredLayer`: its rows live in host memory (pinned on CUDA) or in a raw 0600 file
+of any Hugging Face causal LM use it unchanged, as does any model whose forward takes a
+transformers ``Cache`` and calls ``cache.update(k, v, layer_idx)``) in which every
+full-attention layer placed off the device is a :class:`TieredLayer`: its rows live in
+host memory (pinned on CUDA) or in a raw 0600 file
 (:class:`memscale.runtime.inference.kv_cache.TierRows`), and ``update`` hands attention
 the whole ``(batch, heads, t, head_dim)`` keys and values on the device for that layer's
 attention only. Device layers (and sliding-window layers) are Hugging Face's own.
+
+The tier of each layer comes from the engine's inference plan (``LayerPlan.kv_tier`` of
+the plan layers that hold a KV cache, in execution order: :func:`planned_tiers`), or for
+an explicit override from a tier split applied by position (the core's
+``split_layer_tiers``: :func:`split_tiers`).
 
 A wrapped model gets one automatically: :func:`install` adds a forward pre-hook that
 supplies a fresh tiered cache whenever a call with ``use_cache`` on brings no cache, or the
@@ -28,16 +34,22 @@ Example:
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import weakref
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from ...errors import ConfigError, MemScaleError
+from ...profiler.introspect import model_dims
 from .kv_cache import ScratchDir, TierRows
+from .plan_view import kv_layer_tiers
 from .tiers import TierPolicy, layer_tiers, tier_policy
+
+log = logging.getLogger("memscale")
 
 
 class TieredLayer(DynamicLayer):
@@ -186,6 +198,18 @@ class _TierStore:
             self.scratch = None
 
 
+def _is_transformers_config(config: Any) -> bool:
+    """A transformers config: it declares its decoder's layer types (sliding windows...)."""
+    return callable(getattr(config, "get_text_config", None))
+
+
+def _fresh_layers(config: Any, n_layers: int) -> list:
+    """Empty cache layers: those a transformers config declares, else ``n_layers`` full ones."""
+    if _is_transformers_config(config):
+        return DynamicCache(config=config).layers
+    return [DynamicLayer() for _ in range(n_layers)]
+
+
 def place_layers(cache: DynamicCache, config: Any, tiers: list[str], disk_dir: str | None = None,
                  capacity: int = 256) -> _TierStore:
     """Puts the layers of an empty ``cache`` on ``tiers`` in place (the object stays the
@@ -194,7 +218,7 @@ def place_layers(cache: DynamicCache, config: Any, tiers: list[str], disk_dir: s
     if cache.get_seq_length() != 0:
         raise ValueError("place_layers: the cache already holds tokens")
     if not cache.layers:  # a DynamicCache made without a config grows its layers lazily
-        cache.layers = DynamicCache(config=config).layers
+        cache.layers = _fresh_layers(config, len(tiers))
         cache.layer_class_to_replicate = None
     if len(tiers) != len(cache.layers):
         raise ValueError(f"tiers: {len(tiers)} entries for {len(cache.layers)} layers")
@@ -212,21 +236,20 @@ class TieredCache(DynamicCache):
     """A ``DynamicCache`` with each full-attention layer's K/V on its tier.
 
     Args:
-        config: the model's config (its decoder text config gives the layers and their
-            types, as for ``DynamicCache(config=...)``).
+        config: the model's config. A transformers config gives the layers and their
+            types (as for ``DynamicCache(config=...)``); any other gives one full-attention
+            layer per entry of ``tiers``.
         tiers: the tier of every layer ("device", "host", "disk"), e.g. from
-            :func:`layer_tiers`; sliding-window layers always stay on the device.
+            :func:`planned_tiers`; sliding-window layers always stay on the device.
         disk_dir: directory of the disk tier's files (default: a private temp dir).
         capacity: rows reserved up front per layer (the storage grows beyond it).
 
     ``close()`` deletes the files; it also runs when the cache is garbage collected.
     """
 
-    def __init__(self, config: Any, tiers: list[str], disk_dir: str | None = None, capacity: int = 256) -> None:
-        super().__init__(config=config)
-        if not self.layers:
-            raise ValueError("TieredCache: the config declares no layers")
-        place_layers(self, config, tiers, disk_dir, capacity)
+    def __init__(self, config: Any, tiers: Sequence[str], disk_dir: str | None = None, capacity: int = 256) -> None:
+        super().__init__(config=config if _is_transformers_config(config) else None)
+        place_layers(self, config, list(tiers), disk_dir, capacity)
 
     def files(self) -> list[str]:
         """Paths of the disk tier's files that exist now."""
@@ -264,13 +287,12 @@ def close(cache: DynamicCache) -> None:
         store.close()
 
 
-def is_hf_causal_lm(model: nn.Module) -> bool:
-    """A Hugging Face model that generates with a ``Cache`` (``config.use_cache``, an output head)."""
-    return (hasattr(model, "config") and hasattr(model.config, "use_cache")
-            and hasattr(model, "get_output_embeddings") and _cache_kwarg(model) is not None)
+def takes_cache(model: nn.Module) -> bool:
+    """Whether ``model``'s forward takes a transformers ``Cache`` (:func:`cache_kwarg` names it)."""
+    return cache_kwarg(model) is not None
 
 
-def _cache_kwarg(model: nn.Module) -> str | None:
+def cache_kwarg(model: nn.Module) -> str | None:
     """The forward's name for the cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
     try:
         params = inspect.signature(type(model).forward).parameters
@@ -279,8 +301,17 @@ def _cache_kwarg(model: nn.Module) -> str | None:
     return next((n for n in ("cache", "past_key_values") if n in params), None)
 
 
-def _n_layers(model: nn.Module) -> int:
-    return len(DynamicCache(config=model.config).layers)
+def cache_layers(model: nn.Module) -> int:
+    """Layers of the model's KV cache: those its transformers config declares, else the
+    layer count its config names (``num_hidden_layers`` / ``n_layers`` and aliases)."""
+    config = getattr(model, "config", None)
+    if _is_transformers_config(config):
+        return len(DynamicCache(config=config).layers)
+    n = model_dims(model).layers
+    if n <= 0:
+        raise ConfigError(f"model: {type(model).__name__}.config names no layer count (num_hidden_layers, n_layers "
+                          "or an alias); the KV cache needs one layer per attention layer")
+    return n
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -294,19 +325,41 @@ def resolve(model: nn.Module, tiers: TierPolicy | Mapping[str, Any] | None) -> T
     return tier_policy(overrides=dict(tiers or {}))
 
 
-def tiered_cache(model: nn.Module, tiers: TierPolicy | Mapping[str, Any] | None = None,
+def split_tiers(model: nn.Module, policy: TierPolicy) -> list[str]:
+    """Each cache layer's tier under ``policy.kv_cache`` applied by position (the core's rule)."""
+    return layer_tiers(cache_layers(model), policy.kv_cache, model_device(model).type == "cuda")
+
+
+def planned_tiers(model: nn.Module, plan: Any) -> list[str]:
+    """Each cache layer's tier as the engine's plan decided it: the ``kv_tier`` of the plan
+    layers that hold a KV cache, in execution order, one per cache layer. A plan that
+    counted no KV cache (no attention found in the model) leaves it all on the device; a
+    plan with another number of KV layers than the model caches was made for another
+    model: MemScaleError naming both."""
+    tiers = kv_layer_tiers(plan)
+    n = cache_layers(model)
+    if not tiers:
+        log.info("offloaded inference: the plan counts no KV cache for %s; its %d cache layers stay on the device",
+                 type(model).__name__, n)
+        return ["device"] * n
+    if len(tiers) != n:
+        names = [layer.name for layer in plan.layers if layer.kv_tier != "none"]
+        raise MemScaleError(f"plan: {len(tiers)} layers hold a KV cache ({', '.join(names)}), but "
+                            f"{type(model).__name__} caches {n} layers; the plan was made for another model (plan "
+                            "it on memscale.profile(model, example_inputs, training=False))")
+    return tiers
+
+
+def tiered_cache(model: nn.Module, tiers: TierPolicy | Mapping[str, Any] | Sequence[str] | None = None,
                  disk_dir: str | None = None, capacity: int = 256) -> TieredCache:
-    """A :class:`TieredCache` for ``model`` placed per ``tiers`` (a TierPolicy or
-    ``{"kv_cache": {"gpu": %, "cpu": %}}``), to pass as ``past_key_values=`` / ``cache=``."""
-    policy = resolve(model, tiers)
-    cuda = model_device(model).type == "cuda"
-    return TieredCache(model.config, layer_tiers(_n_layers(model), policy.kv_cache, cuda), disk_dir, capacity)
-
-
-def moves_kv(model: nn.Module, policy: TierPolicy) -> bool:
-    """Whether ``policy`` puts some layer's KV cache off the device for this model."""
-    cuda = model_device(model).type == "cuda"
-    return any(t != "device" for t in layer_tiers(_n_layers(model), policy.kv_cache, cuda))
+    """A :class:`TieredCache` for ``model``, to pass as ``past_key_values=`` / ``cache=``.
+    ``tiers``: each cache layer's tier (e.g. :func:`planned_tiers`), or a TierPolicy /
+    ``{"kv_cache": {"gpu": %, "cpu": %}}`` applied by position (:func:`split_tiers`)."""
+    if isinstance(tiers, (list, tuple)):
+        per_layer = list(tiers)
+    else:
+        per_layer = split_tiers(model, resolve(model, tiers))  # type: ignore[arg-type]
+    return TieredCache(getattr(model, "config", None), per_layer, disk_dir, capacity)
 
 
 class CacheHook:
@@ -320,12 +373,11 @@ class CacheHook:
     alone. ``remove()`` takes the hook off and closes the caches it placed.
     """
 
-    def __init__(self, model: nn.Module, policy: TierPolicy, disk_dir: str | None) -> None:
-        self.name = _cache_kwarg(model)
-        self.policy = policy
+    def __init__(self, model: nn.Module, tiers: Sequence[str], disk_dir: str | None) -> None:
+        self.name = cache_kwarg(model)
         self.disk_dir = disk_dir
         self.caches: "weakref.WeakSet[DynamicCache]" = weakref.WeakSet()
-        self.layer_tiers = layer_tiers(_n_layers(model), policy.kv_cache, model_device(model).type == "cuda")
+        self.layer_tiers = list(tiers)
         self._handle = model.register_forward_pre_hook(self._pre, with_kwargs=True)
 
     def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -339,7 +391,7 @@ class CacheHook:
         if not use_cache:
             return None
         if current is None:
-            cache = tiered_cache(module, self.policy, self.disk_dir)
+            cache = tiered_cache(module, self.layer_tiers, self.disk_dir)
             self.caches.add(cache)
             kwargs[self.name] = cache
             return args, kwargs
@@ -355,9 +407,10 @@ class CacheHook:
             close(cache)
 
 
-def install(model: nn.Module, policy: TierPolicy, disk_dir: str | None) -> CacheHook | None:
-    """The cache hook on ``model`` when it is a Hugging Face causal LM whose KV policy moves
-    some layer off the device; else None (its own cache is then already where the policy says)."""
-    if not is_hf_causal_lm(model) or not moves_kv(model, policy):
+def install(model: nn.Module, tiers: Sequence[str], disk_dir: str | None) -> CacheHook | None:
+    """The cache hook on ``model`` when its forward takes a cache and ``tiers`` (one per
+    cache layer, :func:`planned_tiers`) put some layer off the device; else None (its own
+    cache is then already where the plan says)."""
+    if not takes_cache(model) or all(t == "device" for t in tiers):
         return None
-    return CacheHook(model, policy, disk_dir)
+    return CacheHook(model, tiers, disk_dir)

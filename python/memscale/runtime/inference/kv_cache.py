@@ -1,10 +1,9 @@
-"""KV cache and inter-layer activations placed on device / host / disk.
+"""Storage of one KV-cache layer's rows on device / host / disk (:class:`TierRows`), used
+by :class:`memscale.runtime.inference.hf_cache.TieredCache`.
 
 Layout: time-major ``(max_len, batch, heads, head_dim)`` per layer for K and for V, so a
 decoding step appends one contiguous block of rows (one ``pwrite`` on disk) and reading
-the cache back is one sequential read of a prefix. Every tier hands attention the same
-strided view ``rows[:t].permute(1, 2, 0, 3)``: the arithmetic, hence the output, is
-identical whatever the placement.
+the cache back is one sequential read of a prefix.
 
 Disk files are raw bytes (never pickle), created exclusively with mode 0600, and removed
 by ``close()``.
@@ -163,112 +162,3 @@ class TierRows:
         if isinstance(self.buf, DiskRows):
             self.buf.close()
         self.buf = None
-
-
-class KVCache:
-    """K and V of each layer of a decoding batch, each layer on its tier.
-
-    Args:
-        tiers: per layer "device", "host" (pinned host memory; CUDA only) or "disk".
-        disk_dir: directory of the disk tier's files (a private temp dir when None).
-    """
-
-    def __init__(self, n_layers: int, batch: int, heads: int, head_dim: int, max_len: int, dtype: torch.dtype,
-                 device: torch.device, tiers: list[str], disk_dir: str | None = None) -> None:
-        if len(tiers) != n_layers:
-            raise ValueError(f"tiers: {len(tiers)} entries for {n_layers} layers")
-        self.device = torch.device(device)
-        self.cuda = self.device.type == "cuda"
-        self.row_shape = (batch, heads, head_dim)
-        self.row_bytes = batch * heads * head_dim * torch.empty((), dtype=dtype).element_size()
-        self.max_len = max_len
-        self.dtype = dtype
-        self.tiers = list(tiers)
-        disk_layers = [i for i, t in enumerate(tiers) if t == "disk"]
-        self.scratch = ScratchDir(disk_dir, 2 * len(disk_layers) * self.row_bytes * max_len) if disk_layers else None
-        self.bufs: list[tuple[TierRows, TierRows]] = []
-        try:
-            for i, tier in enumerate(tiers):
-                tag = f"{os.getpid()}-{id(self)}-{i}"
-                self.bufs.append(tuple(TierRows(tier, self.row_shape, dtype, self.device, max_len, self.scratch,
-                                                f"memscale-kv-{tag}-{kv}.bin") for kv in ("k", "v")))
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def length(self) -> list[int]:
-        return [k.length for k, _ in self.bufs]
-
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Appends ``k``, ``v`` of shape (batch, heads, new, head_dim)."""
-        t0 = self.bufs[layer][0].length
-        n = k.shape[2]
-        if t0 + n > self.max_len:
-            raise ValueError(f"KV cache of layer {layer} holds {self.max_len} tokens; {t0 + n} requested")
-        for buf, x in zip(self.bufs[layer], (k, v)):
-            buf.append(x.permute(2, 0, 1, 3))
-
-    def get(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """K, V of shape (batch, heads, t, head_dim), as the same strided view on every tier."""
-        k, v = (buf.prefix().permute(1, 2, 0, 3) for buf in self.bufs[layer])
-        return k, v
-
-    def bytes_by_tier(self) -> dict[str, int]:
-        """Reserved bytes per tier (K and V, full length)."""
-        per_layer = 2 * self.row_bytes * self.max_len
-        return {t: per_layer * self.tiers.count(t) for t in ("device", "host", "disk")}
-
-    def files(self) -> list[str]:
-        return [f for pair in self.bufs for b in pair if (f := b.file())]
-
-    def close(self) -> None:
-        for pair in self.bufs:
-            for b in pair:
-                b.close()
-        self.bufs = []
-        if self.scratch is not None:
-            self.scratch.close()
-
-
-class ActivationTiers:
-    """Where the hidden state waits between layers: on its layer boundary's tier.
-
-    ``park`` stores it and returns a token; ``fetch`` brings it back to the device. A
-    boundary on the host or on disk keeps the device free of it while the next layer's
-    weights are being made resident.
-    """
-
-    def __init__(self, tiers: list[str], device: torch.device, max_bytes: int, disk_dir: str | None = None) -> None:
-        self.tiers = list(tiers)
-        self.device = torch.device(device)
-        self.cuda = self.device.type == "cuda"
-        self.scratch = ScratchDir(disk_dir, max_bytes) if "disk" in tiers else None
-        self.file = (DiskRows(self.scratch.path, f"memscale-act-{os.getpid()}-{id(self)}.bin", 1, max_bytes)
-                     if self.scratch is not None else None)
-
-    def park(self, boundary: int, x: torch.Tensor) -> tuple[str, object, torch.Size, torch.dtype]:
-        tier = self.tiers[boundary]
-        if tier == "disk":
-            self.file.write(0, x)
-            return tier, None, x.shape, x.dtype
-        if tier == "host" and self.cuda:
-            return tier, x.to("cpu"), x.shape, x.dtype
-        return "device", x, x.shape, x.dtype
-
-    def fetch(self, token: tuple[str, object, torch.Size, torch.dtype]) -> torch.Tensor:
-        tier, held, shape, dtype = token
-        if tier == "disk":
-            out = _host_buffer(tuple(shape), dtype, self.cuda)
-            self.file.read(out.numel() * out.element_size(), out)
-            return out.to(self.device) if self.cuda else out
-        if tier == "host":
-            return held.to(self.device)
-        return held
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-        if self.scratch is not None:
-            self.scratch.close()

@@ -1,7 +1,7 @@
 """Offloaded inference: apply the engine's inference plan to a model's weights and KV cache.
 
 ``wrap_for_inference`` asks the decision engine for the plan (one decider: the resident
-limit, prefetch depth, each layer's weight tier, the KV-cache and activation tiers, the
+limit, prefetch depth, each layer's weight tier and KV-cache tier, the
 reservation; :mod:`.plan_view` reads it), splits the model into paging units matched to
 the plan's layers by name, writes the home copy of every unit the plan offloads (a
 safetensors file, mode 0600, in ``offload.disk_dir``; pinned host memory on CUDA where the
@@ -85,7 +85,7 @@ class OffloadHandle:
         self._held = threading.local()
         self._io_base: dict[str, float] = {}
         self.closed = False
-        self.kv_hook: Any = None  # hf_cache.CacheHook: the KV cache of a Hugging Face model on its tiers
+        self.kv_hook: Any = None  # hf_cache.CacheHook: the model's KV cache on its planned tiers
         self.token_watch: Any = None  # step_tokens.TokenWatch: warns once past the planned tokens per step
 
     # -- hooks ------------------------------------------------------------------
@@ -216,8 +216,9 @@ def wrap_for_inference(model: nn.Module, config: Config | dict[str, Any], exampl
     The decision engine plans every wrap (:mod:`memscale.runtime.inference.plan_view`) on
     ``memscale.profile(model, example_inputs, training=False)``: the resident-weight limit
     and prefetch depth (``Plan.offload``; an explicit ``offload.policy`` bounds them), each
-    layer's weight tier, the KV-cache / activation tiers ``Config.tiers`` leaves open, and
-    the activation reservation. ``example_inputs`` (positional args of ``forward``) must be
+    layer's weight tier and KV-cache tier (``LayerPlan.kv_tier``, ``Config.tiers.kv_cache``
+    fixing their split if given; activations stay on the device), and the activation
+    reservation. ``example_inputs`` (positional args of ``forward``) must be
     of the generation's batch and total length: they size the KV cache and the
     reservation's tokens per step, and fix the execution order the prefetch follows.
     ``plan`` gives a ready inference plan instead; ``calibration``
@@ -243,9 +244,10 @@ def wrap_for_inference(model: nn.Module, config: Config | dict[str, Any], exampl
         check_inference_plan(plan)
     policy = policy_from_plan(cfg, plan)
     tiers = tier_policy(cfg, plan)
+    kv_tiers = _planned_kv_tiers(model, plan)  # a plan for another model is refused here, before any write
     weight_bytes = sum(u.bytes for u in units)
     if policy.policy == "none":
-        return _wrap_resident(model, cfg, plan, policy, tiers, weight_bytes)
+        return _wrap_resident(model, cfg, plan, policy, tiers, kv_tiers, weight_bytes)
     places = unit_placements([u.name for u in units], plan)
     specs = [(u.name, u.kind, u.bytes, p.home, p.kept) for u, p in zip(units, places)]
     _C.validate_pager_layout(specs, policy)  # the pager's own rules: names, homes, hot set, single layer
@@ -275,7 +277,7 @@ def wrap_for_inference(model: nn.Module, config: Config | dict[str, Any], exampl
     handle = OffloadHandle(units, pager, storage, policy, tiers, private_dir, unpaged)
     handle.plan = plan
     handle.install_hooks()
-    handle.kv_hook = _install_kv_hook(model, tiers, storage.dir)
+    handle.kv_hook = _install_kv_hook(model, kv_tiers, storage.dir)
     _register(model, handle)
     # The pager just freed the resident copy of every paged unit: glibc keeps freed heap
     # pages in the process unless told to return them, and those frees raised its mmap
@@ -294,10 +296,10 @@ def wrap_for_inference(model: nn.Module, config: Config | dict[str, Any], exampl
 
 
 def _wrap_resident(model: nn.Module, cfg: Config, plan: Any, policy: Any, tiers: TierPolicy,
-                   weight_bytes: int) -> nn.Module:
+                   kv_tiers: list[str] | None, weight_bytes: int) -> nn.Module:
     """The plan keeps every weight resident: nothing is paged, but a KV cache the plan puts
     off the device still gets its tiers (the KV hook). Nothing to apply: model untouched."""
-    kv_hook = _install_kv_hook(model, tiers, cfg.offload.get("disk_dir") or None)
+    kv_hook = _install_kv_hook(model, kv_tiers, cfg.offload.get("disk_dir") or None)
     if kv_hook is None:
         log.info("offloaded inference: the plan keeps all %s of weights and the KV cache resident; nothing to "
                  "apply", format_bytes(weight_bytes))
@@ -333,14 +335,26 @@ def _release_after_forward() -> None:
     release_freed_memory()  # its result must not become the forward's output
 
 
-def _install_kv_hook(model: nn.Module, tiers: TierPolicy, disk_dir: str) -> Any:
-    """A Hugging Face causal LM's calls (``model.generate`` included) get a KV cache on the
-    policy's tiers (:mod:`memscale.runtime.inference.hf_cache`); None for other models."""
+def _planned_kv_tiers(model: nn.Module, plan: Any) -> list[str] | None:
+    """The plan's ``kv_tier`` of each of the model's cache layers
+    (:func:`memscale.runtime.inference.hf_cache.planned_tiers`); None for a model whose
+    forward takes no cache (or without transformers: no Cache to fill)."""
     try:
         from . import hf_cache
-    except ImportError:  # transformers is not installed: no Hugging Face model to serve
+    except ImportError:
         return None
-    hook = hf_cache.install(model, tiers, disk_dir)
+    return hf_cache.planned_tiers(model, plan) if hf_cache.takes_cache(model) else None
+
+
+def _install_kv_hook(model: nn.Module, kv_tiers: list[str] | None, disk_dir: str | None) -> Any:
+    """The calls of a model whose forward takes a cache (``model.generate`` included) get a
+    KV cache with each layer on its planned tier (:mod:`memscale.runtime.inference.hf_cache`);
+    None for other models, or when the plan keeps every layer's cache on the device."""
+    if kv_tiers is None:
+        return None
+    from . import hf_cache
+
+    hook = hf_cache.install(model, kv_tiers, disk_dir)
     if hook is not None:
         log.info("offloaded inference: KV cache of %s on tiers %s (files in %s)", type(model).__name__,
                  hook.layer_tiers, disk_dir)

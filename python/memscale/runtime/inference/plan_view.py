@@ -2,8 +2,9 @@
 
 The engine plans every inference wrap (one decider): whether and how much to page
 (``Plan.offload``: policy, resident limit, prefetch depth), where each layer's weights
-live (``LayerPlan.weight_tier``), where the KV cache and activations go
-(``Plan.tier_policy``) and the activation reservation. This module only reads the plan;
+live (``LayerPlan.weight_tier``), where each layer's KV cache lives (``LayerPlan.kv_tier``;
+``Plan.tier_policy`` the split they realise; activations stay on the device) and the
+activation reservation. This module only reads the plan;
 nothing here decides. The plan is made on ``memscale.profile(model, example_inputs,
 training=False)``: give example inputs of the generation's batch and total length, so the
 KV cache and the reservation's tokens per step are sized right.
@@ -71,6 +72,12 @@ def unit_placements(unit_names: Sequence[str], plan: Any) -> list[UnitPlacement]
             # A kept unit is never written anywhere; its home only names a valid tier.
             out.append(UnitPlacement(kept=True, home="disk"))
     return out
+
+
+def kv_layer_tiers(plan: Any) -> list[str]:
+    """The KV tier of each plan layer that holds a KV cache, in execution order (its
+    ``kv_tier``: "device", "host" or "disk"; "none" marks a layer without one)."""
+    return [layer.kv_tier for layer in plan.layers if layer.kv_tier != "none"]
 
 
 def policy_from_plan(cfg: Config, plan: Any) -> Any:

@@ -1,9 +1,12 @@
 """Tier policy: per tensor type, the share on GPU / CPU with disk the remainder.
 
 The policy comes, in order of precedence, from explicit overrides, the tensor types the
-user fixed in ``Config.tiers``, the engine's policy search (``Plan.tier_policy``), and
-otherwise everything on the device. It is applied per layer: the first ``gpu``% of the
-layers on the device, the next ``cpu``% on the host, the rest on disk.
+user fixed in ``Config.tiers``, the split the engine's plan realises (``Plan.tier_policy``),
+and otherwise everything on the device. A wrapped model's KV cache follows the plan's
+per-layer decision (``LayerPlan.kv_tier``); an explicit override is applied by position
+(:func:`layer_tiers`, the core's rule): the first ``gpu``% of the layers on the device,
+the next ``cpu``% on the host, the rest on disk. Activations stay on the device
+(:func:`check_inference_tiers`).
 
 On a CPU-only machine the device *is* host RAM, so "host" placements are RAM as well;
 the tier below RAM is disk.
@@ -53,12 +56,15 @@ def tier_policy(config: Any = None, plan: Any = None, overrides: Mapping[str, An
 
 
 def layer_tiers(n_layers: int, split: Any, cuda: bool) -> list[str]:
-    """Tier of each of ``n_layers`` layers: "device", "host" or "disk" (shares rounded to whole layers).
+    """Tier of each of ``n_layers`` layers: "device", "host" or "disk" (shares rounded to
+    whole layers, halves away from zero; the core's ``split_layer_tiers``).
 
     Without CUDA, "host" is RAM like the device, so it is reported as "device".
     """
-    n_device = round(n_layers * split.gpu / 100.0)
-    n_host = round(n_layers * (split.gpu + split.cpu) / 100.0) - n_device
-    tiers = ["device"] * n_device + ["host"] * n_host
-    tiers += ["disk"] * (n_layers - len(tiers))
-    return [("device" if t == "host" and not cuda else t) for t in tiers]
+    return list(_C.split_layer_tiers(int(n_layers), split, bool(cuda)))
+
+
+def check_inference_tiers(policy: Any) -> None:
+    """ConfigError naming ``tiers.activations`` when ``policy`` puts activations off the
+    device (the engine's rule: a model's own forward holds them between its layers)."""
+    _C.check_inference_activation_tiers({"activations": policy.activations.to_dict()}, "tiers")

@@ -1,15 +1,25 @@
 """GPT-style decoder: token + position embedding, pre-LN causal blocks, tied-free LM head.
 
+``model(ids)`` returns the logits and ``model(ids, labels)`` the mean cross-entropy loss.
+Called the transformers way, with a KV cache (``past_key_values=`` a transformers
+``Cache``, or ``use_cache=True`` for a fresh ``DynamicCache``), each block appends its keys
+and values with ``cache.update(k, v, layer_idx)`` and attends over what the cache hands
+back, and the call returns a :class:`CausalLMOutput` (``.logits``, ``.past_key_values``,
+``.loss``): the cache protocol ``memscale.offload.generate`` drives for any causal LM.
+
 Example:
     >>> from memscale.testing.models import gpt
     >>> model = gpt.build(n_layers=2)
     >>> ids, labels = gpt.example_inputs(model, batch=2, seq=16)
     >>> loss = model(ids, labels)
+    >>> out = model(ids, use_cache=True)
+    >>> out.past_key_values.get_seq_length(), tuple(out.logits.shape)
+    (16, (2, 16, 512))
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -49,13 +59,20 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Any = None, layer_idx: int = 0) -> torch.Tensor:
         b, s, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=-1)
         # (B, S, D) -> (B, H, S, D/H)
         q, k, v = (t.view(b, s, self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        mask, causal = None, True
+        if cache is not None:
+            k, v = cache.update(k, v, layer_idx)  # every token so far: (B, H, T, D/H)
+            t = k.shape[2]
+            if t > s:  # new tokens after cached ones: each sees the past and itself (bottom-right causal)
+                causal = False
+                mask = None if s == 1 else torch.ones(s, t, dtype=torch.bool, device=x.device).tril(t - s)
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
         )
         return self.proj(y.transpose(1, 2).reshape(b, s, d))
 
@@ -84,13 +101,23 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, cache: Any = None, layer_idx: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache, layer_idx)
         return x + self.mlp(self.ln2(x))
 
 
+@dataclass
+class CausalLMOutput:
+    """What a call with a KV cache returns (the fields transformers' outputs name)."""
+
+    logits: torch.Tensor
+    past_key_values: Any
+    loss: Optional[torch.Tensor] = None
+
+
 class GPT(nn.Module):
-    """GPT-style decoder. ``forward(input_ids, labels=None)`` -> logits, or mean CE loss."""
+    """GPT-style decoder. ``forward(input_ids, labels=None)`` -> logits, or mean CE loss;
+    with ``past_key_values`` / ``use_cache=True`` -> :class:`CausalLMOutput`."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -103,18 +130,27 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab, bias=False)
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        seq = input_ids.shape[1]
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
+                past_key_values: Any = None, use_cache: bool | None = None) -> Any:
+        cache = past_key_values
+        if cache is None and use_cache:
+            from transformers import DynamicCache  # only the cached call needs transformers
+
+            cache = DynamicCache()
+        past = cache.get_seq_length() if cache is not None else 0
+        seq = past + input_ids.shape[1]
         if seq > self.config.max_seq:
-            raise ValueError(f"input_ids has seq {seq} > max_seq {self.config.max_seq}")
-        pos = torch.arange(seq, device=input_ids.device)
+            raise ValueError(f"input_ids has seq {seq} > max_seq {self.config.max_seq}"
+                             + (f" ({past} cached + {input_ids.shape[1]} new)" if past else ""))
+        pos = torch.arange(past, seq, device=input_ids.device)
         x = self.drop(self.wte(input_ids) + self.wpe(pos))
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i) if cache is not None else block(x)
         logits = self.head(self.ln_f(x))
-        if labels is None:
-            return logits
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        loss = None if labels is None else F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        if cache is not None:
+            return CausalLMOutput(logits, cache, loss)
+        return logits if loss is None else loss
 
 
 def build(seed: int = 0, **overrides: Any) -> GPT:
