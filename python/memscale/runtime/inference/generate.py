@@ -21,6 +21,7 @@ Example:
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -32,6 +33,8 @@ from ...errors import ConfigError
 from ...profiler.introspect import model_dims
 from .pager import handle_of
 from .tiers import TENSOR_TYPES, TierPolicy, check_inference_tiers, tier_policy
+
+log = logging.getLogger("memscale")
 
 
 @dataclass
@@ -78,10 +81,12 @@ def _kv_tiers(model: nn.Module, tiers: TierPolicy | Mapping[str, Any] | None, po
 
 
 def _check_length(model: nn.Module, prompt: int, n_new: int) -> None:
+    # a warning, as transformers gives: rotary models run past their configured positions,
+    # and a model with a learned position table raises its own index error
     limit = model_dims(model).max_positions
     if limit and prompt + n_new > limit:
-        raise ConfigError(f"max_new_tokens: prompt {prompt} + {n_new} new = {prompt + n_new} tokens exceed the "
-                          f"model's {limit} positions")
+        log.warning("generate: prompt %d + %d new = %d tokens exceed the model's %d configured positions",
+                    prompt, n_new, prompt + n_new, limit)
 
 
 def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *,
