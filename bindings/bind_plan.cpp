@@ -141,7 +141,10 @@ void bind_plan(py::module_& m) {
       .def_readonly("policy", &OffloadPlan::policy)
       .def_readonly("ram_bytes", &OffloadPlan::ram_bytes)
       .def_readonly("hot_set", &OffloadPlan::hot_set)
-      .def_readonly("prefetch_n_ahead", &OffloadPlan::prefetch_n_ahead);
+      .def_readonly("prefetch_n_ahead", &OffloadPlan::prefetch_n_ahead)
+      .def_readonly("predicted_resident_bytes", &OffloadPlan::predicted_resident_bytes,
+                    "Peak bytes the pager will hold resident (its peak_physical_bytes), replayed on the plan; "
+                    "what the plan's predicted peak charges for the weights. 0 when nothing is paged.");
 
   py::class_<Plan>(m, "Plan", "Per-layer execution plan (docs/json-schema.md).")
       .def_static(

@@ -84,9 +84,13 @@ struct TierChoice {
 /// Weight residency decided by the plan (residency policy, hot set, prefetch depth).
 struct OffloadPlan {
   std::string policy = "none";
-  std::uint64_t ram_bytes = 0;
+  std::uint64_t ram_bytes = 0;       ///< the pager's resident limit (its books: parameters)
   std::vector<std::string> hot_set;  ///< layer names pinned resident
   std::uint64_t prefetch_n_ahead = 0;
+  /// The peak the pager will hold resident (its peak_physical_bytes), replayed on the
+  /// plan's layers, limit and depth (pager_model.hpp); the plan's predicted peak charges
+  /// it for the weights. 0 when nothing is paged.
+  std::uint64_t predicted_resident_bytes = 0;
   bool operator==(const OffloadPlan&) const = default;
 };
 
@@ -182,7 +186,11 @@ inline void to_json(nlohmann::json& j, const TierChoice& t) {
 }
 
 inline void to_json(nlohmann::json& j, const OffloadPlan& o) {
-  j = {{"policy", o.policy}, {"ram_bytes", o.ram_bytes}, {"hot_set", o.hot_set}, {"prefetch_n_ahead", o.prefetch_n_ahead}};
+  j = {{"policy", o.policy},
+       {"ram_bytes", o.ram_bytes},
+       {"hot_set", o.hot_set},
+       {"prefetch_n_ahead", o.prefetch_n_ahead},
+       {"predicted_resident_bytes", o.predicted_resident_bytes}};
 }
 
 inline void to_json(nlohmann::json& j, const Plan& p) {
@@ -285,6 +293,9 @@ inline Plan plan_from_json(const nlohmann::json& j) {
   p.offload.ram_bytes = f::u64(o, "ram_bytes", "plan.offload");
   p.offload.hot_set = f::strings(o, "hot_set", "plan.offload");
   p.offload.prefetch_n_ahead = f::u64(o, "prefetch_n_ahead", "plan.offload");
+  // Optional: plans written before the prediction existed still load.
+  p.offload.predicted_resident_bytes =
+      f::optional<std::uint64_t>(o, "predicted_resident_bytes", "plan.offload", 0, f::as_u64);
   return p;
 }
 
