@@ -118,6 +118,8 @@ void bind_plan(py::module_& m) {
       .def_readonly("bytes", &Reservation::bytes)
       .def_readonly("per_device_bytes", &Reservation::per_device_bytes)
       .def_readonly("scaled_bytes", &Reservation::scaled_bytes)
+      .def_readonly("output_head_bytes", &Reservation::output_head_bytes,
+                    "The output head's logits for the step's tokens plus its input; the reservation is at least this.")
       .def_readonly("flat_bytes", &Reservation::flat_bytes)
       .def_readonly("graph_capture_bytes", &Reservation::graph_capture_bytes)
       .def_readonly("tokens_per_step", &Reservation::tokens_per_step)

@@ -61,6 +61,9 @@ struct Reservation {
   std::uint64_t bytes = 0;           ///< total reserved, all devices' share included
   std::uint64_t per_device_bytes = 0;
   std::uint64_t scaled_bytes = 0;    ///< the dims-based estimate before the cap
+  /// The output head's logits for the step's tokens plus its input (reservation.hpp); the
+  /// reservation is at least this. 0 without an lm_head layer that records a vocabulary.
+  std::uint64_t output_head_bytes = 0;
   std::uint64_t flat_bytes = 0;
   std::uint64_t graph_capture_bytes = 0;
   std::int64_t tokens_per_step = 0;
@@ -68,7 +71,7 @@ struct Reservation {
   double safety_factor = 0.0;
   bool calibrated = false;           ///< safety_factor was fitted to measured peaks
   std::int64_t calibration_samples = 0;
-  std::string source;                ///< "scaled", "flat_cap" or "flat_fallback"
+  std::string source;                ///< "scaled", "flat_cap", "output_head" or "flat_fallback"
   bool operator==(const Reservation&) const = default;
 };
 
@@ -155,6 +158,7 @@ inline void to_json(nlohmann::json& j, const Reservation& r) {
   j = {{"bytes", r.bytes},
        {"per_device_bytes", r.per_device_bytes},
        {"scaled_bytes", r.scaled_bytes},
+       {"output_head_bytes", r.output_head_bytes},
        {"flat_bytes", r.flat_bytes},
        {"graph_capture_bytes", r.graph_capture_bytes},
        {"tokens_per_step", r.tokens_per_step},
@@ -263,6 +267,7 @@ inline Plan plan_from_json(const nlohmann::json& j) {
     p.reservation.bytes = f::u64(r, "bytes", rp);
     p.reservation.per_device_bytes = f::u64(r, "per_device_bytes", rp);
     p.reservation.scaled_bytes = f::u64(r, "scaled_bytes", rp);
+    p.reservation.output_head_bytes = f::optional<std::uint64_t>(r, "output_head_bytes", rp, 0, f::as_u64);
     p.reservation.flat_bytes = f::u64(r, "flat_bytes", rp);
     p.reservation.graph_capture_bytes = f::u64(r, "graph_capture_bytes", rp);
     p.reservation.tokens_per_step = f::i64(r, "tokens_per_step", rp);
