@@ -131,6 +131,8 @@ void bind_plan(py::module_& m) {
       .def_readonly("bytes", &Reservation::bytes)
       .def_readonly("per_device_bytes", &Reservation::per_device_bytes)
       .def_readonly("scaled_bytes", &Reservation::scaled_bytes)
+      .def_readonly("output_head_bytes", &Reservation::output_head_bytes,
+                    "The output head's logits for the step's tokens plus its input; the reservation is at least this.")
       .def_readonly("flat_bytes", &Reservation::flat_bytes)
       .def_readonly("graph_capture_bytes", &Reservation::graph_capture_bytes)
       .def_readonly("tokens_per_step", &Reservation::tokens_per_step)
@@ -154,7 +156,10 @@ void bind_plan(py::module_& m) {
       .def_readonly("policy", &OffloadPlan::policy)
       .def_readonly("ram_bytes", &OffloadPlan::ram_bytes)
       .def_readonly("hot_set", &OffloadPlan::hot_set)
-      .def_readonly("prefetch_n_ahead", &OffloadPlan::prefetch_n_ahead);
+      .def_readonly("prefetch_n_ahead", &OffloadPlan::prefetch_n_ahead)
+      .def_readonly("predicted_resident_bytes", &OffloadPlan::predicted_resident_bytes,
+                    "Peak bytes the pager will hold resident (its peak_physical_bytes), replayed on the plan; "
+                    "what the plan's predicted peak charges for the weights. 0 when nothing is paged.");
 
   py::class_<Plan>(m, "Plan", "Per-layer execution plan (docs/json-schema.md).")
       .def_static(

@@ -173,14 +173,16 @@ def test_a_forward_over_more_tokens_than_planned_warns_once(tmp_path, caplog):
         memscale.unwrap(model)
 
 
-def test_the_engines_resident_limit_bounds_what_the_pager_holds_over_budgets_and_depths(tmp_path):
+def test_the_engines_predicted_resident_peak_is_what_the_pager_holds_over_budgets_and_depths(tmp_path):
     """Over budgets and prefetch depths with the user's policy: every budget at or above an
     accepted one is accepted too (a deeper prefetch than the budget holds is counted
-    shallower, not refused), and the resident weights the plan allows (plan.offload.ram_bytes)
-    are never below what the pager holds during generate. (Within 10% of it, as issue 14
-    asks, does not hold yet: the plan grants headroom the pager does not use, up to 1.21x.)"""
+    shallower, not refused), and the resident peak the plan predicts for the pager
+    (plan.offload.predicted_resident_bytes, replayed by the engine) is at least what the
+    pager holds during generate and within 10% of it (issue 14); the plan's predicted peak
+    charges that figure for the weights."""
     ids = _prompt()
     full = torch.cat([ids, torch.ones(2, NEW, dtype=ids.dtype)], 1)
+    ratios = []
     for depth in (1, 2, 3):
         for k, share in enumerate((0.3, 0.5, 0.7)):
             model = _llama()
@@ -197,6 +199,39 @@ def test_the_engines_resident_limit_bounds_what_the_pager_holds_over_budgets_and
                 _generate(model, ids)
                 handle.pager.wait_idle()
                 held = handle.stats()["peak_resident_weight_bytes"]
-                assert 0 < held <= handle.plan.offload.ram_bytes, (share, depth, held, handle.plan.offload.ram_bytes)
+                offload = handle.plan.offload
+                predicted = offload.predicted_resident_bytes
+                assert 0 < held <= predicted <= 1.10 * held, (share, depth, held, predicted)
+                assert predicted <= offload.ram_bytes and offload.prefetch_n_ahead == depth
+                ratios.append(predicted / held)
             finally:
                 memscale.unwrap(model)
+    logging.getLogger("memscale").info("predicted / measured resident peak: %.4f-%.4f", min(ratios), max(ratios))
+
+
+def test_a_full_forward_at_a_quarter_of_the_weights_stays_in_budget_with_its_logits_counted(tmp_path):
+    """A vocabulary of 2048 over an MLP of 256: the logits of the example's full forward
+    (2 x 16 tokens x 2048 x 4 bytes, 256 KiB) are 11% of a budget of 0.25x the weights. A
+    reservation of max(hidden, intermediate) x tokens x 2 left them out and the forward ran
+    3.4% over budget; counted (the reservation's output-head term), the measured peak of
+    ``model(ids)`` stays within it."""
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=128, intermediate_size=256, num_hidden_layers=12, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=2048, max_position_embeddings=128)).eval()
+    ids = torch.randint(1, 2048, (2, 16), generator=torch.Generator().manual_seed(3))
+    budget = int(_weights(model) * 0.25)
+    memscale.wrap(model, memscale.Config(memory_budget=budget, offload={"disk_dir": str(tmp_path)}),
+                  example_inputs=(ids,), training=False)
+    try:
+        reservation = handle_of(model).plan.reservation
+        assert reservation.source == "output_head"
+        assert reservation.output_head_bytes == 2 * 16 * (2048 + 128) * 4
+        with torch.no_grad():
+            model(ids)  # warm-up: thread pools, the pager's first cycle
+            with memscale.track_memory() as tracked:
+                out = model(ids)
+        assert out.logits.numel() == 2 * 16 * 2048
+        assert tracked.peak_bytes <= budget, (tracked.peak_bytes, budget)
+    finally:
+        memscale.unwrap(model)

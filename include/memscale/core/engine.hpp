@@ -57,9 +57,13 @@ inline std::string disabled_techniques(const Config& config) {
   return out;
 }
 
+/// `counted_prefetch`: the prefetch window the memory model counts, when not the Config's
+/// depth (plan_inference); the plan keeps the Config's depth, what the pager runs.
 template <class Tracker>
-Plan run_engine(const ModelGraph& graph, const Hardware& hw, const Config& config, const PlanOptions& options) {
+Plan run_engine(const ModelGraph& graph, const Hardware& hw, const Config& config, const PlanOptions& options,
+                std::optional<std::uint64_t> counted_prefetch = std::nullopt) {
   Setup setup = make_setup(graph, hw, config, options);
+  if (counted_prefetch) setup.step.prefetch_n_ahead = *counted_prefetch;
   const std::size_t n = graph.layers.size();
   DecisionLog log(n);
   TierLedger ledger(setup.rates.gpu, setup.capacity);
@@ -97,10 +101,18 @@ Plan run_engine(const ModelGraph& graph, const Hardware& hw, const Config& confi
   const bool config_asks = base.anything_forced || config.offload.kind != OffloadPolicy::Kind::none || !config.tiers.empty();
   Outcome outcome;
 
+  // The plan's offload section is sized on the window-counted peak (its headroom); the
+  // predicted peak then charges the weights the pager will hold within that limit.
   auto finish = [&](const std::vector<model::LayerState>& states) {
-    const model::PeakReport predicted = model::evaluate(graph, states, setup.step);
+    const model::PeakReport counted = model::evaluate(graph, states, setup.step);
+    OffloadPlan offload = offload_plan(graph, setup, config, states, counted.peak);
+    const model::PeakReport predicted = predicted_report(graph, setup, states, offload);
     log.trace.push_back("predicted peak " + describe_peak(graph, predicted));
-    return build_plan(graph, setup, config, states, log, outcome, unoptimized.peak, predicted.peak);
+    if (offload.policy != "none")
+      log.trace.push_back("weights: the pager's resident limit " + format_bytes(offload.ram_bytes) + " holds " +
+                          format_bytes(offload.predicted_resident_bytes) + " at its peak (replayed at " +
+                          std::to_string(offload.prefetch_n_ahead) + " ahead), charged for the weights it pages");
+    return build_plan(graph, setup, config, states, log, outcome, unoptimized.peak, predicted.peak, std::move(offload));
   };
 
   if (config.mode == Mode::off) {
@@ -158,35 +170,35 @@ Plan run_engine(const ModelGraph& graph, const Hardware& hw, const Config& confi
   return finish(states);
 }
 
-/// Inference. The pager prefetches offload.prefetch_n_ahead layers ahead only as far as its
-/// resident limit (Plan.offload.ram_bytes) has room, so the prefetch window the memory model
-/// counts is the engine's to choose: the configured depth where a plan fits with it, else
-/// the deepest shallower window that fits (down to the layer computing alone), rather than a
-/// refusal. The plan's offload section keeps the configured depth (what the pager runs),
-/// and its ram_bytes bounds what the pager holds to what the plan counted. The same holds for
-/// a policy the user set: a ram_bytes that holds the configured window does not make the
-/// window fit the budget (more budget must never be refused where less is planned).
+/// Inference. The pager never holds more than its resident limit (Plan.offload.ram_bytes):
+/// a prefetch that has no room is dropped. So the prefetch window the memory model counts
+/// to size that limit is the engine's to choose: the configured depth where a plan fits with
+/// it, else the deepest shallower window that fits (down to the layer computing alone),
+/// rather than a refusal. The plan's offload section keeps the configured depth (what the
+/// pager runs), and the plan's predicted peak charges what the pager will hold at that
+/// depth within ram_bytes (Plan.offload.predicted_resident_bytes, replayed: an LRU pager
+/// keeps what its limit has room for whatever the depth), never more than ram_bytes. The
+/// same holds for a policy the user set: a ram_bytes that holds the configured window does
+/// not make the window fit the budget (more budget must never be refused where less is planned).
 inline Plan plan_inference(const ModelGraph& graph, const Hardware& hw, const Config& config, const PlanOptions& options) {
-  Config shallower = config;
+  const std::uint64_t asked = config.offload.prefetch_n_ahead;
   // min_memory: the least memory is the window of the layer computing alone.
-  if (config.mode == Mode::min_memory) shallower.offload.prefetch_n_ahead = 0;
+  std::uint64_t counted = config.mode == Mode::min_memory ? 0 : asked;
   for (;;) {
     try {
-      Plan p = run_engine<model::InferenceTracker>(graph, hw, shallower, options);
-      const std::uint64_t asked = config.offload.prefetch_n_ahead, counted = shallower.offload.prefetch_n_ahead;
-      if (counted < asked) {
-        if (p.offload.policy != "none") p.offload.prefetch_n_ahead = asked;
+      Plan p = run_engine<model::InferenceTracker>(graph, hw, config, options, counted);
+      if (counted < asked)
         p.trace.push_back("prefetch window: " +
                           (config.mode == Mode::min_memory ? std::string("mode min_memory")
                                                            : "no plan fits counting " + std::to_string(asked) +
                                                                  " layer(s) ahead") +
                           "; the memory model counts " + std::to_string(counted) +
-                          " and the pager prefetches only where offload.ram_bytes has room");
-      }
+                          " to size offload.ram_bytes, and the pager prefetches " + std::to_string(asked) +
+                          " only where that limit has room (the predicted peak charges what it holds)");
       return p;
     } catch (const InfeasibleBudgetError&) {
-      if (shallower.offload.prefetch_n_ahead == 0) throw;  // the refusal at the shallowest window: its minimum
-      --shallower.offload.prefetch_n_ahead;
+      if (counted == 0) throw;  // the refusal at the shallowest window: its minimum
+      --counted;
     }
   }
 }

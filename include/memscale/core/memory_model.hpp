@@ -11,7 +11,8 @@
 //   optimizer step: O   = base + Σ_k grad_k + optimizer transient
 //   peak = max over all F_l, B_l and O.
 // Inference step: input + resident weights + resident KV cache + windows + the
-// inference activation reservation (reservation.hpp).
+// inference activation reservation (reservation.hpp); the final plan charges the weights
+// the pager's replay predicts (charge_pager_peak, pager_model.hpp).
 #pragma once
 
 #include <algorithm>
@@ -210,10 +211,12 @@ struct InferTerms {
   bool operator==(const InferTerms&) const = default;
 };
 
+/// Weight offload in inference pages a layer's parameters (the pager's units hold
+/// parameters only); its buffers stay on the device.
 inline InferTerms infer_terms(const Layer& layer, const LayerState& state) {
   InferTerms terms;
-  const std::int64_t weights = s64(layer.param_bytes) + s64(layer.buffer_bytes);
-  (state.offload_weights ? terms.weight_window : terms.weights) = weights;
+  (state.offload_weights ? terms.weight_window : terms.weights) = s64(layer.param_bytes);
+  terms.weights += s64(layer.buffer_bytes);
   (state.offload_activations ? terms.kv_window : terms.kv) = s64(layer.kv_cache_bytes);
   return terms;
 }
@@ -320,6 +323,31 @@ inline PeakReport evaluate_inference(const ModelGraph& graph, const std::vector<
   r.kv_cache = u64(kv);
   r.windows = u64(window_bytes(ww_max, ww_sum, ctx.prefetch_n_ahead) + window_bytes(kw_max, kw_sum, ctx.prefetch_n_ahead));
   r.reservation = ctx.reservation_bytes;
+  r.peak = r.input + r.static_bytes + r.kv_cache + r.windows + r.reservation;
+  return r;
+}
+
+/// The inference peak with the paged weights charged as the pager will hold them:
+/// `pager_peak` is its predicted resident peak (pager_model.hpp: the parameters of the
+/// layers kept on the device plus what its LRU holds of the paged ones within its resident
+/// limit), in place of the kept parameters plus the weight window of evaluate_inference.
+/// Buffers stay counted as resident weights; the KV window is unchanged.
+inline PeakReport charge_pager_peak(const ModelGraph& graph, const std::vector<LayerState>& states,
+                                    const StepContext& ctx, std::uint64_t pager_peak) {
+  PeakReport r = evaluate_inference(graph, states, ctx);
+  std::int64_t buffers = 0, kept = 0, kw_max = 0, kw_sum = 0;
+  for (std::size_t l = 0; l < graph.layers.size(); ++l) {
+    const InferTerms t = infer_terms(graph.layers[l], states[l]);
+    buffers += s64(graph.layers[l].buffer_bytes);
+    kept += t.weights - s64(graph.layers[l].buffer_bytes);
+    kw_max = std::max(kw_max, t.kv_window);
+    kw_sum += t.kv_window;
+  }
+  if (pager_peak < u64(kept))
+    throw MemScaleError("memory model: a pager peak of " + std::to_string(pager_peak) + " bytes is below the " +
+                        std::to_string(kept) + " bytes of parameters it keeps resident");
+  r.static_bytes = u64(buffers + kept);
+  r.windows = pager_peak - u64(kept) + u64(window_bytes(kw_max, kw_sum, ctx.prefetch_n_ahead));
   r.peak = r.input + r.static_bytes + r.kv_cache + r.windows + r.reservation;
   return r;
 }

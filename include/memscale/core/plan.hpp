@@ -62,6 +62,9 @@ struct Reservation {
   std::uint64_t bytes = 0;           ///< total reserved, all devices' share included
   std::uint64_t per_device_bytes = 0;
   std::uint64_t scaled_bytes = 0;    ///< the dims-based estimate before the cap
+  /// The output head's logits for the step's tokens plus its input (reservation.hpp); the
+  /// reservation is at least this. 0 without an lm_head layer that records a vocabulary.
+  std::uint64_t output_head_bytes = 0;
   std::uint64_t flat_bytes = 0;
   std::uint64_t graph_capture_bytes = 0;
   std::int64_t tokens_per_step = 0;
@@ -69,7 +72,7 @@ struct Reservation {
   double safety_factor = 0.0;
   bool calibrated = false;           ///< safety_factor was fitted to measured peaks
   std::int64_t calibration_samples = 0;
-  std::string source;                ///< "scaled", "flat_cap" or "flat_fallback"
+  std::string source;                ///< "scaled", "flat_cap", "output_head" or "flat_fallback"
   bool operator==(const Reservation&) const = default;
 };
 
@@ -85,9 +88,13 @@ struct TierChoice {
 /// Weight residency decided by the plan (residency policy, hot set, prefetch depth).
 struct OffloadPlan {
   std::string policy = "none";
-  std::uint64_t ram_bytes = 0;
+  std::uint64_t ram_bytes = 0;       ///< the pager's resident limit (its books: parameters)
   std::vector<std::string> hot_set;  ///< layer names pinned resident
   std::uint64_t prefetch_n_ahead = 0;
+  /// The peak the pager will hold resident (its peak_physical_bytes), replayed on the
+  /// plan's layers, limit and depth (pager_model.hpp); the plan's predicted peak charges
+  /// it for the weights. 0 when nothing is paged.
+  std::uint64_t predicted_resident_bytes = 0;
   bool operator==(const OffloadPlan&) const = default;
 };
 
@@ -153,6 +160,7 @@ inline void to_json(nlohmann::json& j, const Reservation& r) {
   j = {{"bytes", r.bytes},
        {"per_device_bytes", r.per_device_bytes},
        {"scaled_bytes", r.scaled_bytes},
+       {"output_head_bytes", r.output_head_bytes},
        {"flat_bytes", r.flat_bytes},
        {"graph_capture_bytes", r.graph_capture_bytes},
        {"tokens_per_step", r.tokens_per_step},
@@ -184,7 +192,11 @@ inline void to_json(nlohmann::json& j, const TierChoice& t) {
 }
 
 inline void to_json(nlohmann::json& j, const OffloadPlan& o) {
-  j = {{"policy", o.policy}, {"ram_bytes", o.ram_bytes}, {"hot_set", o.hot_set}, {"prefetch_n_ahead", o.prefetch_n_ahead}};
+  j = {{"policy", o.policy},
+       {"ram_bytes", o.ram_bytes},
+       {"hot_set", o.hot_set},
+       {"prefetch_n_ahead", o.prefetch_n_ahead},
+       {"predicted_resident_bytes", o.predicted_resident_bytes}};
 }
 
 inline void to_json(nlohmann::json& j, const Plan& p) {
@@ -260,6 +272,7 @@ inline Plan plan_from_json(const nlohmann::json& j) {
     p.reservation.bytes = f::u64(r, "bytes", rp);
     p.reservation.per_device_bytes = f::u64(r, "per_device_bytes", rp);
     p.reservation.scaled_bytes = f::u64(r, "scaled_bytes", rp);
+    p.reservation.output_head_bytes = f::optional<std::uint64_t>(r, "output_head_bytes", rp, 0, f::as_u64);
     p.reservation.flat_bytes = f::u64(r, "flat_bytes", rp);
     p.reservation.graph_capture_bytes = f::u64(r, "graph_capture_bytes", rp);
     p.reservation.tokens_per_step = f::i64(r, "tokens_per_step", rp);
@@ -290,6 +303,9 @@ inline Plan plan_from_json(const nlohmann::json& j) {
   p.offload.ram_bytes = f::u64(o, "ram_bytes", "plan.offload");
   p.offload.hot_set = f::strings(o, "hot_set", "plan.offload");
   p.offload.prefetch_n_ahead = f::u64(o, "prefetch_n_ahead", "plan.offload");
+  // Optional: plans written before the prediction existed still load.
+  p.offload.predicted_resident_bytes =
+      f::optional<std::uint64_t>(o, "predicted_resident_bytes", "plan.offload", 0, f::as_u64);
   return p;
 }
 

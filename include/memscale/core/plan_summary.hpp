@@ -84,7 +84,7 @@ inline std::string plan_summary(const Plan& plan) {
            plan.reservation.source + (plan.reservation.calibrated ? ", calibrated" : "") + ")\n";
   if (plan.offload.policy != "none") {
     out += "weight offload: policy " + plan.offload.policy + ", resident limit " + format_bytes(plan.offload.ram_bytes) +
-           ", prefetch " + std::to_string(plan.offload.prefetch_n_ahead) + " ahead, hot set " +
+           " (the pager holds " + format_bytes(plan.offload.predicted_resident_bytes) + " at its peak)" + ", prefetch " + std::to_string(plan.offload.prefetch_n_ahead) + " ahead, hot set " +
            std::to_string(plan.offload.hot_set.size()) + " layer" + (plan.offload.hot_set.size() == 1 ? "" : "s") + "\n";
   }
   if (plan.tier_policy.used) {

@@ -7,9 +7,21 @@
 //                      total length, and their prefill is the biggest step of a KV-cached
 //                      decoder (one forward over all tokens for any other model)
 //   scaled           = widest x tokens x dtype bytes x safety factor
-//   per device       = min(scaled, flat_bytes) + graph-capture headroom (GPU machines only)
-//                      flat_bytes alone when the graph has no hidden/intermediate dims
+//   output head      = tokens x (vocab + hidden) x dtype bytes of the graph's lm_head layer:
+//                      the logits the step's full forward returns, beside the head's input
+//   per device       = max(min(scaled, flat_bytes), output head) + graph-capture headroom
+//                      (GPU machines only); flat_bytes alone when the graph has no
+//                      hidden/intermediate dims
 //   total            = per device x device count
+//
+// The output head is a term of its own because the logits are not a per-layer buffer of
+// hidden or intermediate width: vocab wide, they are the forward's output, allocated last
+// (after the blocks' working set is freed, hence max, not sum) and held by the caller, so
+// the safety factor does not cover them (HF Llama with a vocabulary 8x its inner width ran
+// 1.41x over a budget of 0.25x its weights counting only max(hidden, intermediate)). They
+// are counted for every token of the step, as the example's full forward produces them; a
+// forward that returns only the last token's logits (Hugging Face's logits_to_keep) needs
+// less, which is not detected.
 //
 // As in the seed, the cap only rules out reserving more than the flat value; the scaled
 // figure is a heuristic. Unlike the seed, the safety factor can be fitted to measured
@@ -59,6 +71,17 @@ inline std::int64_t widest_buffer(const ModelGraph& graph) {
   return widest;
 }
 
+/// Per-token bytes of the output head's moment: its logits (vocab wide) and its input
+/// (hidden wide), in the graph's dtype; the widest lm_head layer's, 0 when no lm_head layer
+/// records a vocabulary.
+inline std::int64_t output_head_bytes_per_token(const ModelGraph& graph) {
+  std::int64_t widest = 0;
+  for (const auto& layer : graph.layers)
+    if (layer.kind == "lm_head" && layer.dims.vocab > 0)
+      widest = std::max(widest, layer.dims.vocab + std::max<std::int64_t>(layer.dims.hidden, 0));
+  return widest * static_cast<std::int64_t>(cost::dtype_bytes(graph.dtype));
+}
+
 /// Tokens the biggest inference step of `graph` processes: batch x seq of the profiled
 /// example (a KV-cached decoder's prefill of the whole example; any other model's one
 /// forward), seq capped at graph.max_positions when the model states it.
@@ -94,6 +117,12 @@ inline Reservation activation_reservation(const ModelGraph& graph, const Hardwar
     r.scaled_bytes = scaled >= 1.8e19 ? ~0ull : static_cast<std::uint64_t>(std::ceil(scaled));
     r.source = r.scaled_bytes < config.flat_bytes ? "scaled" : "flat_cap";
     core = std::min(r.scaled_bytes, config.flat_bytes);
+    const double head = static_cast<double>(output_head_bytes_per_token(graph)) * static_cast<double>(r.tokens_per_step);
+    r.output_head_bytes = head >= 1.8e19 ? ~0ull : static_cast<std::uint64_t>(head);
+    if (r.output_head_bytes > core) {
+      core = r.output_head_bytes;
+      r.source = "output_head";
+    }
   }
   r.per_device_bytes = core + r.graph_capture_bytes;
   r.bytes = r.per_device_bytes * static_cast<std::uint64_t>(device_count);

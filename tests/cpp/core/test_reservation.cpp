@@ -59,6 +59,46 @@ TEST(Reservation, IsCappedAtTheFlatValue) {
             (1ull << 30) + c.graph_capture_bytes);
 }
 
+/// The decoder above with an output head of `vocab` over `hidden`.
+ModelGraph with_head(ModelGraph g, std::int64_t vocab) {
+  Layer head;
+  head.index = static_cast<std::int64_t>(g.layers.size());
+  head.name = "lm_head";
+  head.kind = "lm_head";
+  head.param_bytes = 1 << 20;
+  head.dims.hidden = g.layers.front().dims.hidden;
+  head.dims.vocab = vocab;
+  g.layers.push_back(head);
+  return g;
+}
+
+TEST(Reservation, CountsTheOutputHeadsLogitsOfTheFullForward) {
+  // A vocabulary far wider than the MLP: the head's logits for every token of the step
+  // plus its input outgrow the widest buffer's scaled figure.
+  ModelGraph g = with_head(decoder(1, 512, 1024), 128000);
+  g.seq = 64;
+  const Reservation r = activation_reservation(g, gpus(1), defaults(), 1);
+  EXPECT_EQ(r.source, "output_head");
+  EXPECT_EQ(r.output_head_bytes, (128000ull + 512) * 64 * 2);  // tokens x (vocab + hidden) x bf16
+  EXPECT_GT(r.output_head_bytes, r.scaled_bytes);
+  EXPECT_EQ(r.per_device_bytes, r.output_head_bytes + r.graph_capture_bytes);
+  // A narrow vocabulary leaves the widest buffer in charge; the head's figure is still stated.
+  const Reservation narrow = activation_reservation(with_head(decoder(4, 4096, 11008), 1000), gpus(1), defaults(), 1);
+  EXPECT_EQ(narrow.source, "scaled");
+  EXPECT_EQ(narrow.output_head_bytes, (1000ull + 4096) * 4 * 4096 * 2);
+  EXPECT_EQ(narrow.per_device_bytes, narrow.scaled_bytes + narrow.graph_capture_bytes);
+  // The flat cap bounds the heuristic, not the logits: they are exact.
+  ReservationConfig small = defaults();
+  small.flat_bytes = 1 << 20;
+  const Reservation capped = activation_reservation(g, gpus(1), small, 1);
+  EXPECT_EQ(capped.source, "output_head");
+  EXPECT_EQ(capped.per_device_bytes, r.output_head_bytes + capped.graph_capture_bytes);
+  // And the plan's JSON keeps it.
+  Plan p;
+  p.reservation = r;
+  EXPECT_EQ(Plan::from_json_text(p.to_json_text()).reservation, r);
+}
+
 TEST(Reservation, FallsBackToFlatWhenDimsAreMissing) {
   const Reservation r = activation_reservation(decoder(4, 0, 0), gpus(1), defaults(), 1);
   EXPECT_EQ(r.source, "flat_fallback");

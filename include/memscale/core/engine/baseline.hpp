@@ -140,12 +140,14 @@ inline std::vector<std::size_t> weight_offload_order(const ModelGraph& graph, co
   return order;
 }
 
-/// Resident weight bytes on the device: resident layers plus the paging window.
+/// Weight bytes the pager's resident limit must hold (its books count parameters; buffers
+/// stay on the device outside it): the parameters of the layers kept on the device plus the
+/// window of `prefetch` paged layers ahead of the one computing.
 inline std::uint64_t resident_weight_bytes(const ModelGraph& graph, const std::vector<model::LayerState>& states,
                                            std::uint64_t prefetch) {
   std::int64_t resident = 0, largest = 0, paged = 0;
   for (std::size_t l = 0; l < graph.layers.size(); ++l) {
-    const std::int64_t w = model::s64(graph.layers[l].param_bytes + graph.layers[l].buffer_bytes);
+    const std::int64_t w = model::s64(graph.layers[l].param_bytes);
     if (states[l].offload_weights) largest = std::max(largest, w), paged += w;
     else resident += w;
   }
@@ -216,7 +218,7 @@ inline void apply_ram_budget(const ModelGraph& graph, Setup& setup, const Offloa
     std::uint64_t hot = 0, kept = 0, largest = 0;
     std::string largest_name;
     for (std::size_t l = 0; l < graph.layers.size(); ++l) {
-      const std::uint64_t w = graph.layers[l].param_bytes + graph.layers[l].buffer_bytes;
+      const std::uint64_t w = graph.layers[l].param_bytes;
       if (b.states[l].offload_weights) {
         if (largest_name.empty() || w > largest) largest = w, largest_name = graph.layers[l].name;
       } else {

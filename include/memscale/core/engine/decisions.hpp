@@ -58,8 +58,9 @@ struct TierLedger {
 inline std::uint64_t offloaded_bytes(const Layer& layer, rules::Technique t, const model::LayerState& state,
                                      const model::StepContext& step) {
   if (t == rules::Technique::offload_weights) {
-    const std::uint64_t weights = layer.param_bytes + layer.buffer_bytes;
-    return step.training ? weights + layer.grad_bytes + layer.optimizer_bytes : weights;
+    // Inference pages parameters only; buffers stay on the device (model::infer_terms).
+    if (!step.training) return layer.param_bytes;
+    return layer.param_bytes + layer.buffer_bytes + layer.grad_bytes + layer.optimizer_bytes;
   }
   if (t == rules::Technique::offload_activations) {
     if (!step.training) return layer.kv_cache_bytes;

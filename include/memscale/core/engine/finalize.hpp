@@ -10,6 +10,7 @@
 #include "memscale/core/engine/setup.hpp"
 #include "memscale/core/engine/baseline.hpp"
 #include "memscale/core/engine/tier_report.hpp"
+#include "memscale/core/pager_model.hpp"
 #include "memscale/core/plan.hpp"
 
 namespace memscale::engine_detail {
@@ -23,11 +24,47 @@ inline std::vector<std::string> techniques_of(const model::LayerState& s) {
   return t;
 }
 
-/// The weight residency policy in the plan: the residency policy the pager runs, its resident limit, the
-/// pinned hot set and the prefetch depth. The resident limit is what the plan keeps resident
-/// plus the window the memory model counted (setup.step, which may be shallower than the
-/// depth the pager runs: see apply_ram_budget and plan_inference); with a policy the Config
-/// names, up to its ram_bytes as far as the budget's headroom over the predicted peak allows.
+/// The pager as it will run the plan (pager_model.hpp): one unit per layer with parameters
+/// (the profiler's layers are the paging units; parameterless ones are not paged), pinned
+/// where the plan keeps the layer on the device, in execution order, which is also the order
+/// the pager prefetches in. A tied output head (parameters counted at its embedding:
+/// model::layer_weights) shares the unit of the embedding of its vocabulary and width, so
+/// its call acquires that unit a second time.
+inline PagerModelInput pager_model_input(const ModelGraph& graph, const std::vector<model::LayerState>& states,
+                                         std::uint64_t ram_bytes, std::uint64_t prefetch_n_ahead) {
+  PagerModelInput in;
+  in.ram_bytes = ram_bytes;
+  in.prefetch_n_ahead = prefetch_n_ahead;
+  std::vector<std::size_t> unit(graph.layers.size(), ~std::size_t{0});
+  for (std::size_t l = 0; l < graph.layers.size(); ++l) {
+    const Layer& layer = graph.layers[l];
+    if (layer.param_bytes > 0) {
+      unit[l] = in.layers.size();
+      in.layers.push_back({layer.param_bytes, !states[l].offload_weights});
+      in.accesses.push_back(unit[l]);
+      continue;
+    }
+    if (layer.kind != "lm_head" || layer.dims.vocab <= 0 || layer.dims.hidden <= 0) continue;
+    for (std::size_t e = 0; e < l; ++e) {
+      const Layer& embedding = graph.layers[e];
+      if (embedding.kind == "embedding" && unit[e] != ~std::size_t{0} && embedding.dims.vocab == layer.dims.vocab &&
+          embedding.dims.hidden == layer.dims.hidden) {
+        in.accesses.push_back(unit[e]);
+        break;
+      }
+    }
+  }
+  return in;
+}
+
+/// The weight residency policy in the plan: the residency policy the pager runs, its resident
+/// limit, the pinned hot set, the prefetch depth and the resident peak the pager will reach.
+/// The resident limit is the parameters the plan keeps resident plus the window the memory
+/// model counted (setup.step, which may be shallower than the depth the pager runs: see
+/// apply_ram_budget and plan_inference); with a policy the Config names, up to its ram_bytes
+/// as far as the budget's headroom over the window-counted peak allows. Within that limit the
+/// pager's LRU keeps what has room whatever the depth, so the peak it reaches is replayed
+/// (predicted_resident_bytes) rather than assumed to be the counted window.
 inline OffloadPlan offload_plan(const ModelGraph& graph, const Setup& setup, const Config& config,
                                 const std::vector<model::LayerState>& states, std::uint64_t predicted) {
   OffloadPlan o;
@@ -47,7 +84,17 @@ inline OffloadPlan offload_plan(const ModelGraph& graph, const Setup& setup, con
   o.prefetch_n_ahead = config.offload.prefetch_n_ahead;
   for (std::size_t l = 0; l < graph.layers.size(); ++l)
     if (!setup.pinned[l].empty()) o.hot_set.push_back(graph.layers[l].name);
+  if (!graph.training)
+    o.predicted_resident_bytes = predicted_resident_peak(pager_model_input(graph, states, o.ram_bytes, o.prefetch_n_ahead));
   return o;
+}
+
+/// The plan's predicted peak report: the memory model's (window-counted) evaluation, with
+/// the weights charged at the pager's predicted resident peak where the plan pages.
+inline model::PeakReport predicted_report(const ModelGraph& graph, const Setup& setup,
+                                          const std::vector<model::LayerState>& states, const OffloadPlan& offload) {
+  if (graph.training || offload.policy == "none") return model::evaluate(graph, states, setup.step);
+  return model::charge_pager_peak(graph, states, setup.step, offload.predicted_resident_bytes);
 }
 
 struct Outcome {
@@ -58,7 +105,7 @@ struct Outcome {
 
 inline Plan build_plan(const ModelGraph& graph, const Setup& setup, const Config& config,
                        const std::vector<model::LayerState>& states, DecisionLog& log, const Outcome& outcome,
-                       std::uint64_t unoptimized, std::uint64_t predicted) {
+                       std::uint64_t unoptimized, std::uint64_t predicted, OffloadPlan offload) {
   Plan p;
   p.mode = to_string(config.mode);
   p.training = graph.training;
@@ -106,7 +153,7 @@ inline Plan build_plan(const ModelGraph& graph, const Setup& setup, const Config
   p.rejected = std::move(log.rejected);
   p.trace = std::move(log.trace);
   if (!graph.training) p.reservation = setup.reservation;
-  p.offload = offload_plan(graph, setup, config, states, predicted);
+  p.offload = std::move(offload);
   if (!graph.training) {
     bool moved = !config.tiers.empty();
     for (const auto& s : states) moved |= s.offload_weights || s.offload_activations;

@@ -63,10 +63,13 @@ inline Candidate weight_offload_rule(const Layer& layer, const model::LayerState
   const double flops = cost::layer_flops(layer, ctx.graph) * ctx.step.step_flops_share;
   const double compute = flops / ctx.rates.flops_per_s;
   if (!ctx.step.training) {
-    const double seconds = exposed(static_cast<double>(weights) / next_tier_read(ctx.rates), compute) + cost::kTransferLatencyS;
+    // The inference pager pages parameters; buffers stay on the device (infer_terms).
+    const std::int64_t params = model::s64(layer.param_bytes);
+    if (params <= 0) return reject("offload_weights.no_gain", "has no parameters (its buffers stay on the device)");
+    const double seconds = exposed(static_cast<double>(params) / next_tier_read(ctx.rates), compute) + cost::kTransferLatencyS;
     return accept("offload_weights.last_resort",
-                  !explain ? "" : "page " + bytes(weights) + " of weights in for each step (" + format_seconds(seconds) + " exposed)",
-                  Phase::offload_weights, seconds, weights);
+                  !explain ? "" : "page " + bytes(params) + " of weights in for each step (" + format_seconds(seconds) + " exposed)",
+                  Phase::offload_weights, seconds, params);
   }
   const model::TrainTerms resident = model::train_terms(layer, state, ctx.step);
   const std::int64_t saved = resident.static_bytes + resident.grad;
