@@ -22,7 +22,8 @@
 //    whose thresholds are its own windows (and its cheaper weight-window form), where it
 //    is counted exactly. The minimum over subproblems is the optimum.
 //  * With the windows fixed, a dynamic program runs over the chain in layer order. F_l and
-//    B_l depend on the layers before l through one sum, Sp = Σ_{k<l}(saved_k + static_k),
+//    B_l depend on the layers before l through one sum, Sp = Σ_{k<l}(saved_k + static_k)
+//    (static plus its weight window when that window is counted as a sum),
 //    on layer l's own terms, and on the layers after l only through static (weight offload)
 //    and gradients. Those future terms are taken at the baseline (their largest), and what
 //    the positions already passed exceed the budget by is carried as a requirement on the
@@ -34,9 +35,15 @@
 //    cheaply, so dropping it keeps the optimum: the DP keeps the Pareto frontier.
 //  * Pruning keeps only states that can still complete: requirements no larger than the
 //    most the remaining layers can reduce, Sp below what the remaining positions allow at
-//    their per-layer least, cost plus the remaining layers' least cost no more than the
-//    best plan known (the greedy's, when it fits). All are relaxations, so they never drop
-//    the optimum.
+//    their per-layer least, and cost plus a lower bound on the rest (the remaining layers'
+//    least cost, or a requirement times the least seconds per byte any later layer reduces
+//    it by) within a cost bound. The bound rises in rounds (x4, from the least any plan can
+//    cost to the greedy's cost when it fits): the first round that finds a plan has kept
+//    every plan within its bound, so its cheapest is the optimum. All are relaxations, and
+//    a dominance check that misses a beaten state (pareto() compares a window of them)
+//    only costs time, so none drops the optimum.
+//  * A deterministic work limit (states created) stops a search that would take too long;
+//    the engine then plans with the greedy and says the plan is not proven optimal.
 //  * min_budget_bytes: feasibility is monotone in the budget, so a binary search of the
 //    integer budget between a lower bound and the greedy's smallest peak finds the least
 //    budget with a plan, and that budget is reached by that plan's predicted peak.
