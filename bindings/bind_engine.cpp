@@ -99,6 +99,8 @@ void bind_engine(py::module_& m) {
   m.def("tier_problem", &tier_problem, py::arg("graph"), py::arg("hardware"), py::arg("config"),
         "The tier problem an inference graph poses on hardware (GPU capacity = the budget).");
 
+  m.def("plan_cost_seconds", &plan_cost_seconds, py::arg("graph"), py::arg("hardware"), py::arg("plan"),
+        "Modelled cost of a training plan: seconds of recompute, tiling and exposed offload transfer per step.");
   m.def(
       "plan",
       [](const ModelGraph& graph, const Config& config, const Hardware& hardware, std::optional<Calibration> calibration) {

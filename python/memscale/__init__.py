@@ -17,7 +17,7 @@ from .memory import track_memory
 from .profiler.profile import profile
 from .runtime import inference as offload  # the inference API, as memscale.offload
 from .scheduler import Scheduler
-from .planning import calibrate_reservation, plan, search_tier_policy, tier_problem
+from .planning import calibrate_reservation, plan, plan_cost, search_tier_policy, tier_problem
 from .api import plan_of, unwrap, wrap
 
 format_bytes = _C.format_bytes
@@ -57,6 +57,7 @@ __all__ = [
     "offload",
     "parse_size",
     "plan",
+    "plan_cost",
     "plan_of",
     "profile",
     "search_tier_policy",

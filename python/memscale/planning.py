@@ -84,6 +84,14 @@ def plan(graph: GraphLike, cfg: Config | None = None, hardware: HardwareLike = N
     return result
 
 
+def plan_cost(graph: GraphLike, plan: Any, hardware: HardwareLike = None) -> float:
+    """The modelled cost of a training ``plan`` of ``graph``: seconds its techniques add to
+    a step (recompute, tiling, exposed offload transfer), as the engine prices them on
+    ``hardware`` (default ``memscale.detect_hardware()``). What ``solver="optimal"``
+    minimises (docs/solver.md); give the hardware the plan was made for."""
+    return _C.plan_cost_seconds(_graph(graph), _hardware(hardware), plan)
+
+
 def plan_model(model: nn.Module, example_inputs: Any, cfg: Config, *, training: bool,
                optimizer: Any = "adamw", offload_dir: str | None = None, calibration: Any = None,
                graph: Any = None, loss_fn: Any = None, autocast: Any = None) -> tuple[Any, Any, Any]:

@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "memscale/core/config.hpp"
@@ -23,10 +24,12 @@
 #include "memscale/core/engine/decisions.hpp"
 #include "memscale/core/engine/finalize.hpp"
 #include "memscale/core/engine/greedy.hpp"
+#include "memscale/core/engine/optimal_plan.hpp"
 #include "memscale/core/engine/setup.hpp"
 #include "memscale/core/engine/tier_report.hpp"
 #include "memscale/core/errors.hpp"
 #include "memscale/core/hardware.hpp"
+#include "memscale/core/log.hpp"
 #include "memscale/core/memory_model.hpp"
 #include "memscale/core/model_graph.hpp"
 #include "memscale/core/peak_tracker.hpp"
@@ -84,6 +87,9 @@ Plan run_engine(const ModelGraph& graph, const Hardware& hw, const Config& confi
   }
   for (const auto& glob : setup.overrides.unmatched_globs)
     log.trace.push_back("layer_overrides[\"" + glob + "\"] matches no layer of this graph");
+  if (!graph.training && config.solver == Solver::optimal)
+    log.trace.push_back("solver \"optimal\": applies to training plans; this inference plan is the greedy's "
+                        "(docs/solver.md)");
   if (config.auto_policy)
     log.trace.push_back("auto_policy: no learned policy stage is built in; mode and eligible techniques come from the Config");
   if (!setup.capacity.disk_known)
@@ -148,6 +154,33 @@ Plan run_engine(const ModelGraph& graph, const Hardware& hw, const Config& confi
   apply_ram_budget(graph, setup, config.offload, base, log, ledger);
   apply_fixed_tiers(graph, setup, config, base, log, ledger);
 
+  if constexpr (std::is_same_v<Tracker, model::TrainingTracker>) {
+    if (config.solver == Solver::optimal) {
+      OptimalOutcome o = plan_optimal(graph, setup, config, base, log, ledger);
+      if (o.fits) {
+        outcome.keep_reason = "the least-cost plan leaves this layer as it is";
+        return finish(o.states);
+      }
+      if (!o.placement_failed && !o.exhausted) {
+        const model::PeakReport at_min = model::evaluate(graph, o.states, setup.step);
+        const std::string disabled = disabled_techniques(config);
+        throw InfeasibleBudgetError(
+            "no plan fits the budget of " + format_bytes(setup.budget) + " per device: the exact solver's smallest " +
+                "plan under this Config peaks at " + describe_peak(graph, at_min) +
+                ". min_budget_bytes = " + std::to_string(o.min_peak) + "; raise memory_budget to at least that" +
+                (disabled.empty() ? std::string() : ", or allow " + disabled) +
+                (config.layer_overrides.empty() ? std::string() : ", or relax layer_overrides"),
+            o.min_peak);
+      }
+      log.trace.push_back(o.exhausted ? "warning: solver \"optimal\": the exact search passed its limit of " +
+                                            std::to_string(o.work_limit) +
+                                            " states on this graph (docs/solver.md); this plan is the greedy's, not "
+                                            "proven optimal"
+                                      : "warning: solver \"optimal\": its offloads fit the room below the device only "
+                                        "pooled (host + disk), not one by one; this plan is the greedy's");
+      memscale::log::warn(log.trace.back());
+    }
+  }
   Tracker tracker(graph, setup.step, base.states);
   Greedy<Tracker> greedy(graph, setup, tracker, log, ledger, base.allowed);
   const auto budget = static_cast<std::int64_t>(setup.budget);
@@ -212,6 +245,31 @@ inline Plan plan(const ModelGraph& graph, const Hardware& hardware, const Config
                  const PlanOptions& options = {}) {
   if (graph.training) return engine_detail::run_engine<model::TrainingTracker>(graph, hardware, config, options);
   return engine_detail::plan_inference(graph, hardware, config, options);
+}
+
+/// The modelled cost of a training plan of `graph` on `hardware` (engine/plan_cost.hpp):
+/// seconds of recompute, tiling and exposed offload transfer its techniques add per step.
+/// The figure the greedy orders by and the exact solver (Config.solver "optimal") minimises.
+inline double plan_cost_seconds(const ModelGraph& graph, const Hardware& hardware, const Plan& plan) {
+  if (!plan.training || !graph.training)
+    throw MemScaleError("plan_cost: the modelled cost is defined for training plans of training graphs");
+  if (plan.layers.size() != graph.layers.size())
+    throw MemScaleError("plan_cost: the plan has " + std::to_string(plan.layers.size()) + " layers, the graph " +
+                        std::to_string(graph.layers.size()));
+  model::StepContext step;
+  step.training = true;
+  step.element_bytes = cost::dtype_bytes(graph.dtype);
+  step.data_parallel = hardware.gpu_count() > 1;
+  const cost::Rates rates = cost::rates_of(hardware);
+  std::vector<model::LayerState> states(graph.layers.size());
+  for (std::size_t l = 0; l < states.size(); ++l) {
+    const LayerPlan& lp = plan.layers[l];
+    states[l].checkpoint = lp.has("checkpoint");
+    states[l].offload_activations = lp.has("offload_activations");
+    states[l].offload_weights = lp.has("offload_weights");
+    states[l].chunks = lp.has("tile") ? lp.tile_chunks : 1;
+  }
+  return engine_detail::plan_cost_seconds(graph, states, rules::RuleContext{graph, step, rates});
 }
 
 /// The tier-placement problem `graph` poses on `hardware` (sizes, capacities with the

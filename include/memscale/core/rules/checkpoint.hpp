@@ -3,6 +3,7 @@
 // one extra forward of the layer per byte of saved activations it drops.
 #pragma once
 
+#include "memscale/core/rules/costs.hpp"
 #include "memscale/core/rules/rule.hpp"
 
 namespace memscale::rules {
@@ -22,7 +23,7 @@ inline Candidate checkpoint_rule(const Layer& layer, const model::LayerState& st
                                             ") is no smaller than its saved activations (" +
                                             bytes(model::s64(layer.activation_bytes)) + ")");
   const double flops = cost::layer_flops(layer, ctx.graph);
-  const double seconds = flops / ctx.rates.flops_per_s;
+  const double seconds = recompute_seconds(layer, ctx.graph, ctx.rates);
   return accept("checkpoint.cheapest_recompute",
                 !explain ? "" : "recompute " + format_flops(flops) + " (" + format_seconds(seconds) + ") to drop " + bytes(saved) +
                     " of saved activations",

@@ -10,17 +10,10 @@
 #include <vector>
 
 #include "memscale/core/offload_policy.hpp"
+#include "memscale/core/rules/costs.hpp"
 #include "memscale/core/rules/rule.hpp"
 
 namespace memscale::rules {
-
-/// Seconds of transfer not hidden behind `overlap_s` of compute.
-inline double exposed(double transfer_s, double overlap_s) { return std::max(0.0, transfer_s - overlap_s); }
-
-/// Bandwidth from the planning device to its next tier: PCIe on a GPU machine, the disk
-/// on a CPU-only machine (where host RAM is the device).
-inline double next_tier_read(const cost::Rates& r) { return r.gpu ? r.host_to_device : r.disk_read; }
-inline double next_tier_write(const cost::Rates& r) { return r.gpu ? r.host_to_device : r.disk_write; }
 
 /// offload_activations.after_recompute | offload_activations.kv_cache | offload_activations.applied |
 /// offload_activations.no_gain
@@ -42,11 +35,7 @@ inline Candidate activation_offload_rule(const Layer& layer, const model::LayerS
                   "a tiled output head keeps its fused loss's gradient buffers, which are not saved tensors");
   const std::int64_t kept = model::train_terms(layer, state, ctx.step).saved;
   if (kept <= 0) return reject("offload_activations.no_gain", "keeps no activations on the device");
-  // Out during forward, back during backward; hidden behind the layer's forward and
-  // backward compute (about 3x its forward FLOPs).
-  const double transfer = static_cast<double>(kept) / next_tier_write(ctx.rates) +
-                          static_cast<double>(kept) / next_tier_read(ctx.rates);
-  const double seconds = exposed(transfer, 3.0 * flops / ctx.rates.flops_per_s) + 2 * cost::kTransferLatencyS;
+  const double seconds = activation_offload_seconds(layer, kept, ctx.graph, ctx.step, ctx.rates);
   return accept("offload_activations.after_recompute",
                 !explain ? "" : "send " + bytes(kept) + " of saved activations off the device and back (" + format_seconds(seconds) +
                     " exposed)",
@@ -73,12 +62,7 @@ inline Candidate weight_offload_rule(const Layer& layer, const model::LayerState
   }
   const model::TrainTerms resident = model::train_terms(layer, state, ctx.step);
   const std::int64_t saved = resident.static_bytes + resident.grad;
-  // Weights in for forward and again for backward, gradients out; the optimizer step of
-  // this layer then runs on the host.
-  const double transfer = 2.0 * static_cast<double>(weights) / next_tier_read(ctx.rates) +
-                          static_cast<double>(layer.grad_bytes) / next_tier_write(ctx.rates);
-  const double host_step = static_cast<double>(weights + model::s64(layer.optimizer_bytes)) / cost::kHostMemoryBytesPerS;
-  const double seconds = exposed(transfer, 3.0 * compute) + host_step + 3 * cost::kTransferLatencyS;
+  const double seconds = weight_offload_seconds(layer, ctx.graph, ctx.step, ctx.rates);
   return accept("offload_weights.last_resort",
                 !explain ? "" : "move " + bytes(saved) + " of weights, gradients and optimizer state off the device (" +
                     format_seconds(seconds) + " per step)",

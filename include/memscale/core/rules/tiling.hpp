@@ -8,6 +8,7 @@
 
 #include <algorithm>
 
+#include "memscale/core/rules/costs.hpp"
 #include "memscale/core/rules/rule.hpp"
 
 namespace memscale::rules {
@@ -74,7 +75,7 @@ inline Candidate tile_rule(const Layer& layer, const model::LayerState& state, c
             std::max(after.forward_local, after.backward_local);
   }
   if (saved <= 0) return reject("tile.no_gain", "splitting further would not lower its working set");
-  const double recompute = first_recompute ? cost::layer_flops(layer, ctx.graph) / ctx.rates.flops_per_s : 0.0;
+  const double recompute = first_recompute ? recompute_seconds(layer, ctx.graph, ctx.rates) : 0.0;
   const double seconds = recompute + tile_chunk_seconds(layer, ctx) * static_cast<double>(next - state.chunks);
   if (!explain) {
     Candidate c = accept("tile.split_working_set", "", Phase::recompute, seconds, saved);
