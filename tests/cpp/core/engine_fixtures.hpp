@@ -54,6 +54,41 @@ inline std::uint64_t unoptimized_peak(const ModelGraph& g, const Hardware& hw) {
   return plan(g, hw, budget_config(~0ull >> 2, "\"force_optimize\": true")).unoptimized_peak_bytes;
 }
 
+/// An inference decoder on a machine without a GPU: embedding and head of `edge_bytes` each
+/// (no KV cache), `blocks` blocks of `block_bytes` of weights with `block_kv_bytes` of KV
+/// cache each; hidden 64, intermediate 256, batch 2 x 16 tokens.
+inline ModelGraph inference_decoder(int blocks, std::uint64_t edge_bytes, std::uint64_t block_bytes,
+                                    std::uint64_t block_kv_bytes) {
+  ModelGraph g;
+  g.training = false;
+  g.optimizer = "none";
+  g.batch = 2;
+  g.seq = 16;
+  auto add = [&](const std::string& name, const std::string& kind, std::uint64_t bytes, std::uint64_t kv) {
+    Layer l;
+    l.index = static_cast<std::int64_t>(g.layers.size());
+    l.name = name;
+    l.kind = kind;
+    l.param_bytes = bytes;
+    l.kv_cache_bytes = kv;
+    l.dims.hidden = 64;
+    l.dims.intermediate = 256;
+    g.layers.push_back(l);
+  };
+  add("embed", "embedding", edge_bytes, 0);
+  for (int i = 0; i < blocks; ++i) add("blocks." + std::to_string(i), "block", block_bytes, block_kv_bytes);
+  add("head", "lm_head", edge_bytes, 0);
+  return g;
+}
+
+/// A CPU-only machine: 64 GiB of host RAM, 1 TiB free in the offload directory.
+inline Hardware cpu_only_hardware() {
+  Hardware hw;
+  hw.host_total_bytes = hw.host_available_bytes = 64ull << 30;
+  hw.offload_dir_free_bytes = 1ull << 40;
+  return hw;
+}
+
 }  // namespace memscale::test
 
 namespace memscale::test {

@@ -7,35 +7,9 @@ namespace memscale::test {
 namespace {
 
 /// A CPU-only decoder: embedding and head of 4 MB, `blocks` blocks of 1 MB, a small KV cache.
-ModelGraph decoder(int blocks) {
-  ModelGraph g;
-  g.training = false;
-  g.optimizer = "none";
-  g.batch = 2;
-  g.seq = 16;
-  auto add = [&](const std::string& name, const std::string& kind, std::uint64_t bytes, std::uint64_t kv) {
-    Layer l;
-    l.index = static_cast<std::int64_t>(g.layers.size());
-    l.name = name;
-    l.kind = kind;
-    l.param_bytes = bytes;
-    l.kv_cache_bytes = kv;
-    l.dims.hidden = 64;
-    l.dims.intermediate = 256;
-    g.layers.push_back(l);
-  };
-  add("embed", "embedding", 4'000'000, 0);
-  for (int i = 0; i < blocks; ++i) add("blocks." + std::to_string(i), "block", 1'000'000, 4096);
-  add("head", "lm_head", 4'000'000, 0);
-  return g;
-}
+ModelGraph decoder(int blocks) { return inference_decoder(blocks, 4'000'000, 1'000'000, 4096); }
 
-Hardware cpu() {
-  Hardware hw;
-  hw.host_total_bytes = hw.host_available_bytes = 64ull << 30;
-  hw.offload_dir_free_bytes = 1ull << 40;
-  return hw;
-}
+Hardware cpu() { return cpu_only_hardware(); }
 
 bool traced(const Plan& p, const std::string& text) {
   for (const auto& t : p.trace)

@@ -8,35 +8,9 @@ namespace {
 
 /// An inference decoder: embedding and head of 1 MB without a KV cache, `blocks` blocks of
 /// 1 MB of weights, each with a 2 MB KV cache (the cache dominates the step).
-ModelGraph kv_decoder(int blocks) {
-  ModelGraph g;
-  g.training = false;
-  g.optimizer = "none";
-  g.batch = 2;
-  g.seq = 16;
-  auto add = [&](const std::string& name, const std::string& kind, std::uint64_t kv) {
-    Layer l;
-    l.index = static_cast<std::int64_t>(g.layers.size());
-    l.name = name;
-    l.kind = kind;
-    l.param_bytes = 1'000'000;
-    l.kv_cache_bytes = kv;
-    l.dims.hidden = 64;
-    l.dims.intermediate = 256;
-    g.layers.push_back(l);
-  };
-  add("embed", "embedding", 0);
-  for (int i = 0; i < blocks; ++i) add("blocks." + std::to_string(i), "block", 2'000'000);
-  add("head", "lm_head", 0);
-  return g;
-}
+ModelGraph kv_decoder(int blocks) { return inference_decoder(blocks, 1'000'000, 1'000'000, 2'000'000); }
 
-Hardware cpu_only() {
-  Hardware hw;
-  hw.host_total_bytes = hw.host_available_bytes = 64ull << 30;
-  hw.offload_dir_free_bytes = 1ull << 40;
-  return hw;
-}
+Hardware cpu_only() { return cpu_only_hardware(); }
 
 /// One GPU whose host tier holds `host_bytes` (pinned_limit_bytes), disk beyond it.
 Hardware one_gpu(std::uint64_t host_bytes) {
