@@ -1,6 +1,7 @@
 """Config(solver="optimal"): the exact solver plans a profiled zoo model at no more modelled
-cost than the greedy, within the budget, and says what it minimised; inference plans keep
-the greedy (said in the trace); an unknown solver is a ConfigError naming the allowed ones."""
+cost than the greedy, within the budget, and says what it minimised; the default "auto"
+plans what "optimal" plans on it and says so; inference plans keep the greedy (said in the
+trace); an unknown solver is a ConfigError naming the allowed ones."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,7 +28,7 @@ def _min_budget(graph, **config) -> int:
 
 
 def test_optimal_costs_no_more_than_the_greedy_and_fits(gpt_graph):
-    greedy_min = _min_budget(gpt_graph)
+    greedy_min = _min_budget(gpt_graph, solver="greedy")
     optimal_min = _min_budget(gpt_graph, solver="optimal")
     assert optimal_min <= greedy_min
     unoptimized = memscale.plan(gpt_graph, hardware=HW, memory_budget=1 << 40, force_optimize=True).unoptimized_peak_bytes
@@ -36,9 +37,12 @@ def test_optimal_costs_no_more_than_the_greedy_and_fits(gpt_graph):
     for share in (0.0, 0.3, 0.7):
         budget = greedy_min + int(share * (unoptimized - greedy_min))
         cfg = dict(memory_budget=budget, force_optimize=True)
-        greedy = memscale.plan(gpt_graph, memscale.Config(**cfg), hardware=HW)
+        greedy = memscale.plan(gpt_graph, memscale.Config(**cfg, solver="greedy"), hardware=HW)
         optimal = memscale.plan(gpt_graph, memscale.Config(**cfg, solver="optimal"), hardware=HW)
         assert optimal.predicted_peak_bytes <= budget
+        default = memscale.plan(gpt_graph, memscale.Config(**cfg), hardware=HW)
+        assert [l.techniques for l in default.layers] == [l.techniques for l in optimal.layers]
+        assert any(line.startswith("solver auto: the exact solver plans this step") for line in default.trace)
         assert memscale.plan_cost(gpt_graph, optimal, HW) <= memscale.plan_cost(gpt_graph, greedy, HW) * (1 + 1e-9)
         claim = [line for line in optimal.trace if line.startswith("solver optimal: minimised")]
         assert claim and "subject to predicted peak <=" in claim[0], optimal.trace
@@ -61,7 +65,7 @@ def test_inference_keeps_the_greedy_and_says_so():
 
 
 def test_unknown_solver_is_a_config_error():
-    with pytest.raises(memscale.ConfigError, match=r'solver: got "exact", allowed: "greedy", "optimal"'):
+    with pytest.raises(memscale.ConfigError, match=r'solver: got "exact", allowed: "auto", "greedy", "optimal"'):
         memscale.Config(solver="exact")
-    assert memscale.Config().solver == "greedy"
+    assert memscale.Config().solver == "auto"
     assert memscale.Config.from_json(memscale.Config(solver="optimal").to_json()).solver == "optimal"

@@ -23,9 +23,10 @@ namespace memscale {
 
 enum class Mode { automatic, off, min_memory };
 enum class Switch { automatic, on, off };
-/// How a training plan is chosen: the greedy over cost per byte saved, or the exact
-/// solver of engine/optimal.hpp.
-enum class Solver { greedy, optimal };
+/// How a training plan is chosen: the greedy over cost per byte saved, the exact solver
+/// of engine/optimal.hpp, or (automatic, the default) the exact solver where it plans in
+/// milliseconds and the greedy elsewhere (rules/solver.hpp decides).
+enum class Solver { automatic, greedy, optimal };
 
 /// Technique names as Config spells them (the Plan calls tiling "tile").
 inline const std::vector<std::string>& technique_keys() {
@@ -55,7 +56,7 @@ struct ReservationConfig {
 /// schema's, and tests/cpp/core/test_config_schema.cpp checks Config{} equals a parse of "{}".
 struct Config {
   Mode mode = Mode::automatic;
-  Solver solver = Solver::greedy;
+  Solver solver = Solver::automatic;
   MemoryBudget memory_budget;
   double safety_margin = 0.10;
   std::map<std::string, Switch> techniques = {{"checkpoint", Switch::automatic},
@@ -88,7 +89,9 @@ struct Config {
 inline const char* to_string(Mode m) {
   return m == Mode::off ? "off" : m == Mode::min_memory ? "min_memory" : "auto";
 }
-inline const char* to_string(Solver s) { return s == Solver::optimal ? "optimal" : "greedy"; }
+inline const char* to_string(Solver s) {
+  return s == Solver::optimal ? "optimal" : s == Solver::greedy ? "greedy" : "auto";
+}
 inline const char* to_string(Switch s) { return s == Switch::on ? "on" : s == Switch::off ? "off" : "auto"; }
 
 namespace config_detail {
@@ -322,7 +325,7 @@ inline Config config_from_json(const nlohmann::json& j) {
   const std::string mode = f::one_of(d::field(j, "mode", "", f::as_string), d::schema::enum_strings("mode"), "mode");
   c.mode = mode == "off" ? Mode::off : mode == "min_memory" ? Mode::min_memory : Mode::automatic;
   const std::string solver = f::one_of(d::field(j, "solver", "", f::as_string), d::schema::enum_strings("solver"), "solver");
-  c.solver = solver == "optimal" ? Solver::optimal : Solver::greedy;
+  c.solver = solver == "optimal" ? Solver::optimal : solver == "greedy" ? Solver::greedy : Solver::automatic;
   c.memory_budget = d::field(j, "memory_budget", "", d::parse_budget);
   c.safety_margin = d::field(j, "safety_margin", "", f::as_double);
   if (c.safety_margin < 0.0 || c.safety_margin >= 1.0)

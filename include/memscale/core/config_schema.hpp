@@ -205,12 +205,14 @@ inline schema_json build() {
                                     "at most 0.5) instead of skipping it");
   p["auto_policy"] = flag(false, "the optional policy stage that only picks mode and eligible techniques; none "
                                  "ships yet, so the trace says the rule engine decided alone");
-  p["solver"] = choice({{"greedy", "techniques in escalation order (recompute, then offload), cheapest per byte saved "
-                                    "first, until the predicted peak fits (fast at any depth)"},
+  p["solver"] = choice({{"auto", "the exact solver for training plans of up to 256 layers, the greedy above (the "
+                                 "trace says which and why)"},
+                        {"greedy", "techniques in escalation order (recompute, then offload), cheapest per byte saved "
+                                   "first, until the predicted peak fits (fast at any depth)"},
                         {"optimal", "the exact solver: the least modelled cost whose predicted peak fits, over every "
                                     "per-layer choice the greedy may make (training plans; inference plans use the "
                                     "greedy, said in the trace)"}},
-                       "greedy", "optimal", "how the engine chooses a training plan's techniques (docs/solver.md)");
+                       "auto", "optimal", "how the engine chooses a training plan's techniques (docs/solver.md)");
   p["offload"] = offload();
   const auto split = [](const std::string& description) {
     return schema_json{{"$ref", "#/$defs/tier_split"}, {"description", description}};

@@ -37,6 +37,7 @@
 #include "memscale/core/plan_summary.hpp"
 #include "memscale/core/reservation.hpp"
 #include "memscale/core/rules/skip.hpp"
+#include "memscale/core/rules/solver.hpp"
 #include "memscale/core/tier_search.hpp"
 
 namespace memscale {
@@ -155,10 +156,13 @@ Plan run_engine(const ModelGraph& graph, const Hardware& hw, const Config& confi
   apply_fixed_tiers(graph, setup, config, base, log, ledger);
 
   if constexpr (std::is_same_v<Tracker, model::TrainingTracker>) {
-    if (config.solver == Solver::optimal) {
+    const rules::SolverDecision solver = rules::solver_rule(config.solver, graph.training, n);
+    if (!solver.reason.empty()) log.trace.push_back(solver.reason);
+    if (solver.exact) {
       OptimalOutcome o = plan_optimal(graph, setup, config, base, log, ledger);
       if (o.fits) {
-        outcome.keep_reason = "the least-cost plan leaves this layer as it is";
+        outcome.keep_reason = o.exhausted ? "the least-peak plan leaves this layer as it is"
+                                          : "the least-cost plan leaves this layer as it is";
         return finish(o.states);
       }
       if (!o.placement_failed && !o.exhausted) {
@@ -172,13 +176,15 @@ Plan run_engine(const ModelGraph& graph, const Hardware& hw, const Config& confi
                 (config.layer_overrides.empty() ? std::string() : ", or relax layer_overrides"),
             o.min_peak);
       }
-      log.trace.push_back(o.exhausted ? "warning: solver \"optimal\": the exact search passed its limit of " +
-                                            std::to_string(o.work_limit) +
+      const bool asked = config.solver == Solver::optimal;  // "auto" falls back without a warning
+      const std::string who = asked ? "warning: solver \"optimal\": " : "solver auto: ";
+      log.trace.push_back(o.exhausted ? who + "the exact search passed its limit of " + std::to_string(o.work_limit) +
                                             " states on this graph (docs/solver.md); this plan is the greedy's, not "
                                             "proven optimal"
-                                      : "warning: solver \"optimal\": its offloads fit the room below the device only "
-                                        "pooled (host + disk), not one by one; this plan is the greedy's");
-      memscale::log::warn(log.trace.back());
+                                      : who + "its offloads fit the room below the device only pooled (host + disk), "
+                                              "not one by one; this plan is the greedy's");
+      if (asked) memscale::log::warn(log.trace.back());
+      else memscale::log::info(log.trace.back());
     }
   }
   Tracker tracker(graph, setup.step, base.states);

@@ -14,8 +14,20 @@
 namespace memscale::test {
 namespace {
 
-Config optimal_config(std::uint64_t budget, const std::string& extra) {
-  return budget_config(budget, "\"solver\": \"optimal\"" + (extra.empty() ? std::string() : ", " + extra));
+Config solver_config(const std::string& solver, std::uint64_t budget, const std::string& extra) {
+  return budget_config(budget, "\"solver\": \"" + solver + "\"" + (extra.empty() ? std::string() : ", " + extra));
+}
+Config optimal_config(std::uint64_t budget, const std::string& extra) { return solver_config("optimal", budget, extra); }
+Config greedy_config(std::uint64_t budget, const std::string& extra) { return solver_config("greedy", budget, extra); }
+
+std::uint64_t greedy_min_budget(const ModelGraph& g, const Hardware& hw, const std::string& extra) {
+  try {
+    plan(g, hw, greedy_config(1, extra));
+  } catch (const InfeasibleBudgetError& e) {
+    return e.min_budget_bytes();
+  }
+  ADD_FAILURE() << "a 1-byte budget was accepted";
+  return 0;
 }
 
 std::uint64_t optimal_min_budget(const ModelGraph& g, const Hardware& hw, const std::string& extra) {
@@ -88,7 +100,9 @@ TEST(OptimalSolver, MatchesBruteForceOnSmallRandomChains) {
 }
 
 TEST(OptimalSolver, ConfigFieldAndPlanFormat) {
-  EXPECT_EQ(Config{}.solver, Solver::greedy);
+  EXPECT_EQ(Config{}.solver, Solver::automatic);
+  EXPECT_EQ(Config::from_json_text("{\"solver\": \"auto\"}").solver, Solver::automatic);
+  EXPECT_EQ(Config::from_json_text("{\"solver\": \"greedy\"}").solver, Solver::greedy);
   EXPECT_EQ(Config::from_json_text("{\"solver\": \"optimal\"}").solver, Solver::optimal);
   EXPECT_EQ(Config::from_json_text(Config::from_json_text("{\"solver\": \"optimal\"}").to_json_text()).solver,
             Solver::optimal);
@@ -96,7 +110,7 @@ TEST(OptimalSolver, ConfigFieldAndPlanFormat) {
     Config::from_json_text("{\"solver\": \"exact\"}");
     ADD_FAILURE() << "solver \"exact\" was accepted";
   } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("solver: got \"exact\", allowed: \"greedy\", \"optimal\""), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("solver: got \"exact\", allowed: \"auto\", \"greedy\", \"optimal\""), std::string::npos)
         << e.what();
   }
   const ModelGraph g = fixture_graph("gpt2_small_train.json");
@@ -177,7 +191,7 @@ TEST(OptimalSolver, NeverWorseThanTheGreedyOnRandomChains) {
     const RandomCase rc = random_case(rng, 3 + static_cast<std::size_t>(rng() % 12));
     const ModelGraph& g = rc.graph;
     const Hardware& hw = rc.hardware;
-    const std::uint64_t greedy_min = min_budget(g, hw, rc.config_extra);
+    const std::uint64_t greedy_min = greedy_min_budget(g, hw, rc.config_extra);
     const std::uint64_t optimal_min = optimal_min_budget(g, hw, rc.config_extra);
     ASSERT_LE(optimal_min, greedy_min) << "chain " << chain;
     if (optimal_min < greedy_min) {  // why: the plan the optimum fits where the greedy cannot
@@ -193,7 +207,7 @@ TEST(OptimalSolver, NeverWorseThanTheGreedyOnRandomChains) {
     for (double f : {0.0, 0.1, 0.3, 0.6, 0.9}) {
       const std::uint64_t budget =
           greedy_min + static_cast<std::uint64_t>(f * static_cast<double>(u > greedy_min ? u - greedy_min : 0));
-      const Plan greedy = plan(g, hw, budget_config(budget, rc.config_extra));
+      const Plan greedy = plan(g, hw, greedy_config(budget, rc.config_extra));
       const Plan optimal = plan(g, hw, optimal_config(budget, rc.config_extra));
       ASSERT_LE(optimal.predicted_peak_bytes, budget) << "chain " << chain;
       const double cg = cost_of(g, hw, greedy), co = cost_of(g, hw, optimal);
@@ -221,6 +235,53 @@ TEST(OptimalSolver, NeverWorseThanTheGreedyOnRandomChains) {
               << " plans" << sorted[i].greedy << "; the optimum" << sorted[i].optimal << "\n";
   EXPECT_GE(chains, 200);
   EXPECT_LE(searches_stopped, 10) << "the exact search should finish on nearly every small chain";
+}
+
+// The default solver ("auto", rules/solver.hpp) against the optimum on the same kind of
+// chains: at every budget from the optimum's minimum to the unoptimized peak its modelled
+// cost is within 1.05x of the optimum's, its minimum budget is the optimum's, and the trace
+// says which solver planned. (The greedy alone is not within 1.05x: the test above.)
+TEST(AutoSolver, WithinFivePercentOfTheOptimumOnRandomChains) {
+  std::mt19937 rng(11);
+  int chains = 0, budgets = 0, fell_back = 0;
+  double worst = 1.0;
+  for (int chain = 0; chain < 210; ++chain) {
+    const RandomCase rc = random_case(rng, 3 + static_cast<std::size_t>(rng() % 22));
+    const ModelGraph& g = rc.graph;
+    const Hardware& hw = rc.hardware;
+    const std::uint64_t optimal_min = optimal_min_budget(g, hw, rc.config_extra);
+    const std::uint64_t auto_min = min_budget(g, hw, rc.config_extra);
+    const std::uint64_t u = plan(g, hw, budget_config(~0ull >> 2, rc.config_extra)).unoptimized_peak_bytes;
+    for (double f : {0.0, 0.05, 0.2, 0.4, 0.7, 0.95}) {
+      const std::uint64_t budget =
+          optimal_min + static_cast<std::uint64_t>(f * static_cast<double>(u > optimal_min ? u - optimal_min : 0));
+      const Plan optimal = plan(g, hw, optimal_config(budget, rc.config_extra));
+      bool exact = true;
+      for (const auto& line : optimal.trace) exact &= line.find("not proven optimal") == std::string::npos;
+      if (!exact) continue;  // no proven optimum to compare with
+      const Plan automatic = plan(g, hw, budget_config(budget, rc.config_extra));
+      ASSERT_LE(automatic.predicted_peak_bytes, budget) << "chain " << chain;
+      bool said = false, greedy = false;
+      for (const auto& line : automatic.trace) {
+        said |= line.rfind("solver auto: ", 0) == 0;
+        greedy |= line.find("this plan is the greedy's") != std::string::npos;
+      }
+      EXPECT_TRUE(said) << "chain " << chain << ": the trace does not say which solver planned";
+      fell_back += greedy;
+      const double co = cost_of(g, hw, optimal), ca = cost_of(g, hw, automatic);
+      const double ratio = co > 0 ? ca / co : (ca > 0 ? std::numeric_limits<double>::infinity() : 1.0);
+      worst = std::max(worst, ratio);
+      EXPECT_LE(ratio, 1.05) << "chain " << chain << " at " << f << ": auto plans" << techniques(automatic)
+                             << ", the optimum" << techniques(optimal);
+      ++budgets;
+    }
+    EXPECT_EQ(auto_min, optimal_min) << "chain " << chain;
+    ++chains;
+  }
+  std::cout << "[auto] " << chains << " chains of 3-24 layers, " << budgets << " budgets: auto / optimum cost at most "
+            << worst << "; " << fell_back << " budgets planned by the greedy after the auto work limit\n";
+  EXPECT_GE(chains, 200);
+  EXPECT_GE(budgets, 1000);
 }
 
 }  // namespace

@@ -23,11 +23,12 @@ void time_chain(std::size_t n, bool weights, double limit_ms) {
     for (auto& l : g.layers) l.cannot["offload_weights"] = "the training runtime keeps weights resident";
   const Hardware hw = fixture_hardware("gpu_24gib.json");
   const std::uint64_t u = unoptimized_peak(g, hw);
-  const std::uint64_t m = min_budget(g, hw);  // the greedy's: both solvers plan every budget tried
+  const std::string greedy_solver = "\"solver\": \"greedy\"";
+  const std::uint64_t m = min_budget(g, hw, greedy_solver);  // the greedy's: both solvers plan every budget tried
   for (const double share : {0.8, 0.4, 0.0}) {
     const auto budget = m + static_cast<std::uint64_t>(share * static_cast<double>(u - m));
     Plan greedy, optimal;
-    const double tg = plan_ms(g, hw, budget_config(budget), greedy);
+    const double tg = plan_ms(g, hw, budget_config(budget, greedy_solver), greedy);
     const double to = plan_ms(g, hw, budget_config(budget, "\"solver\": \"optimal\""), optimal);
     EXPECT_LE(optimal.predicted_peak_bytes, budget);
     const double cg = plan_cost_seconds(g, hw, greedy), co = plan_cost_seconds(g, hw, optimal);
@@ -38,6 +39,25 @@ void time_chain(std::size_t n, bool weights, double limit_ms) {
               << " x (unoptimized - min): greedy " << tg << " ms (cost " << cg << " s), optimal " << to << " ms (cost " << co
               << " s" << (exact ? "" : ", search limit reached: the greedy's plan") << ")\n";
     EXPECT_LT(to, limit_ms) << n << " layers";
+  }
+}
+
+/// Config.solver "auto" (the default): the exact solver's plan up to 256 layers, the
+/// greedy's above, and the trace says which.
+TEST(AutoSolver, ExactUpTo256LayersGreedyAbove) {
+  const Hardware hw = fixture_hardware("gpu_24gib.json");
+  for (const std::size_t n : {std::size_t{100}, std::size_t{257}}) {
+    ModelGraph g = synthetic_graph(n);
+    for (auto& l : g.layers) l.cannot["offload_weights"] = "the training runtime keeps weights resident";
+    const std::uint64_t budget = (unoptimized_peak(g, hw) + min_budget(g, hw)) / 2;
+    const Plan automatic = plan(g, hw, budget_config(budget));
+    const Plan asked = plan(g, hw, budget_config(budget, n <= 256 ? "\"solver\": \"optimal\"" : "\"solver\": \"greedy\""));
+    EXPECT_EQ(automatic.predicted_peak_bytes, asked.predicted_peak_bytes) << n;
+    EXPECT_DOUBLE_EQ(plan_cost_seconds(g, hw, automatic), plan_cost_seconds(g, hw, asked)) << n;
+    const std::string expected = n <= 256 ? "solver auto: the exact solver plans this step" : "solver auto: the greedy plans";
+    bool said = false;
+    for (const auto& line : automatic.trace) said |= line.rfind(expected, 0) == 0;
+    EXPECT_TRUE(said) << n << " layers: no \"" << expected << "\" in the trace";
   }
 }
 

@@ -123,10 +123,23 @@ inline OptimalOutcome plan_optimal(const ModelGraph& graph, const Setup& setup, 
   const double bound = greedy_peak <= target ? greedy_cost : std::numeric_limits<double>::infinity();
   bool exhausted = false;
   std::optional<OptimalPlan> best = solver.minimise_cost(target, bound, &exhausted);
+  bool least_peak_only = false;  // the search ran out and only the least-peak plan fits
   if (exhausted) {
     out.exhausted = true;
     out.work_limit = solver.work_limit();
-    return out;
+    if (min_memory || greedy_peak <= target) return out;  // the caller's greedy fits
+    // The greedy does not fit where a plan may: the least-peak search (exact, no work limit)
+    // answers, so a budget at min_budget_bytes is never refused.
+    std::vector<model::LayerState> least = greedy_states(graph, setup, base, ledger, std::nullopt);
+    const std::int64_t least_peak = solver.min_peak(full_greedy_peak(), &least);
+    if (least_peak > target) {  // nothing fits: refuse with the true minimum
+      out.exhausted = false;
+      out.states = std::move(least);
+      out.min_peak = model::u64(least_peak);
+      return out;
+    }
+    least_peak_only = true;
+    best = OptimalPlan{least, plan_cost_seconds(graph, least, ctx), solver.window_subproblems(), 0};
   }
   if (!best && greedy_peak <= target) {  // only the greedy's own cost bound was met (rounding): it is optimal
     best = OptimalPlan{greedy, greedy_cost, solver.window_subproblems(), 0};
@@ -153,6 +166,9 @@ inline OptimalOutcome plan_optimal(const ModelGraph& graph, const Setup& setup, 
   const std::string within = min_memory ? "the least predicted peak, " + format_bytes(model::u64(target)) +
                                               " (mode min_memory)"
                                         : "the budget, " + format_bytes(setup.budget);
+  const std::string which = least_peak_only ? "in the least-peak plan (the greedy's does not fit the budget, " +
+                                                  format_bytes(setup.budget) + ")"
+                                            : "in the least-cost plan within " + within;
   for (std::size_t l = 0; l < n; ++l) {
     const Layer& layer = graph.layers[l];
     const model::LayerState& s = best->states[l];
@@ -163,7 +179,7 @@ inline OptimalOutcome plan_optimal(const ModelGraph& graph, const Setup& setup, 
     if (changed) {
       const double c = layer_cost_seconds(layer, s, ctx);
       log.decide(l, "solver.optimal",
-                 "in the least-cost plan within " + within + ": its techniques cost " + format_cost(c) + " of " +
+                 which + ": its techniques cost " + format_cost(c) + " of " +
                      format_cost(best->cost));
     }
     for (rules::Technique t : rules::kTechniques) {
@@ -180,8 +196,15 @@ inline OptimalOutcome plan_optimal(const ModelGraph& graph, const Setup& setup, 
       if (has(s, t)) continue;
       const rules::Candidate c = explain_technique(layer, t, s, b, ctx, setup.pinned[l]);
       if (!c.eligible) log.reject(layer, t, c.rule, c.reason);
-      else log.reject(layer, t, "solver.optimal", "the least-cost plan within " + within + " does without it");
+      else log.reject(layer, t, "solver.optimal", which.substr(3) + " does without it");
     }
+  }
+  if (least_peak_only) {
+    log.trace.push_back("solver optimal: the exact search passed its limit of " + std::to_string(out.work_limit) +
+                        " states and the greedy's plan peaks at " + format_bytes(model::u64(greedy_peak)) +
+                        ", over the budget; this plan is the least-peak plan (" + format_cost(best->cost) +
+                        "), within the budget, not proven optimal");
+    return out;
   }
   char plans[32];
   std::snprintf(plans, sizeof plans, "%.3g", solver.log10_plans());
