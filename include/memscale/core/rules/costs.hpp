@@ -26,13 +26,18 @@ inline double recompute_seconds(const Layer& layer, const ModelGraph& graph, con
   return cost::layer_flops(layer, graph) / rates.flops_per_s;
 }
 
+/// Compute a transfer can hide behind: on a GPU the copy engines run beside the kernels; on
+/// a CPU-only machine the writer/reader threads copy on the cores the step computes on, so
+/// nothing is hidden (measured: plan_quality, disk-offload plans slower than their model).
+inline double overlappable(double compute_s, const cost::Rates& r) { return r.gpu ? compute_s : 0.0; }
+
 /// Training: `kept` bytes out during forward and back for backward, hidden behind the
-/// layer's forward and backward compute (about 3x its forward FLOPs).
+/// layer's forward and backward compute (about 3x its forward FLOPs) on a GPU.
 inline double activation_offload_seconds(const Layer& layer, std::int64_t kept, const ModelGraph& graph,
                                          const model::StepContext& step, const cost::Rates& rates) {
   const double flops = cost::layer_flops(layer, graph) * step.step_flops_share;
   const double transfer = static_cast<double>(kept) / next_tier_write(rates) + static_cast<double>(kept) / next_tier_read(rates);
-  return exposed(transfer, 3.0 * flops / rates.flops_per_s) + 2 * cost::kTransferLatencyS;
+  return exposed(transfer, overlappable(3.0 * flops / rates.flops_per_s, rates)) + 2 * cost::kTransferLatencyS;
 }
 
 /// Training: weights in for forward and again for backward, gradients out; the layer's
@@ -44,7 +49,7 @@ inline double weight_offload_seconds(const Layer& layer, const ModelGraph& graph
   const double transfer = 2.0 * static_cast<double>(weights) / next_tier_read(rates) +
                           static_cast<double>(layer.grad_bytes) / next_tier_write(rates);
   const double host_step = static_cast<double>(weights + model::s64(layer.optimizer_bytes)) / cost::kHostMemoryBytesPerS;
-  return exposed(transfer, 3.0 * compute) + host_step + 3 * cost::kTransferLatencyS;
+  return exposed(transfer, overlappable(3.0 * compute, rates)) + host_step + 3 * cost::kTransferLatencyS;
 }
 
 }  // namespace memscale::rules
