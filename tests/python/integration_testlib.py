@@ -1,0 +1,119 @@
+"""Shared helpers of the trainer-callback tests (Hugging Face Trainer, PyTorch Lightning):
+the model and data, the budget, the step meter, the reference plan and the comparisons.
+
+A run trains a tiny Llama built from a config (memscale.testing.hf_models) for three
+steps; the loss is computed inside the model from ``labels``, the Trainer convention.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any, Callable
+
+import torch
+
+import memscale
+from memscale.profiler.storage import storage_bytes
+from memscale.testing import hf_models
+
+STEPS, BATCH, SEQ, SEED = 3, 4, 64, 0
+#: The budget: this share of the run's measured peak without MemScale (the plan must act).
+BUDGET_SHARE = 0.7
+
+
+def llama() -> torch.nn.Module:
+    return hf_models.llama(batch=BATCH, seq=SEQ, seed=SEED).model
+
+
+def samples() -> list[dict[str, torch.Tensor]]:
+    """STEPS batches of BATCH sequences, one dict per sample (what a Dataset returns)."""
+    gen = torch.Generator().manual_seed(SEED)
+    ids = torch.randint(0, hf_models.VOCAB, (STEPS * BATCH, SEQ), generator=gen)
+    return [{"input_ids": row, "labels": row.clone()} for row in ids]
+
+
+def first_batch() -> dict[str, torch.Tensor]:
+    rows = samples()[:BATCH]
+    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+class StepMeter:
+    """Measured peak of each training step: the bytes resident when the run started (the
+    model's parameters and buffers) plus the counting allocator's peak inside the step
+    (optimizer state, gradients, the batch and everything the step allocates), and the
+    model's loss of each step (a forward hook on the model, active only inside steps)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.peaks, self.losses = model, [], []
+        self._stack = contextlib.ExitStack()
+        self._in_step = False
+        self._resident = 0
+        self._tracker: Any = None
+        self._hook = model.register_forward_hook(self._record_loss)
+
+    def _record_loss(self, module: Any, args: Any, output: Any) -> None:
+        if self._in_step and torch.is_grad_enabled():
+            self.losses.append(float(output.loss.detach()))
+
+    def start(self) -> None:
+        self._resident = storage_bytes([*self.model.parameters(), *self.model.buffers()])
+        self._tracker = self._stack.enter_context(memscale.track_memory("cpu"))
+
+    def step_begin(self) -> None:
+        self._tracker.reset_peak()
+        self._in_step = True
+
+    def step_end(self) -> None:
+        self._in_step = False
+        self.peaks.append(self._resident + self._tracker.peak_bytes)
+
+    def stop(self) -> None:
+        self._stack.close()
+        self._hook.remove()
+
+
+def budget_for(baseline_peak: int, make_optimizer: Callable[[Any], torch.optim.Optimizer]) -> int:
+    """BUDGET_SHARE of the measured peak without MemScale, raised to the smallest budget the
+    engine plans for when that share is below the floor (weights stay resident in training)."""
+    budget = int(baseline_peak * BUDGET_SHARE)
+    try:
+        reference_plan(budget, make_optimizer)
+    except memscale.InfeasibleBudgetError as refusal:
+        budget = refusal.min_budget_bytes
+    return budget
+
+
+def reference_plan(budget: int, make_optimizer: Callable[[Any], torch.optim.Optimizer]) -> dict[str, Any]:
+    """The plan memscale.wrap makes for the same model, batch, optimizer (``make_optimizer(params)``,
+    built as the trainer builds it) and Config."""
+    model = llama()
+    memscale.wrap(model, memscale.Config(memory_budget=budget), example_inputs=first_batch(),
+                  optimizer=make_optimizer(model.parameters()))
+    try:
+        return comparable(memscale.plan_of(model))
+    finally:
+        memscale.unwrap(model)
+
+
+def comparable(plan: Any) -> dict[str, Any]:
+    """A plan's JSON without the trace line naming the host RAM available at detection
+    (the device of a CPU-only machine: it moves between two detections)."""
+    data = json.loads(plan.to_json())
+    data["trace"] = [line for line in data["trace"] if not line.startswith("CPU-only: host RAM")]
+    return data
+
+
+def assert_same_run(losses: list[float], state: dict[str, torch.Tensor], reference_losses: list[float],
+                    reference_state: dict[str, torch.Tensor]) -> None:
+    assert len(losses) == STEPS and len(reference_losses) == STEPS
+    torch.testing.assert_close(torch.tensor(losses, dtype=torch.float64),
+                               torch.tensor(reference_losses, dtype=torch.float64), rtol=1e-6, atol=0)
+    assert state.keys() == reference_state.keys()
+    for key in state:
+        torch.testing.assert_close(state[key], reference_state[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def assert_unwrapped(model: torch.nn.Module, fresh_forward_names: set[str]) -> None:
+    """No plan, and no module keeps a patched forward (``wrap`` patches instance forwards)."""
+    assert memscale.plan_of(model) is None
+    assert {name for name, m in model.named_modules() if "forward" in vars(m)} == fresh_forward_names
