@@ -6,6 +6,14 @@ Lightning configured the optimizers, so the plan counts the optimizer the run st
 and unwraps it at ``on_fit_end``. The plan is the one ``memscale.wrap`` makes for that
 module, batch, loss convention and optimizer.
 
+Lightning frees the previous step's gradients only after the next forward (its closure
+runs ``training_step``, then ``zero_grad``, then backward), so they would be resident
+through that forward, which the plan (like a loop calling ``zero_grad(set_to_none=True)``
+before forward) does not count. With ``accumulate_grad_batches=1`` the callback therefore
+clears them at ``on_train_batch_start``: the same gradients are used, freed earlier. With
+accumulation the gradients must live across the window's forwards: the callback warns that
+they are not in the plan.
+
 Example:
     >>> import torch
     >>> from memscale.integrations.lightning import MemScaleCallback
@@ -22,7 +30,7 @@ from typing import Any, Callable
 from pytorch_lightning.callbacks import Callback
 
 from ..errors import MemScaleError
-from ._common import callback_config, torch_optimizer, unwrap_after_training, wrap_for_trainer
+from ._common import callback_config, log, torch_optimizer, unwrap_after_training, wrap_for_trainer
 
 
 class MemScaleCallback(Callback):
@@ -64,6 +72,14 @@ class MemScaleCallback(Callback):
         self.plan = wrap_for_trainer(model, self.config, inputs, optimizer, loss_fn=self.loss_fn,
                                      autocast=self.autocast, verify=self.verify)
         self._model = model
+        if trainer.accumulate_grad_batches != 1:
+            log.warning("memscale: accumulate_grad_batches=%d keeps gradients resident through the forwards of "
+                        "each window; the plan does not count them there", trainer.accumulate_grad_batches)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self._model is not None and trainer.accumulate_grad_batches == 1:
+            for optimizer in trainer.optimizers:  # Lightning would zero them after this forward
+                optimizer.zero_grad(set_to_none=True)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         unwrap_after_training(self._model)
