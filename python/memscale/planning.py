@@ -105,14 +105,12 @@ def plan_timeline(graph: GraphLike, plan: Any, cfg: Config | None = None, hardwa
     Example:
         >>> import memscale
         >>> hw = memscale.Hardware.from_json('{"devices": [], "host_total_bytes": 8589934592}')
-        >>> layer = ('{"index": %d, "name": "fc%d", "kind": "mlp", "param_bytes": 4096,'
-        ...          ' "activation_bytes": 4194304, "input_bytes": 65536}')
-        >>> graph = memscale.ModelGraph.from_json(
-        ...     '{"layers": [%s, %s]}' % (layer % (0, 0), layer % (1, 1)))
-        >>> p = memscale.plan(graph, hardware=hw, memory_budget="6MiB")
-        >>> t = memscale.plan_timeline(graph, p, hardware=hw, memory_budget="6MiB")
+        >>> graph = memscale.ModelGraph.from_json('{"layers": [{"index": 0, "name": "mlp", "kind": "mlp",'
+        ...     ' "param_bytes": 4096, "activation_bytes": 4194304, "input_bytes": 65536}]}')
+        >>> p = memscale.plan(graph, hardware=hw, memory_budget="8MiB")
+        >>> t = memscale.plan_timeline(graph, p, hardware=hw, memory_budget="8MiB")
         >>> [x.label for x in t.points]
-        ['forward fc0', 'forward fc1', 'backward fc1', 'backward fc0', 'optimizer step']
+        ['forward mlp', 'backward mlp', 'optimizer step']
         >>> max(x.after_bytes for x in t.points) == p.predicted_peak_bytes
         True
     """

@@ -116,6 +116,19 @@ def assert_same_losses(losses: list[float], reference_losses: list[float]) -> No
                                torch.tensor(reference_losses, dtype=torch.float64), rtol=1e-6, atol=0)
 
 
+def assert_fitted_run(name: str, plan: Any, reference: dict[str, Any], budget: int, meter: StepMeter,
+                      plain: StepMeter) -> None:
+    """The callback's plan acts and is ``reference`` (wrap's), the losses are the plain
+    run's, and every step's measured peak is within the budget and below the plain run's."""
+    assert any(layer.techniques for layer in plan.layers), "the budget should make the plan act"
+    assert comparable(plan) == reference
+    assert_same_losses(meter.losses, plain.losses)
+    print(f"{name}: measured peak {max(meter.peaks)} / budget {budget} = {max(meter.peaks) / budget:.3f} "
+          f"(without memscale {max(plain.peaks)}: {max(plain.peaks) / budget:.3f})")
+    assert max(meter.peaks) <= budget
+    assert max(meter.peaks) < max(plain.peaks)
+
+
 def assert_unwrapped(model: torch.nn.Module, fresh_forward_names: set[str]) -> None:
     """No plan, and no module keeps a patched forward (``wrap`` patches instance forwards)."""
     assert memscale.plan_of(model) is None

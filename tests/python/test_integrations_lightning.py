@@ -65,14 +65,7 @@ def test_lightning_callback_fits_the_budget_with_the_same_run():
     callback = MemScaleCallback(memory_budget=budget, example_inputs=lib.first_batch(), target="model")
     wrapped, meter, patched = _train(callback)
 
-    assert any(layer.techniques for layer in callback.plan.layers), "the budget should make the plan act"
-    assert lib.comparable(callback.plan) == lib.reference_plan(budget, _adamw)
-    lib.assert_same_losses(meter.losses, plain_meter.losses)
-    ratio = max(meter.peaks) / budget
-    print(f"lightning: measured peak {max(meter.peaks)} / budget {budget} = {ratio:.3f} "
-          f"(without memscale {max(plain_meter.peaks)})")
-    assert max(meter.peaks) <= budget
-    assert max(meter.peaks) < max(plain_meter.peaks)
+    lib.assert_fitted_run("lightning", callback.plan, lib.reference_plan(budget, _adamw), budget, meter, plain_meter)
     lib.assert_unwrapped(wrapped, patched)
 
 

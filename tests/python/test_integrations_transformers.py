@@ -58,12 +58,6 @@ def test_trainer_callback_fits_the_budget_with_the_same_run(tmp_path):
     callback = MemScaleCallback(memory_budget=budget)
     wrapped, meter, patched = _train(tmp_path / "wrapped", callback)
 
-    assert any(layer.techniques for layer in callback.plan.layers), "the budget should make the plan act"
-    assert lib.comparable(callback.plan) == lib.reference_plan(budget, _trainers_adamw, _trainers_llama)
-    lib.assert_same_losses(meter.losses, plain_meter.losses)
-    ratio = max(meter.peaks) / budget
-    print(f"trainer: measured peak {max(meter.peaks)} / budget {budget} = {ratio:.3f} "
-          f"(without memscale {max(plain_meter.peaks)})")
-    assert max(meter.peaks) <= budget
-    assert max(meter.peaks) < max(plain_meter.peaks)
+    reference = lib.reference_plan(budget, _trainers_adamw, _trainers_llama)
+    lib.assert_fitted_run("trainer", callback.plan, reference, budget, meter, plain_meter)
     lib.assert_unwrapped(wrapped, patched)
