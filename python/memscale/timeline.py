@@ -69,6 +69,7 @@ class _Positions:
         self.tracker, self.resident = tracker, resident
         self.open: str | None = None
         self.bytes: dict[str, int] = {}
+        self.in_backward = False  # forward hooks then come from a checkpoint's recompute
 
     def start(self, label: str) -> None:
         self.stop()
@@ -102,13 +103,13 @@ def record_timeline(model: nn.Module, example_inputs: Any, layers: Any, *,
 
     def forward_pre(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: Any) -> None:
-            if positions is not None and torch.is_grad_enabled():  # not a checkpoint's recompute
+            if positions is not None and torch.is_grad_enabled() and not positions.in_backward:
                 positions.start(f"forward {name}")
         return hook
 
     def forward_post(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if positions is None or not torch.is_grad_enabled():
+            if positions is None or not torch.is_grad_enabled() or positions.in_backward:
                 return
             positions.stop()
             grad_of = first_grad_tensor(output)
@@ -126,6 +127,8 @@ def record_timeline(model: nn.Module, example_inputs: Any, layers: Any, *,
             torch.manual_seed(seed + i)
         positions = tracked
         loss = loss_of(model(*args, **kwargs))
+        if tracked is not None:
+            tracked.in_backward = True
         loss.backward()
         del loss
         if tracked is not None:

@@ -74,8 +74,9 @@ TEST(Timeline, RefusesInputsThatAreNotThePlans) {
   const ModelGraph g = fixture_graph("gpt2_small_train.json");
   Config config;
   const Plan p = squeezed_plan(g, hw, config);
-  // Another machine: one device's workspace and memory differ, so the peaks do not reproduce.
-  EXPECT_THROW(plan_timeline(g, fixture_hardware("cpu_24gib.json"), config, p), MemScaleError);
+  // Another machine: eight data-parallel replicas hold DDP gradient buckets, so the peaks
+  // do not reproduce.
+  EXPECT_THROW(plan_timeline(g, fixture_hardware("gpu_80gib_x8.json"), config, p), MemScaleError);
   ModelGraph shorter = g;
   shorter.layers.pop_back();
   EXPECT_THROW(plan_timeline(shorter, hw, config, p), MemScaleError);
