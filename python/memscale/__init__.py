@@ -18,7 +18,7 @@ from .profiler.profile import profile
 from .runtime import inference as offload  # the inference API, as memscale.offload
 from .scheduler import Scheduler
 from .planning import calibrate_reservation, plan, plan_cost, plan_timeline, search_tier_policy, tier_problem
-from .timeline import record_timeline, timeline_record
+from .timeline import record_timeline, timeline_of, timeline_record
 from .api import plan_of, unwrap, wrap
 
 format_bytes = _C.format_bytes
@@ -67,6 +67,7 @@ __all__ = [
     "record_timeline",
     "search_tier_policy",
     "tier_problem",
+    "timeline_of",
     "timeline_record",
     "track_memory",
     "unwrap",

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .errors import MemScaleError
 from .memory import track_memory
 from .profiler.storage import storage_bytes
 from .runtime.training.verify import first_grad_tensor
@@ -175,3 +176,24 @@ def timeline_record(timeline: Any, measured: MeasuredTimeline | None = None) -> 
         record["meter"] = measured.meter
     return record
 
+
+
+def timeline_of(model: nn.Module, example_inputs: Any, *, loss_fn: Callable[[Any], torch.Tensor] | None = None,
+                measure: bool = True) -> dict[str, Any]:
+    """The step timeline of a model ``memscale.wrap`` wrapped for training, as
+    :func:`timeline_record` gives it: predicted from the graph, plan and Config the wrap
+    used, on this machine's hardware, and (``measure``) one measured step at the same
+    positions (:func:`record_timeline`: the model trains three steps)."""
+    from .hardware import detect_hardware, model_device
+    from .planning import plan_timeline
+    from .runtime import hooks
+    from .runtime.training.wrapped import TrainingHandle, offload_dir_of
+
+    handle = hooks.handle_of(model, TrainingHandle)
+    if handle is None:
+        raise MemScaleError(f"timeline_of: this {type(model).__name__} is not wrapped for training; "
+                            "call memscale.wrap(model, cfg, example_inputs=...) first")
+    hardware = detect_hardware(offload_dir_of(handle.cfg), device=model_device(model))
+    predicted = plan_timeline(handle.graph, handle.plan, handle.cfg, hardware)
+    measured = record_timeline(model, example_inputs, handle.plan, loss_fn=loss_fn) if measure else None
+    return timeline_record(predicted, measured)

@@ -99,9 +99,13 @@ def _wrapped_timeline():
     plan = memscale.plan_of(model)
     try:
         timeline = memscale.plan_timeline(graph, plan, cfg, hw)
+        # What a wrapped model gives from the graph, plan and Config of its wrap.
+        assert memscale.timeline_of(model, batch, measure=False) == memscale.timeline_record(timeline)
         measured = memscale.record_timeline(model, batch, plan)
     finally:
         memscale.unwrap(model)
+    with pytest.raises(memscale.MemScaleError, match="not wrapped for training"):
+        memscale.timeline_of(model, batch)
     return plan, timeline, measured
 
 
