@@ -127,11 +127,15 @@ def record_timeline(model: nn.Module, example_inputs: Any, layers: Any, *,
         if seed is not None:
             torch.manual_seed(seed + i)
         positions = tracked
-        loss = loss_of(model(*args, **kwargs))
+        output = model(*args, **kwargs)
+        loss = loss_of(output)
+        if loss_fn is None:
+            del output  # the model's own loss: the loop keeps the loss, not the output
         if tracked is not None:
             tracked.in_backward = True
         loss.backward()
         del loss
+        output = None  # a loss outside the model: the loop held the output through backward
         if tracked is not None:
             tracked.start(OPTIMIZER_STEP)
         opt.step()
