@@ -2,6 +2,7 @@
 // the tier-policy search. Planning releases the GIL.
 #include "bindings.hpp"
 #include "memscale/core/engine.hpp"
+#include "memscale/core/timeline.hpp"
 
 #include <pybind11/stl.h>
 
@@ -98,6 +99,20 @@ void bind_engine(py::module_& m) {
         "Smallest GPU capacity for which a grid policy fits the CPU and disk capacities.");
   m.def("tier_problem", &tier_problem, py::arg("graph"), py::arg("hardware"), py::arg("config"),
         "The tier problem an inference graph poses on hardware (GPU capacity = the budget).");
+
+  py::class_<TimelinePoint>(m, "TimelinePoint", "One position of a training step with its predicted bytes.")
+      .def_readonly("label", &TimelinePoint::label)
+      .def_readonly("phase", &TimelinePoint::phase)
+      .def_readonly("layer", &TimelinePoint::layer)
+      .def_readonly("before_bytes", &TimelinePoint::before_bytes)
+      .def_readonly("after_bytes", &TimelinePoint::after_bytes);
+  py::class_<PlanTimeline>(m, "PlanTimeline", "The predicted memory timeline of a training step, before and after a plan.")
+      .def_readonly("points", &PlanTimeline::points)
+      .def_readonly("budget_bytes", &PlanTimeline::budget_bytes)
+      .def_readonly("unoptimized_peak_bytes", &PlanTimeline::unoptimized_peak_bytes)
+      .def_readonly("predicted_peak_bytes", &PlanTimeline::predicted_peak_bytes);
+  m.def("plan_timeline", &plan_timeline, py::arg("graph"), py::arg("hardware"), py::arg("config"), py::arg("plan"),
+        "Predicted bytes at every position of a training step, without techniques and under the plan.");
 
   m.def("plan_cost_seconds", &plan_cost_seconds, py::arg("graph"), py::arg("hardware"), py::arg("plan"),
         "Modelled cost of a training plan: seconds of recompute, tiling and exposed offload transfer per step.");

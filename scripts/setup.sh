@@ -39,7 +39,7 @@ fi
 # checked against torch 2.13.0 (peft requires torch: the installed one is held as a
 # constraint so pip can never replace it).
 hfdeps=()
-for pin in transformers==5.24.0 peft==0.21.2; do
+for pin in transformers==5.24.0 peft==0.21.2 pytorch-lightning==2.6.6; do
   "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('${pin%%==*}') != '${pin##*==}')" \
     >/dev/null 2>&1 || hfdeps+=("$pin")
 done

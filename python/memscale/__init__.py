@@ -17,7 +17,8 @@ from .memory import track_memory
 from .profiler.profile import profile
 from .runtime import inference as offload  # the inference API, as memscale.offload
 from .scheduler import Scheduler
-from .planning import calibrate_reservation, plan, plan_cost, search_tier_policy, tier_problem
+from .planning import calibrate_reservation, plan, plan_cost, plan_timeline, search_tier_policy, tier_problem
+from .timeline import record_timeline, timeline_of, timeline_record
 from .api import plan_of, unwrap, wrap
 
 format_bytes = _C.format_bytes
@@ -25,6 +26,7 @@ parse_size = _C.parse_size
 ModelGraph = _C.ModelGraph
 Hardware = _C.Hardware
 Plan = _C.Plan
+PlanTimeline = _C.PlanTimeline
 TierSplit = _C.TierSplit
 TierPolicy = _C.TierPolicy
 TierProblem = _C.TierProblem
@@ -44,6 +46,7 @@ __all__ = [
     "MemScaleError",
     "ModelGraph",
     "Plan",
+    "PlanTimeline",
     "ReservationSample",
     "Scheduler",
     "TierPolicy",
@@ -59,9 +62,13 @@ __all__ = [
     "plan",
     "plan_cost",
     "plan_of",
+    "plan_timeline",
     "profile",
+    "record_timeline",
     "search_tier_policy",
     "tier_problem",
+    "timeline_of",
+    "timeline_record",
     "track_memory",
     "unwrap",
     "wrap",

@@ -92,6 +92,32 @@ def plan_cost(graph: GraphLike, plan: Any, hardware: HardwareLike = None) -> flo
     return _C.plan_cost_seconds(_graph(graph), _hardware(hardware), plan)
 
 
+def plan_timeline(graph: GraphLike, plan: Any, cfg: Config | None = None, hardware: HardwareLike = None,
+                  **config_kwargs: Any) -> Any:
+    """The predicted memory timeline of a training ``plan`` of ``graph``: a
+    ``memscale.PlanTimeline`` whose ``points`` are each layer's forward, each layer's
+    backward (reverse order) and the optimizer step, with ``before_bytes`` (no technique)
+    and ``after_bytes`` (under the plan). Their maxima are the plan's
+    ``unoptimized_peak_bytes`` and ``predicted_peak_bytes``. Give the ``cfg`` and
+    ``hardware`` the plan was made with (default ``memscale.detect_hardware()``); inputs that
+    do not reproduce the plan's peaks raise ``MemScaleError``.
+
+    Example:
+        >>> import memscale
+        >>> hw = memscale.Hardware.from_json('{"devices": [], "host_total_bytes": 8589934592}')
+        >>> graph = memscale.ModelGraph.from_json('{"layers": [{"index": 0, "name": "mlp", "kind": "mlp",'
+        ...     ' "param_bytes": 4096, "activation_bytes": 4194304, "input_bytes": 65536}]}')
+        >>> p = memscale.plan(graph, hardware=hw, memory_budget="8MiB")
+        >>> t = memscale.plan_timeline(graph, p, hardware=hw, memory_budget="8MiB")
+        >>> [x.label for x in t.points]
+        ['forward mlp', 'backward mlp', 'optimizer step']
+        >>> max(x.after_bytes for x in t.points) == p.predicted_peak_bytes
+        True
+    """
+    cpp = as_config(cfg, config_kwargs, allow_dict=False).cpp
+    return _C.plan_timeline(_graph(graph), _hardware(hardware), cpp, plan)
+
+
 def plan_model(model: nn.Module, example_inputs: Any, cfg: Config, *, training: bool,
                optimizer: Any = "adamw", offload_dir: str | None = None, calibration: Any = None,
                graph: Any = None, loss_fn: Any = None, autocast: Any = None) -> tuple[Any, Any, Any]:

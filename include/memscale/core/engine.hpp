@@ -25,6 +25,7 @@
 #include "memscale/core/engine/finalize.hpp"
 #include "memscale/core/engine/greedy.hpp"
 #include "memscale/core/engine/optimal_plan.hpp"
+#include "memscale/core/engine/plan_states.hpp"
 #include "memscale/core/engine/setup.hpp"
 #include "memscale/core/engine/tier_report.hpp"
 #include "memscale/core/errors.hpp"
@@ -267,15 +268,7 @@ inline double plan_cost_seconds(const ModelGraph& graph, const Hardware& hardwar
   step.element_bytes = cost::dtype_bytes(graph.dtype);
   step.data_parallel = hardware.gpu_count() > 1;
   const cost::Rates rates = cost::rates_of(hardware);
-  std::vector<model::LayerState> states(graph.layers.size());
-  for (std::size_t l = 0; l < states.size(); ++l) {
-    const LayerPlan& lp = plan.layers[l];
-    states[l].checkpoint = lp.has("checkpoint");
-    states[l].offload_activations = lp.has("offload_activations");
-    states[l].offload_weights = lp.has("offload_weights");
-    states[l].chunks = lp.has("tile") ? lp.tile_chunks : 1;
-  }
-  return engine_detail::plan_cost_seconds(graph, states, rules::RuleContext{graph, step, rates});
+  return engine_detail::plan_cost_seconds(graph, engine_detail::plan_states(plan), rules::RuleContext{graph, step, rates});
 }
 
 /// The tier-placement problem `graph` poses on `hardware` (sizes, capacities with the

@@ -252,10 +252,23 @@ struct PeakReport {
 
 inline std::uint64_t u64(std::int64_t v) { return static_cast<std::uint64_t>(std::max<std::int64_t>(v, 0)); }
 
-/// Full O(n) evaluation of the training-step peak. The engine tracks the same figure
-/// incrementally; tests check both agree.
-inline PeakReport evaluate_training(const ModelGraph& graph, const std::vector<LayerState>& states,
-                                    const StepContext& ctx) {
+/// One position of a training step in the memory model: the bytes live there and what they
+/// are made of (the same split as PeakReport's components).
+struct StepPosition {
+  const char* phase = "";  ///< forward|backward|optimizer_step
+  std::int64_t layer = -1;  ///< -1 for the optimizer step
+  std::int64_t bytes = 0;
+  std::int64_t saved = 0, grads = 0, local = 0, windows = 0;
+};
+
+/// Visits every position of the training step in execution order (each layer's forward,
+/// then each layer's backward in reverse order, then the optimizer step) with the bytes the
+/// model predicts there; returns the static bytes (params, buffers, optimizer state, graph
+/// input). The single implementation of the formulas in the file comment: the peak
+/// (evaluate_training) and the timeline (training_timeline) are both its visitors. O(n).
+template <class Visit>
+std::int64_t visit_training_step(const ModelGraph& graph, const std::vector<LayerState>& states,
+                                 const StepContext& ctx, Visit&& visit) {
   const std::size_t n = graph.layers.size();
   std::vector<TrainTerms> terms(n);
   std::int64_t base = s64(ctx.input_bytes), grads = 0, opt_t = 0, aw = 0, ww_max = 0, ww_sum = 0, retained = 0;
@@ -270,37 +283,67 @@ inline PeakReport evaluate_training(const ModelGraph& graph, const std::vector<L
     ww_sum += terms[l].weight_window;
   }
   const std::int64_t windows = aw + window_bytes(ww_max, ww_sum, ctx.prefetch_n_ahead);
-  PeakReport best;
-  auto consider = [&](std::int64_t value, const char* phase, std::int64_t layer, std::int64_t saved, std::int64_t g,
-                      std::int64_t local, std::int64_t win, std::int64_t extra_opt) {
-    if (best.phase.empty() || value > s64(best.peak)) {
-      best.peak = u64(value);
-      best.phase = phase;
-      best.layer = layer;
-      best.input = ctx.input_bytes;
-      best.static_bytes = u64(base - s64(ctx.input_bytes));
-      best.grads = u64(g);
-      best.saved_activations = u64(saved);
-      best.layer_working = u64(local + extra_opt);
-      best.windows = u64(win);
-    }
-  };
-  std::vector<std::int64_t> grad_after(n + 1, 0);  // Σ_{k>l} grad_k = grad_after[l+1]
-  for (std::size_t l = n; l-- > 0;) grad_after[l] = grad_after[l + 1] + terms[l].grad;
-  std::int64_t saved_before = 0, retained_before = 0;
+  std::int64_t saved_before = 0, retained_before = 0;  // Σ_{k<l}
   for (std::size_t l = 0; l < n; ++l) {
-    const auto& t = terms[l];
-    const std::int64_t il = static_cast<std::int64_t>(l);
-    const std::int64_t kept_forward = saved_before + retained_before, kept_backward = saved_before + retained;
-    consider(base + windows + kept_forward + t.forward_local, "forward", il, kept_forward, 0, t.forward_local, windows, 0);
-    consider(base + windows + kept_backward + grad_after[l + 1] + t.backward_local, "backward", il, kept_backward,
-             grad_after[l + 1], t.backward_local, windows, 0);
-    saved_before += t.saved;
-    retained_before += t.retained;
+    const std::int64_t kept = saved_before + retained_before;
+    visit(StepPosition{"forward", static_cast<std::int64_t>(l), base + windows + kept + terms[l].forward_local, kept, 0,
+                       terms[l].forward_local, windows});
+    saved_before += terms[l].saved;
+    retained_before += terms[l].retained;
+  }
+  std::int64_t grad_after = 0;  // Σ_{k>l} grad_k
+  for (std::size_t l = n; l-- > 0;) {
+    saved_before -= terms[l].saved;
+    const std::int64_t kept = saved_before + retained;
+    visit(StepPosition{"backward", static_cast<std::int64_t>(l),
+                       base + windows + kept + grad_after + terms[l].backward_local, kept, grad_after,
+                       terms[l].backward_local, windows});
+    grad_after += terms[l].grad;
   }
   opt_t += s64(ctx.optimizer_workspace_bytes);
-  consider(base + grads + opt_t, "optimizer_step", -1, 0, grads, 0, 0, opt_t);
-  return best;
+  visit(StepPosition{"optimizer_step", -1, base + grads + opt_t, 0, grads, opt_t, 0});
+  return base;
+}
+
+/// Full O(n) evaluation of the training-step peak. The engine tracks the same figure
+/// incrementally; tests check both agree.
+inline PeakReport evaluate_training(const ModelGraph& graph, const std::vector<LayerState>& states,
+                                    const StepContext& ctx) {
+  // Ties go to the earliest of F_0, B_0, F_1, B_1, ..., O (the order the peak report has
+  // always named), whatever the order of the visit.
+  const auto rank = [&](const StepPosition& p) {
+    return p.layer < 0 ? 2 * static_cast<std::int64_t>(graph.layers.size()) : 2 * p.layer + (p.phase[0] == 'b');
+  };
+  StepPosition best;
+  bool any = false;
+  const std::int64_t base = visit_training_step(graph, states, ctx, [&](const StepPosition& p) {
+    if (!any || p.bytes > best.bytes || (p.bytes == best.bytes && rank(p) < rank(best))) best = p, any = true;
+  });
+  PeakReport r;
+  r.peak = u64(best.bytes);
+  r.phase = best.phase;
+  r.layer = best.layer;
+  r.input = ctx.input_bytes;
+  r.static_bytes = u64(base - s64(ctx.input_bytes));
+  r.grads = u64(best.grads);
+  r.saved_activations = u64(best.saved);
+  r.layer_working = u64(best.local);
+  r.windows = u64(best.windows);
+  return r;
+}
+
+/// Bytes the model predicts at every position of the training step (visit_training_step's
+/// order); its maximum is evaluate_training's peak. Computed only when a timeline is asked
+/// for (reports), never inside the engine's search.
+inline std::vector<StepPosition> training_timeline(const ModelGraph& graph, const std::vector<LayerState>& states,
+                                                   const StepContext& ctx) {
+  if (states.size() != graph.layers.size())
+    throw MemScaleError("memory model: " + std::to_string(states.size()) + " layer states for a graph of " +
+                        std::to_string(graph.layers.size()) + " layers");
+  std::vector<StepPosition> out;
+  out.reserve(2 * graph.layers.size() + 1);
+  visit_training_step(graph, states, ctx, [&](const StepPosition& p) { out.push_back(p); });
+  return out;
 }
 
 /// Full evaluation of the inference-step peak.

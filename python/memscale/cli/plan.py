@@ -22,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="Config JSON file (docs/config.md)")
     parser.add_argument("--mode", choices=["auto", "off", "min_memory"], help="overrides --config's mode")
     parser.add_argument("--json", action="store_true", help="print the plan JSON instead of the summary table")
-    parser.add_argument("--html", help="also draw the plan into this HTML page (PNG beside it)")
+    parser.add_argument("--html", help="also draw the plan into this HTML page (PNGs beside it): the step's "
+                                       "memory timeline before and after the plan (training), the per-layer "
+                                       "chart and every decision's rule and reason")
 
 
 def parse_budget(text: str) -> Any:
@@ -37,17 +39,20 @@ def parse_budget(text: str) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import Config
-    from ..planning import plan
+    from ..planning import _hardware, plan, plan_timeline
+    from ..timeline import timeline_record
 
     settings: dict[str, Any] = json.loads(Config.from_json(args.config).to_json()) if args.config else {}
     if args.budget is not None:
         settings["memory_budget"] = parse_budget(args.budget)
     if args.mode is not None:
         settings["mode"] = args.mode
-    result = plan(args.graph, Config(**settings), hardware=args.hardware)
+    cfg, hardware = Config(**settings), _hardware(args.hardware)
+    result = plan(args.graph, cfg, hardware=hardware)
     sys.stdout.write(result.to_json() + "\n" if args.json else result.summary())
     if args.html:
         from ..report import write_plan_report
 
-        write_plan_report(result.to_json(), args.html)
+        timeline = timeline_record(plan_timeline(args.graph, result, cfg, hardware)) if result.training else None
+        write_plan_report(result.to_json(), args.html, timeline)
     return 0

@@ -1,4 +1,5 @@
-"""The two chart kinds of a report, each returned as a matplotlib Figure."""
+"""The chart kinds of a report, each returned as a matplotlib Figure. Legends sit outside
+the plot area (right of it), so they never cover a bar or a curve."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,6 +8,12 @@ TERMS = ("weights", "grads", "optimizer", "activations", "kv_cache")
 COLORS = {"weights": "#4c72b0", "grads": "#dd8452", "optimizer": "#55a868", "activations": "#c44e52",
           "kv_cache": "#937860"}
 MIB = 2.0**20
+#: Timeline colours, distinct from each other and from the bar colours (the report's
+#: screenshot test finds the budget line and the measured curve by them).
+TIMELINE_COLORS = {"before": "#9a9a9a", "after": "#1f5fbf", "measured": "#ff8c00", "budget": "#e0101a"}
+PHASE_SHADES = {"forward": "#eef4fb", "backward": "#fbf1e8", "optimizer_step": "#eef7ee"}
+#: A timeline figure 13 inches wide at 100 dpi: 1,300 px, inside a 1,400 px window.
+TIMELINE_WIDTH_IN = 13.0
 
 
 def _figure(width: float, height: float):
@@ -16,6 +23,54 @@ def _figure(width: float, height: float):
     import matplotlib.pyplot as plt
 
     return plt.figure(figsize=(width, height), dpi=100)
+
+
+def _legend_outside(ax, fontsize: float) -> None:
+    """The legend right of the axes; tight_layout makes room for it."""
+    ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+
+
+def _phase_spans(phases: list[str]) -> list[tuple[str, int, int]]:
+    spans: list[tuple[str, int, int]] = []
+    for i, phase in enumerate(phases):
+        if spans and spans[-1][0] == phase:
+            spans[-1] = (phase, spans[-1][1], i)
+        else:
+            spans.append((phase, i, i))
+    return spans
+
+
+def timeline(record: dict[str, Any], title: str):
+    """Memory at each position of the step: predicted before and after the plan, measured
+    where a measurement exists, the budget as a horizontal line; the step's phases shaded."""
+    labels, n = record["labels"], len(record["labels"])
+    fig = _figure(TIMELINE_WIDTH_IN, 5.2)
+    ax = fig.add_subplot(1, 1, 1)
+    xs = list(range(n))
+    for phase, first, last in _phase_spans(record["phases"]):
+        ax.axvspan(first - 0.5, last + 0.5, color=PHASE_SHADES.get(phase, "#f4f4f4"), zorder=0)
+        ax.text((first + last) / 2, 1.01, phase.replace("_", " "), transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=8, color="#555555")
+    ax.plot(xs, [b / MIB for b in record["before"]], color=TIMELINE_COLORS["before"], linestyle="--", linewidth=1.6,
+            marker="o", markersize=3, label="predicted, no plan", zorder=2)
+    ax.plot(xs, [b / MIB for b in record["after"]], color=TIMELINE_COLORS["after"], linewidth=2.2, marker="o",
+            markersize=3.5, label="predicted, with the plan", zorder=3)
+    measured = record.get("measured")
+    if measured and any(m is not None for m in measured):
+        points = [(x, m / MIB) for x, m in zip(xs, measured) if m is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], color=TIMELINE_COLORS["measured"], linewidth=2.6,
+                marker="s", markersize=4, label=f"measured ({record.get('meter', 'meter')})", zorder=4)
+    ax.axhline(record["budget_bytes"] / MIB, color=TIMELINE_COLORS["budget"], linewidth=2.4, label="budget", zorder=5)
+    step = max(1, (n + 59) // 60)  # at most 60 readable tick labels
+    ax.set_xticks(xs[::step])
+    ax.set_xticklabels(labels[::step], rotation=70, ha="right", fontsize=6)
+    ax.set_xlim(-0.5, n - 0.5)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("MiB")
+    ax.set_title(title, pad=16)
+    _legend_outside(ax, fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def layer_bars(layers: list[dict[str, Any]], title: str):
@@ -35,7 +90,7 @@ def layer_bars(layers: list[dict[str, Any]], title: str):
     ax.set_xticklabels([layer["name"] or "(root)" for layer in layers], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("MiB")
     ax.set_title(title)
-    ax.legend(fontsize=6, ncol=2)
+    _legend_outside(ax, fontsize=6)
     fig.tight_layout()
     return fig
 
@@ -54,6 +109,6 @@ def peaks(rows: list[dict[str, Any]], title: str):
     ax.set_xticklabels([r["label"] for r in rows], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("MiB")
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    _legend_outside(ax, fontsize=7)
     fig.tight_layout()
     return fig

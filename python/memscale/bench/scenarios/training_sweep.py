@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from memscale.api import plan_of, wrap
+from memscale.api import plan_of, unwrap, wrap
 
 from memscale.config import Config
 
@@ -32,6 +32,7 @@ from memscale.errors import InfeasibleBudgetError
 
 from memscale.memory import track_memory
 from memscale.testing import models
+from memscale.timeline import timeline_of
 from memscale.bench.device import fresh_device_state
 from memscale.bench.timing import fixed_threads, interleave
 
@@ -93,6 +94,17 @@ def _memscale_prepare(budget: int) -> Callable[[torch.nn.Module, tuple], Any]:
     return prepare
 
 
+def _timeline(sizes: dict[str, int], budget: int, device: torch.device) -> dict[str, Any]:
+    """The step timeline of the plan at ``budget`` (memscale.timeline_of), on a fresh model
+    outside the measured runs: predicted before and after the plan, and one measured step."""
+    model, inputs = _build(sizes, device)
+    _memscale_prepare(budget)(model, inputs)
+    try:
+        return timeline_of(model, inputs)
+    finally:
+        unwrap(model)
+
+
 def run(quick: bool, device: torch.device = torch.device("cpu")) -> list[dict[str, Any]]:
     if device.type == "cuda":
         sizes = CUDA_QUICK if quick else CUDA_FULL
@@ -149,6 +161,7 @@ def _sweep(sizes: dict[str, int], rounds: int, warmup: int, device: torch.device
                                    "times_s": timing.times_s["checkpoint_every_block"],
                                    "time_vs_unoptimized": timing.ratio("checkpoint_every_block", "unoptimized")},
     }
+    timelines: dict[int, dict[str, Any]] = {}
     for record in records:
         name = record.get("same_run_as", record["label"])
         got, budget, measured_budget = runs[name], record["budget_bytes"], record["measured_against_bytes"]
@@ -174,6 +187,9 @@ def _sweep(sizes: dict[str, int], rounds: int, warmup: int, device: torch.device
         if ckpt["peak_bytes"] <= budget:
             ratios["time_vs_checkpoint_every_block"] = timing.ratio(name, "checkpoint_every_block")
         record["ratios"] = ratios
+        if measured_budget not in timelines:
+            timelines[measured_budget] = _timeline(sizes, measured_budget, device)
+        record["timeline"] = timelines[measured_budget]
         log.info("budget %s: peak %.1f MiB (%.3f x), %.3f s/step, %.3f x unoptimized%s", record["label"],
                  got["peak_bytes"] / 2**20, ratios["peak_over_budget"], record["step_time_s"],
                  ratios["time_vs_unoptimized"], " (refused, ran at min budget)" if record["refused"] else "")

@@ -53,7 +53,7 @@ def needs_verification(plan: Any) -> bool:
     return has_techniques(plan) or (budget > 0 and predicted > VERIFY_ABOVE_SHARE * budget)
 
 
-def _first_grad_tensor(out: Any) -> torch.Tensor | None:
+def first_grad_tensor(out: Any) -> torch.Tensor | None:
     if isinstance(out, torch.Tensor):
         return out if out.requires_grad else None
     if dataclasses.is_dataclass(out) and not isinstance(out, type):
@@ -62,7 +62,7 @@ def _first_grad_tensor(out: Any) -> torch.Tensor | None:
         out = list(out.values())
     if isinstance(out, (list, tuple)):
         for item in out:
-            found = _first_grad_tensor(item)
+            found = first_grad_tensor(item)
             if found is not None:
                 return found
     return None
@@ -122,7 +122,7 @@ class FirstStepMonitor:
         return run
 
     def _watch(self, out: Any) -> None:
-        loss = _first_grad_tensor(out)
+        loss = first_grad_tensor(out)
         if loss is None:  # nothing to backward through: the forward is the step
             self._finish()
             return
