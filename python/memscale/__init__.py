@@ -19,6 +19,7 @@ from .runtime import inference as offload  # the inference API, as memscale.offl
 from .scheduler import Scheduler
 from .planning import calibrate_reservation, plan, plan_cost, search_tier_policy, tier_problem
 from .api import plan_of, unwrap, wrap
+from .advisor import FitResult, fit
 
 format_bytes = _C.format_bytes
 parse_size = _C.parse_size
@@ -38,6 +39,7 @@ _install_logging()
 __all__ = [
     "Calibration",
     "Config",
+    "FitResult",
     "ConfigError",
     "Hardware",
     "InfeasibleBudgetError",
@@ -53,6 +55,7 @@ __all__ = [
     "calibrate_reservation",
     "config_schema",
     "detect_hardware",
+    "fit",
     "format_bytes",
     "offload",
     "parse_size",
