@@ -87,12 +87,15 @@ class FitResult:
 
 def _points(vary: str, given: int, limit: int) -> list[int]:
     """Sizes to profile at: the given size and its double for batch; for seq three sizes up
-    to 3x the given one (within the model's positions)."""
+    to 3x the given one (within the model's positions). Never 1: a size-1 dimension runs
+    other kernels (broadcast, squeezed matmuls) whose workspace is off the line the larger
+    sizes are on (measured: a 1B Llama's block workspace is larger at batch 1 than at 2)."""
     count = 2 if vary == "batch" else 3
-    top = min(given * count, limit)
-    points = sorted({max(1, (top * k) // count) for k in range(1, count + 1)})
+    base = max(given, 2)
+    top = min(base * count, limit)
+    points = sorted({max(2, (top * k) // count) for k in range(1, count + 1)})
     if len(points) < 2:
-        raise ConfigError(f"fit: cannot profile two distinct {vary} sizes at or below {limit}")
+        raise ConfigError(f"fit: cannot profile two distinct {vary} sizes from 2 to {limit}")
     return points
 
 
