@@ -1,7 +1,7 @@
 """Fit advisor cost on a ~1.1B-parameter Llama-style model defined on the meta device.
 
 Builds ``memscale.testing.models.llama`` with ``preset="1b"`` under ``torch.device("meta")``
-(no weights exist) and times ``memscale.fit`` for the largest training batch at a fixed
+(no weights exist) and times ``memscale.fit`` (example inputs at batch 2) for the largest training batch at a fixed
 sequence length within a budget, planned for a described machine with one 80 GiB GPU (a budget of 40 GiB: AdamW state of 1.1B fp32 parameters alone is 17.6 GB) (the
 answer does not depend on this host). Records the wall time and the extra resident memory of
 the process (psutil RSS after minus before, and the growth of the peak RSS, ``ru_maxrss``),
@@ -22,7 +22,8 @@ from typing import Any
 import psutil
 import torch
 
-import memscale
+from memscale._C import Hardware
+from memscale.advisor.fit import fit
 from memscale.bench.records import scenario_main
 from memscale.bench.scenarios.profile_1b import _maxrss_bytes
 from memscale.testing import models
@@ -38,7 +39,7 @@ BUDGET = "40GiB"
 
 def _gpu_machine() -> Any:
     gpu = {"kind": "cuda", "index": 0, "name": "80 GiB GPU", "total_bytes": GPU_BYTES, "free_bytes": GPU_BYTES}
-    return memscale.Hardware.from_json(json.dumps({"devices": [gpu], "host_total_bytes": 64 << 30,
+    return Hardware.from_json(json.dumps({"devices": [gpu], "host_total_bytes": 64 << 30,
                                                    "host_available_bytes": 64 << 30}))
 
 
@@ -50,12 +51,12 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     hardware = _gpu_machine()
     records = []
     for seq in seqs:
-        inputs = models.example_inputs("llama", model, batch=1, seq=seq, device="meta")
+        inputs = models.example_inputs("llama", model, batch=2, seq=seq, device="meta")
         proc = psutil.Process()
         gc.collect()
         rss0, maxrss0 = proc.memory_info().rss, _maxrss_bytes()
         start = time.perf_counter()
-        result = memscale.fit(model, inputs, BUDGET, vary="batch", hardware=hardware)
+        result = fit(model, inputs, BUDGET, vary="batch", hardware=hardware)
         seconds = time.perf_counter() - start
         rss1, maxrss1 = proc.memory_info().rss, _maxrss_bytes()
         extra_rss, extra_peak = max(0, rss1 - rss0), max(0, maxrss1 - maxrss0)
