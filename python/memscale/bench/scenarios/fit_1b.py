@@ -13,19 +13,16 @@ Run: ``python -m memscale.bench.scenarios.fit_1b [--quick] [--out FILE]`` (or
 """
 from __future__ import annotations
 
-import gc
 import json
 import logging
-import time
 from typing import Any
 
-import psutil
 import torch
 
 from memscale._C import Hardware
 from memscale.advisor.fit import fit
 from memscale.bench.records import scenario_main
-from memscale.bench.scenarios.profile_1b import _maxrss_bytes
+from memscale.bench.scenarios._cost import measure_cost
 from memscale.testing import models
 
 log = logging.getLogger("memscale")
@@ -52,14 +49,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     records = []
     for seq in seqs:
         inputs = models.example_inputs("llama", model, batch=2, seq=seq, device="meta")
-        proc = psutil.Process()
-        gc.collect()
-        rss0, maxrss0 = proc.memory_info().rss, _maxrss_bytes()
-        start = time.perf_counter()
-        result = fit(model, inputs, BUDGET, vary="batch", hardware=hardware)
-        seconds = time.perf_counter() - start
-        rss1, maxrss1 = proc.memory_info().rss, _maxrss_bytes()
-        extra_rss, extra_peak = max(0, rss1 - rss0), max(0, maxrss1 - maxrss0)
+        cost = measure_cost(lambda: fit(model, inputs, BUDGET, vary="batch", hardware=hardware))
+        result, seconds = cost.result, cost.seconds
+        extra_rss, extra_peak = cost.extra_rss_bytes, cost.extra_peak_rss_bytes
         log.info("fit %d parameters (seq %d): batch %d in %.2f s, extra RSS %.1f MiB (peak +%.1f MiB)",
                  params, seq, result.size, seconds, extra_rss / 2**20, extra_peak / 2**20)
         records.append({
