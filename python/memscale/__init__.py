@@ -19,7 +19,7 @@ from .runtime import inference as offload  # the inference API, as memscale.offl
 from .scheduler import Scheduler
 from .planning import calibrate_reservation, plan, plan_cost, search_tier_policy, tier_problem
 from .api import plan_of, unwrap, wrap
-from .advisor import FitResult, fit
+from .advisor import FitResult, fit, fit_frontier
 
 format_bytes = _C.format_bytes
 parse_size = _C.parse_size
@@ -56,6 +56,7 @@ __all__ = [
     "config_schema",
     "detect_hardware",
     "fit",
+    "fit_frontier",
     "format_bytes",
     "offload",
     "parse_size",

@@ -92,6 +92,21 @@ def test_inference_fit_on_a_meta_definition() -> None:
     assert result.plan.predicted_peak_bytes <= 2 * floor < result.next_min_budget_bytes
 
 
+def test_inference_frontier_batch_shrinks_as_context_grows() -> None:
+    with torch.device("meta"):
+        model = models.build("llama")
+    inputs = models.example_inputs("llama", model, batch=1, seq=32, labels=False, device="meta")
+    hw = memscale.Hardware.from_json('{"devices": [], "host_total_bytes": 8589934592}')
+    floor = memscale.fit(model, inputs, None, vary=None, training=False, hardware=hw).min_budget_bytes
+    rows = memscale.fit_frontier(model, inputs, 3 * floor, [16, 32, 64], hardware=hw)
+    assert [r.graph.seq for r in rows] == [16, 32, 64]
+    batches = [r.size for r in rows]
+    assert batches[0] > batches[1] > batches[2] >= 1, batches  # the KV cache grows with batch x context
+    assert all(r.plan.predicted_peak_bytes <= 3 * floor < r.next_min_budget_bytes for r in rows)
+    with pytest.raises(memscale.ConfigError, match="ascending"):
+        memscale.fit_frontier(model, inputs, 3 * floor, [64, 16], hardware=hw)
+
+
 def test_bad_inputs_are_refused_with_what_is_allowed() -> None:
     model, inputs = gpt_case()
     with pytest.raises(memscale.ConfigError, match="vary must be one of.*'foo'"):
@@ -125,5 +140,9 @@ def test_cli_prints_the_answer(capsys: pytest.CaptureFixture) -> None:
     doc = json.loads(capsys.readouterr().out)
     assert doc["vary"] == "batch" and doc["size"] >= 1 and doc["plan"]["predicted_peak_bytes"] <= 32 << 20
     assert doc["next_min_budget_bytes"] > 32 << 20
+    assert cli_main(["fit", "--model", "llama", "--meta", "--inference", "--batch", "1", "--budget", "4MiB",
+                     "--contexts", "16,32", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["context"] for r in rows] == [16, 32] and rows[0]["batch"] >= rows[1]["batch"] >= 1
     assert cli_main(["fit", "--model", "gpt", "--arg", "n_layers=2", "--budget", "1KiB"]) == 1
     assert "smallest budget for batch 1" in capsys.readouterr().err

@@ -33,7 +33,7 @@ from ..hardware import detect_hardware, model_device
 from ..planning import fit_search, min_budget, plan
 from ..profiler.profile import profile
 from ..progress import progress
-from .resize import VARY, current_size, inputs_maker
+from .resize import VARY, current_size, inputs_maker, resize_inputs
 
 _log = logging.getLogger("memscale")
 
@@ -202,3 +202,26 @@ def _at_given(graph: Any, config: Any, hw: Any, training: bool) -> FitResult:
         at, budget = None, 0
     return FitResult(vary=None, size=None, given_size=None, budget_bytes=budget, plan=at, graph=graph,
                      min_budget_bytes=min_budget(graph, config, hw), training=training)
+
+
+def fit_frontier(model: nn.Module, example_inputs: Any, budget: Any, contexts: list[int], *,
+                 training: bool = False, **kwargs: Any) -> list[FitResult]:
+    """The largest batch at each context length in ``contexts`` (ascending): the batch x
+    context frontier of ``budget``, by default for inference. The inputs are resized along
+    seq to each context (integer token inputs, see :func:`fit`), then :func:`fit` with
+    ``vary="batch"``. Stops at the first context where not even batch 1 fits (longer
+    contexts need more); the results are those that fit. ``kwargs`` as for :func:`fit`."""
+    sizes = [int(c) for c in contexts]
+    if not sizes or any(c < 1 for c in sizes) or sizes != sorted(set(sizes)):
+        raise ConfigError(f"fit_frontier: contexts must be distinct positive ints in ascending order, got {contexts!r}")
+    current_size(example_inputs, "seq")
+    results: list[FitResult] = []
+    for context in sizes:
+        try:
+            results.append(fit(model, resize_inputs(example_inputs, "seq", context), budget, vary="batch",
+                               training=training, **kwargs))
+        except InfeasibleBudgetError as refusal:
+            _log.info("fit_frontier: context %d does not fit even at batch 1 (needs %d bytes)", context,
+                      refusal.min_budget_bytes)
+            break
+    return results

@@ -11,7 +11,9 @@ Examples::
 with their example inputs at ``--batch`` x ``--seq``), ``hf:NAME`` (a Hugging Face model
 built from a config, memscale.testing.hf_models) or a user's ``module:factory`` with one
 ``--input-shape`` per positional input (zeros on the meta device, as ``memscale profile``).
-Prints the answer, the plan at it and the smallest budget of the given inputs.
+Prints the answer, the plan at it and the smallest budget of the given inputs; with
+``--contexts 128,256,512`` the largest batch at each context instead (the batch x context
+frontier, with ``--inference`` for serving).
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--meta", action="store_true", help="build the model on the meta device (nothing allocated)")
     parser.add_argument("--inference", action="store_true",
                         help="an inference step (weights, KV cache, reservation): the largest batch or context")
+    parser.add_argument("--contexts", default=None, metavar="S1,S2,...",
+                        help="the batch x context frontier: the largest batch at each of these sequence lengths")
     parser.add_argument("--optimizer", default="adamw", choices=("none", "sgd", "sgd_momentum", "adam", "adamw"))
     parser.add_argument("--hardware", help="Hardware JSON file to plan for (default: detect this machine)")
     parser.add_argument("--json", action="store_true", help="print the answer as JSON (with the plan JSON)")
@@ -84,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     model, inputs, loss_fn = _build(args)
     hardware = memscale.Hardware.from_json(args.hardware) if args.hardware else None
     training = not args.inference
+    if args.contexts:
+        return _frontier(args, model, inputs, loss_fn, hardware, training)
     result = memscale.fit(model, inputs, args.budget, vary=None if args.vary == "none" else args.vary,
                           training=training, optimizer=args.optimizer if training else "none",
                           loss_fn=(lambda out, batch: loss_fn(out)) if loss_fn else None,
@@ -97,4 +103,31 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     else:
         sys.stdout.write(result.summary() + "\n")
+    return 0
+
+
+def _frontier(args: argparse.Namespace, model: Any, inputs: Any, loss_fn: Any, hardware: Any, training: bool) -> int:
+    import memscale
+
+    from ..errors import ConfigError
+
+    try:
+        contexts = [int(c) for c in args.contexts.split(",") if c.strip()]
+    except ValueError:
+        raise ConfigError(f"--contexts: expected comma-separated ints like 128,256,512, got {args.contexts!r}") from None
+    results = memscale.fit_frontier(model, inputs, args.budget, contexts, training=training,
+                                    optimizer=args.optimizer if training else "none",
+                                    loss_fn=(lambda out, batch: loss_fn(out)) if loss_fn else None,
+                                    max_size=args.max_size, hardware=hardware)
+    rows = [{"context": r.graph.seq, "batch": r.size, "predicted_peak_bytes": r.plan.predicted_peak_bytes,
+             "next_min_budget_bytes": r.next_min_budget_bytes} for r in results]
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+        return 0
+    fmt = memscale.format_bytes
+    sys.stdout.write(f"{'context':>8} {'largest batch':>14} {'predicted peak':>15}\n")
+    for row in rows:
+        sys.stdout.write(f"{row['context']:>8} {row['batch']:>14} {fmt(row['predicted_peak_bytes']):>15}\n")
+    if len(rows) < len(contexts):
+        sys.stdout.write(f"context {contexts[len(rows)]} does not fit even at batch 1\n")
     return 0
