@@ -22,6 +22,7 @@ def maxrss_bytes() -> int:
 class Cost:
     result: Any
     seconds: float
+    cpu_seconds: float  # this process's CPU time: what the call costs when other work shares the cores
     extra_rss_bytes: int
     extra_peak_rss_bytes: int
 
@@ -30,8 +31,8 @@ def measure_cost(call: Callable[[], Any]) -> Cost:
     proc = psutil.Process()
     gc.collect()
     rss0, maxrss0 = proc.memory_info().rss, maxrss_bytes()
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     result = call()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
     rss1, maxrss1 = proc.memory_info().rss, maxrss_bytes()
-    return Cost(result, seconds, max(0, rss1 - rss0), max(0, maxrss1 - maxrss0))
+    return Cost(result, seconds, cpu, max(0, rss1 - rss0), max(0, maxrss1 - maxrss0))
