@@ -1,8 +1,8 @@
 """One progress bar helper for long work (fit searches, profiling big models, benchmarks).
 
-A tqdm bar on stderr when stderr is a terminal and the ``memscale`` logger is at INFO or
-below; otherwise nothing is drawn (logs, CI and pipes stay clean). tqdm is optional: without
-it the helper is silent too.
+A tqdm bar on stderr when stderr is a terminal, unless the ``memscale`` logger was set above
+INFO (``logging.getLogger("memscale").setLevel(logging.WARNING)``: quiet); otherwise nothing
+is drawn (logs, CI and pipes stay clean). tqdm is optional: without it the helper is silent.
 
 Example:
     >>> from memscale.progress import progress
@@ -25,9 +25,10 @@ _log = logging.getLogger("memscale")
 
 
 def enabled() -> bool:
-    """Whether bars are drawn: stderr is a terminal and memscale logs at INFO or below."""
+    """Whether bars are drawn: stderr is a terminal and the memscale logger's own level (not
+    the root's default WARNING) is INFO or below, or unset."""
     isatty = getattr(sys.stderr, "isatty", None)
-    if not (callable(isatty) and isatty()) or not _log.isEnabledFor(logging.INFO):
+    if not (callable(isatty) and isatty()) or _log.level > logging.INFO:
         return False
     try:
         import tqdm  # noqa: F401

@@ -68,6 +68,32 @@ def test_answer_trains_within_budget_and_the_next_batch_does_not_fit(name: str) 
     assert peak <= 1.05 * budget
 
 
+class Contrastive(torch.nn.Module):
+    """A batch x batch similarity (a contrastive loss): quadratic in batch, which two batch
+    profiles do not show."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(64, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.proj(x)
+        return (z @ z.T).logsumexp(1).mean()
+
+
+def test_check_profile_catches_a_term_the_fit_points_miss() -> None:
+    torch.manual_seed(0)
+    model, x = Contrastive(), torch.randn(4, 64)
+    hw = memscale.detect_hardware(device="cpu")
+    result = memscale.fit(model, (x,), "4MiB", vary="batch", hardware=hw)
+    # the line through batch 4 and 8 overshoots; the check refuses it and the re-fit is quadratic
+    assert len(result.profiled_sizes) > 3 and result.quadratic
+    assert result.plan.predicted_peak_bytes <= 4 << 20 and result.graph.batch == result.size
+    nxt = memscale.profile(model, resize_inputs((x,), "batch", result.size + 1))
+    with pytest.raises(memscale.InfeasibleBudgetError):
+        memscale.plan(nxt, memory_budget="4MiB", hardware=hw)
+
+
 def test_seq_fit_sees_attention_and_stops_at_the_engines_boundary() -> None:
     model, inputs = gpt_case()
     hw = memscale.detect_hardware(device="cpu")

@@ -20,9 +20,10 @@ class Terminal(io.StringIO):
 
 @pytest.fixture
 def info_logging() -> None:
+    """The memscale logger's level unset (the default): bars follow the terminal."""
     log = logging.getLogger("memscale")
     level = log.level
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.NOTSET)
     yield
     log.setLevel(level)
 

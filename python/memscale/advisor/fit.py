@@ -40,6 +40,8 @@ _log = logging.getLogger("memscale")
 #: Largest batch searched when the caller gives no max_size (a step of 2^20 samples is
 #: beyond any budget the engine plans; the search stops at the first refusal long before).
 DEFAULT_MAX_BATCH = 1 << 20
+#: The most profiles one fit goes through (GraphScaling: a line or a quadratic).
+MAX_POINTS = 3
 #: Rounds of re-fitting with the check profile before the advisor gives up.
 CHECK_ROUNDS = 4
 
@@ -179,7 +181,10 @@ def fit(model: nn.Module, example_inputs: Any, budget: Any = None, vary: str | N
                 upper = result.size - 1
                 if upper < 1:
                     raise
-                points = sorted(set(points) | {result.size})[-len(points):]
+                # three points nearest the refused answer: a term that curves (a batch x batch
+                # similarity, a workspace past its bend) gets its quadratic from them
+                near = sorted(set(points) | {result.size}, key=lambda n: (abs(n - result.size), n))
+                points = sorted(near[:MAX_POINTS])
         else:
             raise MemScaleError(f"fit: no {vary} size the scaled profiles propose fits as profiled after "
                                 f"{CHECK_ROUNDS} rounds (last tried {result.size}); give make_inputs or max_size")
