@@ -170,7 +170,13 @@ def fit(model: nn.Module, example_inputs: Any, budget: Any = None, vary: str | N
         result, checked, upper = None, None, limit
         for _ in range(CHECK_ROUNDS):
             scaling = _C.GraphScaling([graph_at(n) for n in points], points, vary)
-            result = fit_search(scaling, config, hw, 1, upper)
+            try:
+                result = fit_search(scaling, config, hw, 1, upper)
+            except InfeasibleBudgetError:
+                # size 1 refused on the scaled graph: its minimum is stated from a profile at 1
+                _refuse_size_one(graph_at(1), config, hw, vary)
+                points = sorted(sorted(set(points) | {1})[:MAX_POINTS])  # 1 fits as profiled: fit through it
+                continue
             checked = graph_at(result.size)
             try:
                 final = plan(checked, config, hardware=hw)
@@ -187,7 +193,7 @@ def fit(model: nn.Module, example_inputs: Any, budget: Any = None, vary: str | N
                 points = sorted(near[:MAX_POINTS])
         else:
             raise MemScaleError(f"fit: no {vary} size the scaled profiles propose fits as profiled after "
-                                f"{CHECK_ROUNDS} rounds (last tried {result.size}); give make_inputs or max_size")
+                                f"{CHECK_ROUNDS} rounds (last tried {result.size if result else 1}); give make_inputs or max_size")
     next_min = next((p.predicted_peak_bytes for p in result.probes if p.size == result.size + 1 and not p.fits), 0)
     out = FitResult(vary=vary, size=int(result.size), given_size=given, budget_bytes=int(final.budget_bytes),
                     plan=final, graph=checked, min_budget_bytes=min_budget(first, config, hw),
@@ -196,6 +202,17 @@ def fit(model: nn.Module, example_inputs: Any, budget: Any = None, vary: str | N
     _log.info("fit: largest %s %d within %d bytes (%d engine plans, profiles at %s)", vary, out.size,
               out.budget_bytes, len(result.probes), out.profiled_sizes)
     return out
+
+
+def _refuse_size_one(graph: Any, config: Any, hw: Any, vary: str) -> None:
+    """Raise InfeasibleBudgetError with the smallest budget of size 1 (profiled) when it
+    exceeds the budget; return when size 1 fits."""
+    try:
+        plan(graph, config, hardware=hw)
+    except InfeasibleBudgetError:
+        need = min_budget(graph, config, hw)
+        raise InfeasibleBudgetError(f"fit: even {vary} 1 does not fit the budget; the smallest budget for {vary} 1 "
+                                    f"is {_C.format_bytes(need)} (min_budget_bytes = {need})", need) from None
 
 
 def _at_given(graph: Any, config: Any, hw: Any, training: bool) -> FitResult:
