@@ -108,23 +108,26 @@ def test_seq_fit_sees_attention_and_stops_at_the_engines_boundary() -> None:
         memscale.plan(nxt, memory_budget=floor, hardware=hw)
 
 
-def test_inference_fit_on_a_meta_definition() -> None:
+def meta_inference_case() -> tuple[Any, Any, Any, int]:
+    """A Llama defined on meta, its inputs at batch 1 x 32, an 8 GiB CPU machine, and the
+    smallest inference budget of those inputs."""
     with torch.device("meta"):
         model = models.build("llama")
     inputs = models.example_inputs("llama", model, batch=1, seq=32, labels=False, device="meta")
     hw = memscale.Hardware.from_json('{"devices": [], "host_total_bytes": 8589934592}')
     floor = memscale.fit(model, inputs, None, vary=None, training=False, hardware=hw).min_budget_bytes
+    return model, inputs, hw, floor
+
+
+def test_inference_fit_on_a_meta_definition() -> None:
+    model, inputs, hw, floor = meta_inference_case()
     result = memscale.fit(model, inputs, 2 * floor, vary="batch", training=False, hardware=hw)
     assert result.size >= 1 and not result.plan.training
     assert result.plan.predicted_peak_bytes <= 2 * floor < result.next_min_budget_bytes
 
 
 def test_inference_frontier_batch_shrinks_as_context_grows() -> None:
-    with torch.device("meta"):
-        model = models.build("llama")
-    inputs = models.example_inputs("llama", model, batch=1, seq=32, labels=False, device="meta")
-    hw = memscale.Hardware.from_json('{"devices": [], "host_total_bytes": 8589934592}')
-    floor = memscale.fit(model, inputs, None, vary=None, training=False, hardware=hw).min_budget_bytes
+    model, inputs, hw, floor = meta_inference_case()
     rows = memscale.fit_frontier(model, inputs, 3 * floor, [16, 64], hardware=hw)
     assert [r.graph.seq for r in rows] == [16, 64]
     batches = [r.size for r in rows]
