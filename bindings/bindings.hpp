@@ -59,5 +59,6 @@ void bind_plan(py::module_& m);
 void bind_memory(py::module_& m);
 void bind_pager(py::module_& m);
 void bind_engine(py::module_& m);
+void bind_fit(py::module_& m);
 
 }  // namespace memscale::bindings

@@ -14,4 +14,5 @@ PYBIND11_MODULE(_C, m) {
   bind_memory(m);
   bind_pager(m);
   bind_engine(m);
+  bind_fit(m);
 }

@@ -20,6 +20,7 @@ from .scheduler import Scheduler
 from .planning import calibrate_reservation, plan, plan_cost, plan_timeline, search_tier_policy, tier_problem
 from .timeline import record_timeline, timeline_of, timeline_record
 from .api import plan_of, unwrap, wrap
+from .advisor import FitResult, fit, fit_frontier
 
 format_bytes = _C.format_bytes
 parse_size = _C.parse_size
@@ -40,6 +41,7 @@ _install_logging()
 __all__ = [
     "Calibration",
     "Config",
+    "FitResult",
     "ConfigError",
     "Hardware",
     "InfeasibleBudgetError",
@@ -56,6 +58,8 @@ __all__ = [
     "calibrate_reservation",
     "config_schema",
     "detect_hardware",
+    "fit",
+    "fit_frontier",
     "format_bytes",
     "offload",
     "parse_size",

@@ -197,3 +197,18 @@ def tier_problem(graph: GraphLike, cfg: Config | None = None, hardware: Hardware
     """The tier problem an inference graph poses on ``hardware`` (GPU capacity = the
     budget, ``Config.tiers`` as fixed splits); feed it to :func:`search_tier_policy`."""
     return _C.tier_problem(_graph(graph), _hardware(hardware), as_config(cfg, config_kwargs, allow_dict=False).cpp)
+
+
+def min_budget(graph: GraphLike, cfg: Config | None = None, hardware: HardwareLike = None,
+               **config_kwargs: Any) -> int:
+    """The smallest budget with a plan of ``graph`` under ``cfg``'s other keys (the engine's
+    refusal minimum at a one-byte budget), in bytes."""
+    return int(_C.min_budget_bytes(_graph(graph), as_config(cfg, config_kwargs, allow_dict=False).cpp,
+                                   _hardware(hardware)))
+
+
+def fit_search(scaling: Any, cfg: Config, hardware: HardwareLike, min_size: int, max_size: int) -> Any:
+    """The engine's fit search (include/memscale/core/fit.hpp) over a ``_C.GraphScaling``:
+    the largest size in ``[min_size, max_size]`` it plans within ``cfg``'s budget. Raises
+    InfeasibleBudgetError when ``min_size`` does not fit (its ``min_budget_bytes``)."""
+    return _C.fit_search(scaling, cfg.cpp, _hardware(hardware), int(min_size), int(max_size))

@@ -6,6 +6,7 @@ from __future__ import annotations
 SCENARIOS: dict[str, tuple[str, str]] = {
     "planning_speed": ("memscale.bench.scenarios.planning_speed", "planning time for 10 to 10,000 layers"),
     "estimate_accuracy": ("memscale.bench.scenarios.estimate_accuracy", "predicted vs measured unoptimized training peak, 6 models x 2 batches"),
+    "fit_1b": ("memscale.bench.scenarios.fit_1b", "time and extra RAM of memscale.fit on a 1.1B Llama defined on meta"),
     "profile_1b": ("memscale.bench.scenarios.profile_1b", "time and extra RAM of profiling a 1.1B Llama defined on meta"),
     "tiling_lce": ("memscale.bench.scenarios.tiling_lce", "chunked LM head + cross-entropy vs untiled, 32k vocabulary"),
     "training_sweep": ("memscale.bench.scenarios.training_sweep",

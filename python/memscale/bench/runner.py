@@ -26,15 +26,12 @@ def _child_environment() -> dict[str, str]:
 
 
 def run_scenarios(names: list[str], quick: bool, device: str = "auto", timeout_s: float = 1800.0) -> list[dict[str, Any]]:
-    from tqdm import tqdm
-
     from ..errors import MemScaleError
+    from ..progress import progress_iter
 
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="memscale-bench-") as tmp:
-        bar = tqdm(names, desc="memscale bench", unit="scenario", file=sys.stderr)
-        for name in bar:
-            bar.set_postfix_str(name)
+        for name in progress_iter(names, desc="memscale bench", unit="scenario", postfix=str):
             module, _ = SCENARIOS[name]
             out = Path(tmp) / f"{name}.json"
             command = [sys.executable, "-m", module, "--out", str(out), "--device", device] + (["--quick"] if quick else [])

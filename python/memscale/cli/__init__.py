@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("memscale.cli.bench", "run benchmark scenarios and check their goals"),
     "report": ("memscale.cli.report", "write an HTML report (and PNGs) of benchmark results"),
     "profile": ("memscale.cli.profile", "profile a model (module:factory) and print its ModelGraph"),
+    "fit": ("memscale.cli.fit", "the largest batch or sequence length whose step fits a memory budget"),
     "plan": ("memscale.cli.plan", "plan a recorded ModelGraph for a memory budget and print the plan"),
     "docs": ("memscale.cli.docs", "generate a page of docs/ from its source (config: from the Config schema)"),
 }

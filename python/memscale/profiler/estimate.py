@@ -22,6 +22,7 @@ from torch._subclasses.fake_tensor import (
 )
 from torch.utils._pytree import tree_leaves, tree_map_only
 
+from ..progress import progress
 from .discovery import LayerSpec
 from .flops import op_flops
 from .recorder import LayerRecord, StepRecorder
@@ -179,7 +180,10 @@ def _run(model: nn.Module, fargs: tuple, fkwargs: dict, specs: list[LayerSpec], 
     tracker.on_new = recorder.note_created
     flags = set_mode(model, training)
     try:
-        with fake_mode, tracker, _without_cudnn_rnn(model, device):
+        # one tick per layer forward and one per layer backward: a big model's walk shows progress
+        with progress(total=len(specs) * (2 if training else 1), desc="memscale profile", unit="layer") as bar, \
+                fake_mode, tracker, _without_cudnn_rnn(model, device):
+            recorder.on_progress = bar.update
             recorder.record_step(model, fargs, fkwargs,
                                  autocast=(device.type, autocast) if autocast is not None else None)
     finally:

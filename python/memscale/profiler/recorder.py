@@ -158,6 +158,8 @@ class StepRecorder:
     training: bool
     # storage size function (the fake tracker substitutes probed real workspace sizes)
     nbytes: Callable[[torch.Tensor], int] = storage_nbytes
+    # called once per layer when its forward ends and once when its gradient arrives (progress bars)
+    on_progress: Callable[[], None] | None = None
     records: list[LayerRecord] = field(init=False)
     prelude_flops: int = 0
     _handles: list[Any] = field(default_factory=list)
@@ -331,6 +333,8 @@ class StepRecorder:
             if not rec.outputs_seen:
                 rec.outputs_seen = True
                 rec.output_bytes = tensor_bytes(output)
+                if self.on_progress is not None:
+                    self.on_progress()
             if self._stack and self._stack[-1] == i:
                 self._stack.pop()
             if self._stack:  # a layer called inside another: the outer one resumes
@@ -344,6 +348,8 @@ class StepRecorder:
 
     def _make_grad_hook(self, i: int) -> Callable[[torch.Tensor], None]:
         def hook(grad: torch.Tensor) -> None:
+            if not self.records[i].grad_seen and self.on_progress is not None:
+                self.on_progress()
             self.records[i].grad_seen = True
             if self._span is not None and self._span.backward and self._span.layer != i:
                 self._close()

@@ -11,16 +11,13 @@ Run: ``python -m memscale.bench.scenarios.profile_1b [--quick] [--out FILE]`` (o
 """
 from __future__ import annotations
 
-import gc
 import logging
-import resource
-import time
 from typing import Any
 
-import psutil
 import torch
 
 from memscale.bench.records import scenario_main
+from memscale.bench.scenarios._cost import measure_cost
 from memscale.bench.scenarios.profiling import predicted_unoptimized_peak
 from memscale.profiler.profile import profile_dict
 from memscale.testing import models
@@ -32,25 +29,15 @@ TIME_LIMIT_S = 10.0
 RAM_LIMIT_BYTES = 200 << 20
 
 
-def _maxrss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 def run(quick: bool = False) -> list[dict[str, Any]]:
     batch, seq = (1, 512) if quick else (1, 2048)
     with torch.device("meta"):
         model = models.build("llama", preset="1b")
     params = sum(p.numel() for p in model.parameters())
     inputs = models.example_inputs("llama", model, batch=batch, seq=seq)
-    proc = psutil.Process()
-    gc.collect()
-    rss0, maxrss0 = proc.memory_info().rss, _maxrss_bytes()
-    start = time.perf_counter()
-    graph = profile_dict(model, inputs, training=True, optimizer="adamw")
-    seconds = time.perf_counter() - start
-    rss1, maxrss1 = proc.memory_info().rss, _maxrss_bytes()
-    extra_rss = max(0, rss1 - rss0)
-    extra_peak = max(0, maxrss1 - maxrss0)
+    cost = measure_cost(lambda: profile_dict(model, inputs, training=True, optimizer="adamw"))
+    graph, seconds = cost.result, cost.seconds
+    extra_rss, extra_peak = cost.extra_rss_bytes, cost.extra_peak_rss_bytes
     predicted, predictor = predicted_unoptimized_peak(graph)
     log.info("profiled %d parameters (batch %d, seq %d) in %.2f s, extra RSS %.1f MiB (peak +%.1f MiB)",
              params, batch, seq, seconds, extra_rss / 2**20, extra_peak / 2**20)
