@@ -253,7 +253,7 @@ def apply_plan(model: torch.nn.Module, plan: Any, *,
         offload_dir: disk tier directory; default ``$MEMSCALE_OFFLOAD_DIR`` or
             ``DEFAULT_OFFLOAD_DIR``. Checked (creatable, writable, free space) before
             anything is modified.
-        min_offload_bytes: saved tensors smaller than this stay in memory.
+        min_offload_bytes: saved tensors smaller than this stay in memory (default 0: the plan counts them moved).
         required_disk_bytes: free space the disk tier needs; default the sum of
             ``bytes_before - bytes_after`` of the disk-tier offloaded layers.
     """

@@ -19,8 +19,9 @@ through this module's pack hook and comes back through its unpack hook:
   ``close()``.
 
 Kept as they are (not offloaded): tensors smaller than ``min_offload_bytes`` (default
-``DEFAULT_MIN_OFFLOAD_BYTES`` = 1 MiB: below that a file's open/write/read cost exceeds
-the memory saved), storages of the model's parameters and buffers (they stay resident
+``DEFAULT_MIN_OFFLOAD_BYTES`` = 0: the engine chose to offload the layer's saved bytes and
+priced the transfers, so the runtime moves all of them; a floor here would keep bytes the
+plan counted as gone, and the measured peak would pass the budget), storages of the model's parameters and buffers (they stay resident
 anyway; offloading would only add a second copy in backward), non-strided, conjugate or
 subclass tensors, and CPU tensors on the host tier (they already are in host memory).
 
@@ -58,8 +59,9 @@ import torch
 
 log = logging.getLogger("memscale")
 
-#: Saved tensors smaller than this stay in memory (see module docstring).
-DEFAULT_MIN_OFFLOAD_BYTES = 1 << 20
+#: Saved tensors smaller than this stay in memory (see module docstring). 0: every saved
+#: tensor of an offloaded layer is moved, as the engine's plan counts it.
+DEFAULT_MIN_OFFLOAD_BYTES = 0
 
 _U8 = torch.uint8
 
