@@ -49,7 +49,10 @@ def test_search_fraction_bisects_to_the_largest_fitting_fraction():
     again, _ = search_fraction(peak, 1400, iterations=6, tried=tried)  # cached: no new compile
     assert again == found and len(calls) == n
     assert search_fraction(peak, 5000, iterations=6)[0] == 1.0
-    assert search_fraction(peak, 500, iterations=6)[0] is None
+    found, tried = search_fraction(peak, 500, iterations=6)
+    assert found is None and sorted(tried) == [0.0, 1.0]
+    found, tried = search_fraction(peak, 500, iterations=0)  # quick: only the least-memory fraction
+    assert found is None and sorted(tried) == [0.0]
 
 
 def test_records_of_a_tiny_run(monkeypatch):
@@ -69,7 +72,7 @@ def test_records_of_a_tiny_run(monkeypatch):
         sac = r["rows"]["sac_ilp"]
         assert sac["ran"] or sac["reason"]
         compiled = r["rows"]["torch_compile"]
-        assert "1.0" in compiled["fractions_tried"]
+        assert "0.0" in compiled["fractions_tried"]
         if compiled["fits"]:
             assert compiled["fractions_tried"][str(compiled["activation_memory_budget"])] <= r["budget_bytes"]
         ours = r["rows"]["memscale_auto"]

@@ -33,8 +33,10 @@ def search_fraction(peak_of: Callable[[float], int], budget_bytes: int, iteratio
     """Bisect ``activation_memory_budget`` in [0, 1] for the largest fraction whose measured
     peak ``peak_of(fraction)`` is at most ``budget_bytes`` (a larger fraction keeps more
     activations: faster, more memory). ``tried`` caches measured fractions across calls (one
-    compile each). Returns (the largest fitting fraction tried, or None, and ``tried``).
-    The peak is not guaranteed monotone in the fraction, so the answer is over what was tried."""
+    compile each). Fraction 0 (the partitioner recomputes all it may) is tried first; when it
+    does not fit, 1.0 is tried too unless ``iterations`` is 0 (the quick run: one compile).
+    Returns (the largest fitting fraction tried, or None, and ``tried``). The peak is not
+    guaranteed monotone in the fraction, so the answer is over what was tried."""
     tried = {} if tried is None else tried
 
     def fits(fraction: float) -> bool:
@@ -42,10 +44,10 @@ def search_fraction(peak_of: Callable[[float], int], budget_bytes: int, iteratio
             tried[fraction] = int(peak_of(fraction))
         return tried[fraction] <= budget_bytes
 
-    if fits(1.0):
-        return 1.0, tried
-    low, high = 0.0, 1.0
-    if fits(low):
+    if fits(0.0) or iterations > 0:
+        low, high = 0.0, 1.0
+        if fits(high) or not fits(low):
+            iterations = 0
         for _ in range(iterations):
             mid = round((low + high) / 2, 6)
             if fits(mid):
