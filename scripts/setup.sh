@@ -37,9 +37,10 @@ if [ ${#pydeps[@]} -gt 0 ]; then
 fi
 # Hugging Face models built from configs for the profiler's accuracy tests, at versions
 # checked against torch 2.13.0 (peft requires torch: the installed one is held as a
-# constraint so pip can never replace it).
+# constraint so pip can never replace it). PuLP (with its CBC solver) runs PyTorch's
+# sac_ilp in the plan_quality benchmark.
 hfdeps=()
-for pin in transformers==5.24.0 peft==0.21.2 pytorch-lightning==2.6.6; do
+for pin in transformers==5.24.0 peft==0.21.2 pytorch-lightning==2.6.6 pulp==2.9.0; do
   "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('${pin%%==*}') != '${pin##*==}')" \
     >/dev/null 2>&1 || hfdeps+=("$pin")
 done

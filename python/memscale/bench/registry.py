@@ -11,6 +11,9 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "tiling_lce": ("memscale.bench.scenarios.tiling_lce", "chunked LM head + cross-entropy vs untiled, 32k vocabulary"),
     "training_sweep": ("memscale.bench.scenarios.training_sweep",
                        "GPT training at 80/60/45/35% of its peak vs unoptimized and checkpoint-every-block"),
+    "plan_quality": ("memscale.bench.scenarios.plan_quality",
+                     "GPT training at 90/70/50% of its peak and the min budget: memscale auto/greedy/optimal vs "
+                     "torch.compile activation_memory_budget, sac_ilp and checkpoint-every-block"),
     "offload_inference": ("memscale.bench.scenarios.offload_inference",
                           "HF Llama / GPT-2 / Qwen2 generate at 0.4x and 0.25x of their weights: pager vs "
                           "Accelerate disk_offload and device_map=auto, page cache dropped and kept"),
