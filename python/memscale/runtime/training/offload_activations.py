@@ -11,10 +11,11 @@ through this module's pack hook and comes back through its unpack hook:
 * **disk tier** (CPU-only machines, or CUDA with ``activation_tier == "disk"``): raw
   tensor bytes written to one file per storage (mode 0600, never pickle) by a writer
   thread, under a per-session subdirectory of the configured directory. A layer's
-  writes overlap the next layer's forward; at the end of each layer the writes of the
-  layer before it are awaited, so at most two layers' activations are in memory at
-  once. In backward, the first unpack of a layer prefetches the files of the layer
-  that runs next on a reader thread. A file is deleted when autograd releases the
+  writes are awaited at the end of its forward and its files are read when its backward
+  unpacks them, so one layer's offloaded activations are in memory at a time, as the
+  engine's memory model counts them (on a CPU-only machine the copies run on the cores
+  the step computes on: overlapping them hides nothing, and two layers in flight measured
+  above the plan). A file is deleted when autograd releases the
   saved tensor (right after its backward node ran, or when the graph is freed) and on
   ``close()``.
 
@@ -310,9 +311,14 @@ class ActivationStore:
                 lambda t: self._pack(group, t), self._unpack):
             yield
         group.forward_done()
-        # Double buffering: this layer's writes overlap the next layer's forward; the
-        # previous layer's must be on disk before we go on, bounding memory to ~2 layers.
-        if self._last_finished is not None and self._last_finished is not group:
+        if tier == "disk":
+            # The engine counts one layer's offloaded bytes in memory at a time, and on a
+            # CPU-only machine a write hides behind no compute (the cores are the same):
+            # this layer's bytes are on disk before the next layer runs.
+            group.wait_written()
+        elif self._last_finished is not None and self._last_finished is not group:
+            # Host tier (CUDA): this layer's copies overlap the next layer's forward on the
+            # copy engine; the previous layer's must be done before we go on.
             self._last_finished.wait_written()
         self._last_finished = group
 
@@ -358,8 +364,8 @@ class ActivationStore:
         if not group.prev_triggered:
             group.prev_triggered = True
             previous = self._previous_group(group)
-            if previous is not None:
-                previous.prefetch()  # the layer backward reaches next
+            if previous is not None and group.tier == "host":
+                previous.prefetch()  # the layer backward reaches next (disk: one layer at a time)
         data = rec.load()
         return torch.empty(0, dtype=packed.dtype, device=data.device).set_(
             data.untyped_storage(), packed.offset, packed.size, packed.stride)
