@@ -97,16 +97,24 @@ def compare(ref: Reference) -> Any:
             ref_loss, ref_grads = ref.steps[i]
             torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6, msg=lambda m: f"step {i}, loss: {m}")
             assert grads.keys() == ref_grads.keys()
+            # A tiled head sums the tied embedding's gradient in chunks (another fp32 order).
+            # After the first step that matters more: Adam's first update is about
+            # lr x sign(grad), so a near-zero gradient whose rounding flips its sign moves a
+            # parameter by 2 lr and later gradients differ at 1e-4 relative (GPT-2, head tiled
+            # in 2 chunks: 1.2e-5 on a c_proj bias of 0.096 in step 1).
+            rtol, atol = (1e-5, 1e-6) if i == 0 else (1e-4, 1e-5)
             for n, g in grads.items():
-                torch.testing.assert_close(g, ref_grads[n], rtol=1e-5, atol=1e-6, msg=lambda m: f"step {i}, {n}: {m}")
+                torch.testing.assert_close(g, ref_grads[n], rtol=rtol, atol=atol, msg=lambda m: f"step {i}, {n}: {m}")
             return
         loss_off, grad_off = _distance((loss.float(), grads), ref.exact[i])
         ref_loss_off, ref_grad_off = ref.distance[i]
         # the slack is the fp32 rounding of the comparison itself: a few units in the last
-        # place of the loss, a relative 1e-5 of the gradient distance
+        # place of the loss; for the gradient distance 1e-5 relative in the first step, 5%
+        # after it (a tiled head sums in another bf16 order and Adam's sign-like first update
+        # carries that on: 2.7% further on a bf16-autocast Llama with its head tiled)
         ulp = torch.finfo(torch.float32).eps * abs(float(ref.exact[i][0]))
         assert loss_off <= ref_loss_off + 4 * ulp, (i, loss_off, ref_loss_off)
-        assert grad_off <= ref_grad_off * (1 + 1e-5), (i, grad_off, ref_grad_off)
+        assert grad_off <= ref_grad_off * ((1 + 1e-5) if i == 0 else 1.05), (i, grad_off, ref_grad_off)
     return check
 
 

@@ -33,8 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-import memscale
 from memscale.api import wrap
+from memscale.config import Config
+from memscale.hardware import detect_hardware
+from memscale.planning import plan, plan_cost
+from memscale.profiler.profile import profile
 from memscale.errors import InfeasibleBudgetError
 from memscale.memory import track_memory
 from memscale.testing import models
@@ -108,7 +111,7 @@ def _checkpoint_every_block(model: torch.nn.Module, ids: torch.Tensor, labels: t
 
 def _memscale(budget: int, solver: str) -> Callable[..., None]:
     def prepare(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> None:
-        wrap(model, memscale.Config(memory_budget=int(budget), solver=solver), example_inputs=(ids,),
+        wrap(model, Config(memory_budget=int(budget), solver=solver), example_inputs=(ids,),
              training=True, optimizer="adamw", loss_fn=lambda out, batch: _loss(out, labels))
     return prepare
 
@@ -129,7 +132,7 @@ def _compiled(fraction: float) -> Callable[..., torch.nn.Module]:
 
 def _min_budget(graph: Any, hardware: Any, solver: str) -> int:
     try:
-        memscale.plan(graph, memscale.Config(memory_budget=1, solver=solver), hardware=hardware)
+        plan(graph, Config(memory_budget=1, solver=solver), hardware=hardware)
     except InfeasibleBudgetError as refusal:
         return refusal.min_budget_bytes
     raise AssertionError("a 1-byte budget was planned")  # a fact of the engine, not of input
@@ -148,9 +151,9 @@ def _run(sizes: dict[str, int], rounds: int, warmup: int, bisections: int) -> li
                                        "checkpoint_every_block": _measure(sizes, _checkpoint_every_block)}
     base = rows["unoptimized"]["measured_peak_bytes"]
     model, ids, labels = _build(sizes)
-    graph = memscale.profile(model, (ids,), training=True, optimizer="adamw",
+    graph = profile(model, (ids,), training=True, optimizer="adamw",
                              loss_fn=lambda out, batch: _loss(out, labels))
-    hardware = memscale.detect_hardware()
+    hardware = detect_hardware()
     budgets = [(f"{round(f * 100)}%", f, int(base * f)) for f in FRACTIONS]
     min_budget = _min_budget(graph, hardware, "auto")
     budgets.append(("min", min_budget / base, min_budget))
@@ -164,17 +167,17 @@ def _run(sizes: dict[str, int], rounds: int, warmup: int, bisections: int) -> li
         plans = {}
         for solver in SOLVERS:
             name = f"memscale_{solver}@{label}"
-            cfg = memscale.Config(memory_budget=budget, solver=solver)
+            cfg = Config(memory_budget=budget, solver=solver)
             start = time.perf_counter()
             try:
-                plans[solver] = memscale.plan(graph, cfg, hardware=hardware)
+                plans[solver] = plan(graph, cfg, hardware=hardware)
             except InfeasibleBudgetError as refusal:
                 record["rows"][f"memscale_{solver}"] = {"refused": True, "min_budget_bytes": refusal.min_budget_bytes}
                 continue
             plan_s = time.perf_counter() - start
             row = {"refused": False, "planning_time_s": plan_s,
                    "predicted_peak_bytes": int(plans[solver].predicted_peak_bytes),
-                   "modelled_cost_s": memscale.plan_cost(graph, plans[solver], hardware),
+                   "modelled_cost_s": plan_cost(graph, plans[solver], hardware),
                    "techniques": {l.name: list(l.techniques) for l in plans[solver].layers if l.techniques}}
             # a plan with the same techniques per layer is the same step: measured once
             same = next((s for s in plans if s != solver and f"memscale_{s}@{label}" in rows
