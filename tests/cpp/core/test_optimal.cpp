@@ -20,24 +20,16 @@ Config solver_config(const std::string& solver, std::uint64_t budget, const std:
 Config optimal_config(std::uint64_t budget, const std::string& extra) { return solver_config("optimal", budget, extra); }
 Config greedy_config(std::uint64_t budget, const std::string& extra) { return solver_config("greedy", budget, extra); }
 
-std::uint64_t greedy_min_budget(const ModelGraph& g, const Hardware& hw, const std::string& extra) {
-  try {
-    plan(g, hw, greedy_config(1, extra));
-  } catch (const InfeasibleBudgetError& e) {
-    return e.min_budget_bytes();
-  }
-  ADD_FAILURE() << "a 1-byte budget was accepted";
-  return 0;
+/// min_budget_bytes the given solver reports for an impossible budget.
+std::uint64_t solver_min_budget(const std::string& solver, const ModelGraph& g, const Hardware& hw,
+                                const std::string& extra) {
+  return min_budget(g, hw, "\"solver\": \"" + solver + "\"" + (extra.empty() ? std::string() : ", " + extra));
 }
-
+std::uint64_t greedy_min_budget(const ModelGraph& g, const Hardware& hw, const std::string& extra) {
+  return solver_min_budget("greedy", g, hw, extra);
+}
 std::uint64_t optimal_min_budget(const ModelGraph& g, const Hardware& hw, const std::string& extra) {
-  try {
-    plan(g, hw, optimal_config(1, extra));
-  } catch (const InfeasibleBudgetError& e) {
-    return e.min_budget_bytes();
-  }
-  ADD_FAILURE() << "a 1-byte budget was accepted";
-  return 0;
+  return solver_min_budget("optimal", g, hw, extra);
 }
 
 /// Every combination of the solver's per-layer options: the least cost within `budget`
