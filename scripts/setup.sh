@@ -10,7 +10,8 @@ SUDO=""
 say() { printf '[setup] %s\n' "$*" >&2; }
 
 missing=()
-for pkg in g++ libgtest-dev nlohmann-json3-dev libspdlog-dev libfmt-dev; do
+# ccache: a fresh clone (CI) recompiles nothing that an earlier clone on this machine compiled.
+for pkg in g++ ccache libgtest-dev nlohmann-json3-dev libspdlog-dev libfmt-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -49,6 +50,8 @@ if [ ${#hfdeps[@]} -gt 0 ]; then
   "$PY" -m pip install -q "${hfdeps[@]}" \
     -c <("$PY" -c "import torch; print('torch==' + torch.__version__)")
 fi
+
+. scripts/ccache-env.sh
 
 # Rebuild only when a build input (or the torch it builds against) changed.
 stamp_dir=build

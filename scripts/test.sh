@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 bash scripts/setup.sh
+. scripts/ccache-env.sh
 
 echo "== C++ core tests (MEMSCALE_WITH_TORCH=OFF)"
 [ -f build/core/build.ninja ] || cmake -S . -B build/core -G Ninja -DMEMSCALE_WITH_TORCH=OFF -DMEMSCALE_BUILD_TESTS=ON >/dev/null
