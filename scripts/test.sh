@@ -10,10 +10,10 @@ bash scripts/setup.sh
 echo "== C++ core tests (MEMSCALE_WITH_TORCH=OFF)"
 [ -f build/core/build.ninja ] || cmake -S . -B build/core -G Ninja -DMEMSCALE_WITH_TORCH=OFF -DMEMSCALE_BUILD_TESTS=ON >/dev/null
 cmake --build build/core -j2
-ctest --test-dir build/core --output-on-failure --no-tests=error
+ctest --test-dir build/core --output-on-failure --no-tests=error -j2
 
-echo "== C++ tests of the torch build"
-ctest --test-dir build/wheel --output-on-failure --no-tests=error
+echo "== C++ tests of the torch build (the core suite ran above)"
+ctest --test-dir build/wheel --output-on-failure --no-tests=error -j2
 
 echo "== C++ example (libtorch app using find_package(memscale))"
 cmake --install build/wheel --component cpp --prefix build/prefix >/dev/null
