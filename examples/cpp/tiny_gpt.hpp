@@ -1,0 +1,89 @@
+// A small GPT written as a plain libtorch module (token and position embeddings, a
+// ModuleList of pre-norm transformer blocks, final norm, head) whose forward runs its
+// blocks through memscale::Blocks. The examples train and serve it; the C++ tests use it.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+
+#include <memscale/torch/blocks.hpp>
+
+namespace tiny_gpt {
+
+struct Options {
+  std::int64_t vocab = 256, max_seq = 128, width = 128, heads = 4, blocks = 4;
+};
+
+/// Causal self-attention and an MLP, each with a residual around a LayerNorm'ed input.
+/// Every batch row is computed on its own (no dropout, no batch statistics).
+struct BlockImpl : torch::nn::Module {
+  BlockImpl(std::int64_t width, std::int64_t heads)
+      : heads(heads),
+        ln1(register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({width})))),
+        qkv(register_module("qkv", torch::nn::Linear(width, 3 * width))),
+        proj(register_module("proj", torch::nn::Linear(width, width))),
+        ln2(register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({width})))),
+        fc1(register_module("fc1", torch::nn::Linear(width, 4 * width))),
+        fc2(register_module("fc2", torch::nn::Linear(4 * width, width))) {}
+
+  at::Tensor forward(const at::Tensor& x) {
+    const std::int64_t b = x.size(0), t = x.size(1), c = x.size(2), d = c / heads;
+    const at::Tensor qkv_out = qkv(ln1(x)).view({b, t, 3, heads, d}).permute({2, 0, 3, 1, 4});
+    const at::Tensor q = qkv_out[0], k = qkv_out[1], v = qkv_out[2];
+    const at::Tensor future = at::ones({t, t}, x.options().dtype(at::kBool)).triu(1);
+    const at::Tensor scores = at::matmul(q, k.transpose(-2, -1)).div(std::sqrt(static_cast<double>(d)));
+    const at::Tensor attention = at::softmax(scores.masked_fill(future, -INFINITY), -1);
+    const at::Tensor y = at::matmul(attention, v).transpose(1, 2).reshape({b, t, c});
+    const at::Tensor h = x + proj(y);
+    return h + fc2(at::gelu(fc1(ln2(h))));
+  }
+
+  std::int64_t heads;
+  torch::nn::LayerNorm ln1;
+  torch::nn::Linear qkv, proj;
+  torch::nn::LayerNorm ln2;
+  torch::nn::Linear fc1, fc2;
+};
+TORCH_MODULE(Block);
+
+struct GptImpl : torch::nn::Module {
+  explicit GptImpl(const Options& o)
+      : tokens(register_module("tokens", torch::nn::Embedding(o.vocab, o.width))),
+        positions(register_module("positions", torch::nn::Embedding(o.max_seq, o.width))),
+        blocks(register_module("blocks", torch::nn::ModuleList())),
+        ln_f(register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.width})))),
+        head(register_module("head", torch::nn::Linear(torch::nn::LinearOptions(o.width, o.vocab).bias(false)))) {
+    for (std::int64_t i = 0; i < o.blocks; ++i) blocks->push_back(Block(o.width, o.heads));
+    runner = memscale::Blocks::of<BlockImpl>(blocks);
+  }
+
+  /// Logits [batch, seq, vocab] of token ids [batch, seq].
+  at::Tensor forward(const at::Tensor& ids) {
+    const at::Tensor where = at::arange(ids.size(1), ids.options());
+    return head(ln_f(runner.run(tokens(ids) + positions(where))));
+  }
+
+  torch::nn::Embedding tokens, positions;
+  torch::nn::ModuleList blocks;
+  torch::nn::LayerNorm ln_f;
+  torch::nn::Linear head;
+  memscale::Blocks runner;  ///< runs `blocks` as memscale planned them
+};
+TORCH_MODULE(Gpt);
+
+/// Bytes of the model's parameters and buffers (what stays resident).
+inline std::uint64_t tensor_bytes(torch::nn::Module& m) {
+  std::uint64_t n = 0;
+  for (const auto& p : m.parameters()) n += p.numel() * p.element_size();
+  for (const auto& b : m.buffers()) n += b.numel() * b.element_size();
+  return n;
+}
+
+}  // namespace tiny_gpt
