@@ -78,12 +78,37 @@ struct GptImpl : torch::nn::Module {
 };
 TORCH_MODULE(Gpt);
 
+/// Next-token cross-entropy of the logits of `ids` against `targets` (both [batch, seq]).
+inline at::Tensor loss_of(Gpt& model, const at::Tensor& ids, const at::Tensor& targets) {
+  const at::Tensor logits = model->forward(ids);
+  return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+}
+
 /// Bytes of the model's parameters and buffers (what stays resident).
 inline std::uint64_t tensor_bytes(torch::nn::Module& m) {
   std::uint64_t n = 0;
   for (const auto& p : m.parameters()) n += p.numel() * p.element_size();
   for (const auto& b : m.buffers()) n += b.numel() * b.element_size();
   return n;
+}
+
+/// Measured peak of `work` (counting allocator): the model's resident tensors before it
+/// plus the highest count of what `work` allocated (gradients, optimizer state, activations).
+template <class Work>
+std::uint64_t measured_peak(torch::nn::Module& m, Work&& work) {
+  const std::uint64_t resident = tensor_bytes(m);
+  memscale::memory::CountingSession session;
+  work();
+  return resident + static_cast<std::uint64_t>(session.stats().peak_bytes);
+}
+
+/// Greedy decoding without a KV cache: each step runs the whole sequence.
+inline at::Tensor generate(Gpt& model, at::Tensor ids, std::int64_t new_tokens) {
+  for (std::int64_t i = 0; i < new_tokens; ++i) {
+    const at::Tensor next = model->forward(ids).select(1, ids.size(1) - 1).argmax(-1, /*keepdim=*/true);
+    ids = at::cat({ids, next}, 1);
+  }
+  return ids;
 }
 
 }  // namespace tiny_gpt

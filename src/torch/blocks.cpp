@@ -102,8 +102,17 @@ at::Tensor Blocks::forward(std::size_t i, const at::Tensor& x) const {
       r.before_first_bytes = r.outer->stats().current_bytes;
       r.before_first_peak = r.outer->stats().peak_bytes;
     }
+    // Gradient hooks time each block's backward (they keep no tensor alive).
+    auto mark = [&r](const at::Tensor&) {
+      if (!r.backward) return;
+      const memory::AllocationStats now = r.backward->stats();
+      r.backward_marks.emplace_back(now.current_bytes, now.peak_bytes);
+      r.backward->reset_peak();
+    };
+    if (x.requires_grad()) x.register_hook(mark);
     memory::CountingSession session;
     at::Tensor out = s.call(i, x);
+    if (i + 1 == s.list->size() && out.requires_grad()) out.register_hook(mark);
     const memory::AllocationStats stats = session.stats();
     BlockMeasurement m;
     m.current_bytes = stats.current_bytes;

@@ -2,6 +2,8 @@
 // recorded one by one under the counting allocator, planned by the core engine.
 #include <set>
 
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/grad_mode.h>
 #include <torch/nn/modules/dropout.h>
 
@@ -57,6 +59,47 @@ void mark_incapable(Layer& layer, bool training, bool in_blocks) {
   if (training) layer.cannot["offload_weights"] = "the C++ runtime pages weights for inference only";
 }
 
+// Runs out.backward(ones) and returns each segment's peak above its start (see above), or
+// nothing when the hooks did not fire as expected. Gradients it creates are removed.
+std::vector<std::uint64_t> measure_backward(torch::nn::Module& model, BlockRecording& rec, const at::Tensor& out,
+                                            std::size_t n) {
+  std::vector<at::Tensor> params;
+  for (const auto& p : model.parameters())
+    if (!p.grad().defined()) params.push_back(p);
+  std::vector<std::pair<std::int64_t, std::int64_t>> bounds;  // (start current, peak) per segment
+  {
+    memory::CountingSession session;
+    const at::Tensor seed = at::ones_like(out);
+    const std::int64_t start = session.stats().current_bytes;
+    session.reset_peak();
+    rec.backward = &session;
+    try {
+      torch::autograd::backward({out}, {seed});
+    } catch (...) {
+      rec.backward = nullptr;
+      throw;
+    }
+    rec.backward = nullptr;
+    std::int64_t from = start;
+    for (const auto& [current, peak] : rec.backward_marks) {
+      bounds.emplace_back(from, peak);
+      from = current;
+    }
+    bounds.emplace_back(from, session.stats().peak_bytes);
+  }
+  for (auto& p : params) p.mutable_grad().reset();
+  // n + 2 segments, or n + 1 when nothing before the blocks needs a gradient (no hook on block 0's input).
+  if (bounds.size() == n + 1) bounds.emplace_back(bounds.back().second, bounds.back().second);
+  if (bounds.size() != n + 2) {
+    log::warn("profile_blocks: " + std::to_string(rec.backward_marks.size()) + " gradient hooks fired for " +
+              std::to_string(n) + " blocks; backward scratch not measured");
+    return {};
+  }
+  std::vector<std::uint64_t> scratch;
+  for (const auto& [from, peak] : bounds) scratch.push_back(nonneg(peak - from));
+  return scratch;
+}
+
 }  // namespace
 
 std::string module_list_name(torch::nn::Module& model, const torch::nn::ModuleList& list) {
@@ -100,6 +143,15 @@ ModelGraph profile_blocks(torch::nn::Module& model, const Blocks& blocks,
                       " block calls, \"" + name + "\" has " + std::to_string(blocks.size()) +
                       " blocks; forward must call each block once, through Blocks::forward(i, x) or Blocks::run(x)");
 
+  // Which block outputs something saved for backward (they outlive the forward).
+  std::vector<bool> output_saved;
+  for (const auto& m : rec.blocks) output_saved.push_back(m.output_storage.use_count() > 0);
+  // Training: one backward, its scratch timed per block by the gradient hooks. Segments in
+  // backward order: the code after the blocks, blocks N-1 .. 0, the code before them.
+  std::vector<std::uint64_t> backward_scratch;
+  if (options.training && out.requires_grad()) backward_scratch = measure_backward(model, rec, out, blocks.size());
+  out = out.detach();
+
   ModelGraph graph;
   graph.model_name = model.name();
   graph.training = options.training;
@@ -119,6 +171,7 @@ ModelGraph profile_blocks(torch::nn::Module& model, const Blocks& blocks,
   before.output_bytes = rec.blocks.front().input_bytes;
   if (options.training) before.activation_bytes = nonneg(rec.before_first_bytes);
   before.transient_bytes = nonneg(rec.before_first_peak - rec.before_first_bytes);
+  if (!backward_scratch.empty()) before.transient_bytes = std::max(before.transient_bytes, backward_scratch.back());
   before.input_bytes = graph.input_bytes;
   mark_incapable(before, options.training, false);
   graph.layers.push_back(std::move(before));
@@ -137,9 +190,12 @@ ModelGraph profile_blocks(torch::nn::Module& model, const Blocks& blocks,
     layer.input_bytes = m.input_bytes;
     layer.output_bytes = m.output_bytes;
     // Its output is an activation only if something saved it: then it outlives the forward.
-    const bool output_saved = m.output_storage.use_count() > 0;
-    if (options.training) layer.activation_bytes = nonneg(m.current_bytes - (output_saved ? 0 : static_cast<std::int64_t>(m.output_bytes)));
+    if (options.training)
+      layer.activation_bytes = nonneg(m.current_bytes - (output_saved[i] ? 0 : static_cast<std::int64_t>(m.output_bytes)));
+    // Scratch: the larger of its forward's (above what it keeps) and its backward's
+    // (parameter gradients included, as the Python profiler counts it).
     layer.transient_bytes = nonneg(m.peak_bytes - m.current_bytes);
+    if (!backward_scratch.empty()) layer.transient_bytes = std::max(layer.transient_bytes, backward_scratch[blocks.size() - i]);
     layer.measured_peak_bytes = nonneg(m.peak_bytes);
     layer.measured_activation_bytes = layer.activation_bytes;
     if (options.rows_independent && !draws_masks(*module) && m.input_bytes > 0) layer.tileable = {"batch"};
@@ -160,6 +216,7 @@ ModelGraph profile_blocks(torch::nn::Module& model, const Blocks& blocks,
   const std::int64_t after_current = total.current_bytes - rec.after_last_bytes;
   if (options.training) after.activation_bytes = nonneg(after_current);
   after.transient_bytes = nonneg(total.peak_bytes - total.current_bytes);  // its peak: the session's since the last block
+  if (!backward_scratch.empty()) after.transient_bytes = std::max(after.transient_bytes, backward_scratch.front());
   mark_incapable(after, options.training, false);
   graph.layers.push_back(std::move(after));
   for (std::size_t i = 0; i < graph.layers.size(); ++i) graph.layers[i].index = static_cast<std::int64_t>(i);

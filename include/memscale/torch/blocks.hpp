@@ -140,6 +140,11 @@ struct BlockRecording {
   std::int64_t before_first_peak = -1;              ///< its peak then
   std::int64_t after_last_bytes = -1;               ///< its current bytes when the last block ended
   std::vector<BlockMeasurement> blocks;
+  /// Training: the backward's session, and (current, peak) at each gradient hook on the
+  /// last block's output and on every block's input, in the order they fire (the peak is
+  /// reset at each): the backward of the code after the blocks, then blocks N-1 .. 0.
+  memory::CountingSession* backward = nullptr;
+  std::vector<std::pair<std::int64_t, std::int64_t>> backward_marks;
 };
 
 }  // namespace memscale
