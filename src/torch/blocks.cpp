@@ -110,6 +110,7 @@ at::Tensor Blocks::forward(std::size_t i, const at::Tensor& x) const {
       r.backward->reset_peak();
     };
     if (x.requires_grad()) x.register_hook(mark);
+    const std::int64_t outer_start = r.outer ? r.outer->stats().current_bytes : 0;
     memory::CountingSession session;
     at::Tensor out = s.call(i, x);
     if (i + 1 == s.list->size() && out.requires_grad()) out.register_hook(mark);
@@ -117,8 +118,10 @@ at::Tensor Blocks::forward(std::size_t i, const at::Tensor& x) const {
     BlockMeasurement m;
     m.current_bytes = stats.current_bytes;
     m.peak_bytes = stats.peak_bytes;
+    m.outer_start_bytes = outer_start;
     m.input_bytes = bytes_of(x);
     m.output_bytes = bytes_of(out);
+    m.output_width = out.defined() && out.dim() > 0 ? out.size(-1) : 0;
     if (out.defined() && out.has_storage()) m.output_storage = out.storage().getWeakStorageImpl();
     r.blocks.push_back(std::move(m));
     if (r.outer) {
@@ -128,11 +131,9 @@ at::Tensor Blocks::forward(std::size_t i, const at::Tensor& x) const {
     }
     return out;
   }
-  Held held{nullptr, 0};
-  if (s.pager && s.paged_as[i]) {
-    s.pager->acquire(*s.paged_as[i]);
-    held = {s.pager.get(), *s.paged_as[i]};
-  }
+  LayerPager* pager = s.pager && s.paged_as[i] ? s.pager.get() : nullptr;
+  if (pager) pager->acquire(*s.paged_as[i]);
+  const Held held{pager, pager ? *s.paged_as[i] : 0};
   if (s.plans.empty()) return s.call(i, x);
   const LayerPlan& plan = s.plans[i];
   LayerFn block = [&s, i](const at::Tensor& t) { return s.call(i, t); };

@@ -11,6 +11,7 @@
 #include "memscale/core/errors.hpp"
 #include "memscale/core/log.hpp"
 #include "memscale/core/plan_summary.hpp"
+#include "memscale/core/reservation.hpp"
 #include "memscale/torch/blocks.hpp"
 #include "memscale/torch/detect_hardware.hpp"
 
@@ -112,7 +113,7 @@ std::string module_list_name(torch::nn::Module& model, const torch::nn::ModuleLi
 
 ModelGraph profile_blocks(torch::nn::Module& model, const Blocks& blocks,
                           const std::function<at::Tensor(const at::Tensor&)>& forward, const at::Tensor& example_input,
-                          const BlockPlanOptions& options, std::string name) {
+                          const BlockPlanOptions& options, std::string name, std::uint64_t* forward_peak_bytes) {
   if (blocks.applied())
     throw ConfigError("profile_blocks: a plan is applied to the blocks; unwrap() them first to profile plain calls");
   if (name.empty()) name = module_list_name(model, blocks.list());
@@ -143,6 +144,11 @@ ModelGraph profile_blocks(torch::nn::Module& model, const Blocks& blocks,
                       " block calls, \"" + name + "\" has " + std::to_string(blocks.size()) +
                       " blocks; forward must call each block once, through Blocks::forward(i, x) or Blocks::run(x)");
 
+  if (forward_peak_bytes) {
+    std::int64_t peak = std::max(rec.before_first_peak, total.peak_bytes);
+    for (const auto& m : rec.blocks) peak = std::max(peak, m.outer_start_bytes + m.peak_bytes);
+    *forward_peak_bytes = nonneg(peak);
+  }
   // Which block outputs something saved for backward (they outlive the forward).
   std::vector<bool> output_saved;
   for (const auto& m : rec.blocks) output_saved.push_back(m.output_storage.use_count() > 0);
@@ -198,6 +204,12 @@ ModelGraph profile_blocks(torch::nn::Module& model, const Blocks& blocks,
     if (!backward_scratch.empty()) layer.transient_bytes = std::max(layer.transient_bytes, backward_scratch[blocks.size() - i]);
     layer.measured_peak_bytes = nonneg(m.peak_bytes);
     layer.measured_activation_bytes = layer.activation_bytes;
+    // Inference: the reservation scales with the width of what flows between blocks.
+    if (!options.training && m.output_width > 0) {
+      layer.dims.hidden = m.output_width;
+      layer.dims.batch = graph.batch;
+      layer.dims.seq = graph.seq;
+    }
     if (options.rows_independent && !draws_masks(*module) && m.input_bytes > 0) layer.tileable = {"batch"};
     mark_incapable(layer, options.training, true);
     graph.layers.push_back(std::move(layer));
@@ -229,9 +241,14 @@ Plan plan_blocks(torch::nn::Module& model, Blocks& blocks, const Config& config,
                  const BlockPlanOptions& options, std::optional<Hardware> hardware, const DiskTierOptions& disk) {
   const std::string name = module_list_name(model, blocks.list());
   blocks.unwrap();
-  const ModelGraph graph = profile_blocks(model, blocks, forward, example_input, options, name);
+  std::uint64_t forward_peak = 0;
+  const ModelGraph graph = profile_blocks(model, blocks, forward, example_input, options, name, &forward_peak);
   const Hardware hw = hardware ? *hardware : detect_hardware(disk.dir);
-  Plan plan = memscale::plan(graph, hw, config);
+  PlanOptions plan_options;
+  if (!options.training && forward_peak > 0 && widest_buffer(graph) > 0 && graph.batch > 0)
+    plan_options.calibration = calibrate_safety_factor(
+        {{widest_buffer(graph), graph.batch * std::max<std::int64_t>(graph.seq, 1), cost::dtype_bytes(graph.dtype), forward_peak}});
+  Plan plan = memscale::plan(graph, hw, config, plan_options);
   log::info(plan_summary(plan));
   blocks.apply(plan, name, disk);
   return plan;

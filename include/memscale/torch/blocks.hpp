@@ -111,12 +111,16 @@ struct BlockPlanOptions {
 /// "<name>:before" and "<name>:after" (kind "other"; every parameter outside the blocks
 /// is counted in the latter; no technique is planned on them). `name`: where the model
 /// registered the list (found by identity among its submodules when empty).
+/// `forward_peak_bytes` (when given) receives the peak the whole forward allocated: inference
+/// plans calibrate the engine's activation reservation on it.
 ModelGraph profile_blocks(torch::nn::Module& model, const Blocks& blocks,
                           const std::function<at::Tensor(const at::Tensor&)>& forward, const at::Tensor& example_input,
-                          const BlockPlanOptions& options = {}, std::string name = "");
+                          const BlockPlanOptions& options = {}, std::string name = "",
+                          std::uint64_t* forward_peak_bytes = nullptr);
 
-/// profile_blocks -> memscale::plan against `hardware` (detected when absent) -> logs the
-/// plan summary -> blocks.apply. Returns the plan (its JSON is Python's). Training plans
+/// profile_blocks -> memscale::plan against `hardware` (detected when absent; inference
+/// plans with the reservation's safety factor calibrated on the measured forward peak) ->
+/// logs the plan summary -> blocks.apply. Returns the plan (its JSON is Python's). Training plans
 /// consider checkpoint and tile; inference plans consider offload_weights (the blocks'
 /// parameters, paged with `disk`).
 Plan plan_blocks(torch::nn::Module& model, Blocks& blocks, const Config& config,
@@ -129,7 +133,9 @@ std::string module_list_name(torch::nn::Module& model, const torch::nn::ModuleLi
 
 struct BlockMeasurement {
   std::int64_t current_bytes = 0, peak_bytes = 0;  ///< of the block's forward, relative to its start
+  std::int64_t outer_start_bytes = 0;              ///< the whole forward's count when the block started
   std::uint64_t input_bytes = 0, output_bytes = 0;
+  std::int64_t output_width = 0;  ///< the output's last dimension
   /// The block's output storage, to find after the forward whether anything saved it.
   c10::weak_intrusive_ptr<c10::StorageImpl> output_storage{c10::intrusive_ptr<c10::StorageImpl>()};
 };

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "../../../examples/cpp/tiny_gpt.hpp"
+#include "memscale/core/engine.hpp"
 
 namespace memscale {
 namespace {
