@@ -101,6 +101,7 @@ TEST(Blocks, StepPeakWithinHalfTheUnoptimizedPeak) {
       << "unoptimized " << unoptimized << ", budget " << budget << ", measured " << planned << ", predicted "
       << plan.predicted_peak_bytes;
   RecordProperty("unoptimized_peak_bytes", std::to_string(unoptimized));
+  RecordProperty("predicted_peak_bytes", std::to_string(plan.predicted_peak_bytes));
   RecordProperty("planned_peak_bytes", std::to_string(planned));
 }
 
@@ -182,6 +183,8 @@ TEST(Blocks, PagedServingGivesTheResidentTokensWithinBudget) {
   const std::uint64_t resident_peak = resident_now + static_cast<std::uint64_t>(peak);
   EXPECT_LE(static_cast<double>(resident_peak), 1.05 * static_cast<double>(budget))
       << "weights " << weights << ", budget " << budget << ", resident peak " << resident_peak;
+  RecordProperty("budget_bytes", std::to_string(budget));
+  RecordProperty("resident_peak_bytes", std::to_string(resident_peak));
   EXPECT_GT(model->runner.pager()->stats().prefetch_loads, 0u);
   model->runner.unwrap();
   EXPECT_TRUE(at::equal(resident, tiny_gpt::generate(model, prompt, 8)));
