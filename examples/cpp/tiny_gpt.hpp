@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
@@ -82,6 +84,13 @@ TORCH_MODULE(Gpt);
 inline at::Tensor loss_of(Gpt& model, const at::Tensor& ids, const at::Tensor& targets) {
   const at::Tensor logits = model->forward(ids);
   return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+}
+
+/// Every parameter's gradient, moved out (the parameters are left without one).
+inline std::vector<at::Tensor> take_grads(torch::nn::Module& m) {
+  std::vector<at::Tensor> grads;
+  for (auto& p : m.parameters()) grads.push_back(std::exchange(p.mutable_grad(), at::Tensor()));
+  return grads;
 }
 
 /// Bytes of the model's parameters and buffers (what stays resident).

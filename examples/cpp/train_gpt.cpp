@@ -4,6 +4,7 @@
 // every gradient equal the plain module's (rtol 1e-5), each measured step peak (counting
 // allocator) is at most 1.05x the budget, and the loss falls.
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include <torch/optim/adam.h>
@@ -11,19 +12,6 @@
 #include <memscale/core.hpp>
 
 #include "tiny_gpt.hpp"
-
-namespace {
-
-std::vector<at::Tensor> take_grads(tiny_gpt::Gpt& model) {
-  std::vector<at::Tensor> grads;
-  for (auto& p : model->parameters()) {
-    grads.push_back(p.grad().clone());
-    p.mutable_grad().reset();
-  }
-  return grads;
-}
-
-}  // namespace
 
 int main() {
   torch::manual_seed(0);
@@ -66,11 +54,11 @@ int main() {
   model->runner.unwrap();
   const at::Tensor reference_loss = tiny_gpt::loss_of(model, ids, targets);
   reference_loss.backward();
-  const std::vector<at::Tensor> reference = take_grads(model);
+  const std::vector<at::Tensor> reference = tiny_gpt::take_grads(*model);
   model->runner.apply(plan, "blocks");
   const at::Tensor planned_loss = tiny_gpt::loss_of(model, ids, targets);
   planned_loss.backward();
-  const std::vector<at::Tensor> ours = take_grads(model);
+  const std::vector<at::Tensor> ours = tiny_gpt::take_grads(*model);
   bool equal = at::allclose(reference_loss, planned_loss, 1e-5, 1e-7);
   for (std::size_t i = 0; i < reference.size(); ++i) equal = equal && at::allclose(reference[i], ours[i], 1e-5, 1e-6);
   std::printf("loss plain %.6f planned %.6f; gradients %s\n", reference_loss.item<float>(), planned_loss.item<float>(),

@@ -37,12 +37,7 @@ std::function<at::Tensor(const at::Tensor&)> forward_of(tiny_gpt::Gpt& model) {
 // Loss and every parameter gradient of one step.
 std::vector<at::Tensor> step_grads(tiny_gpt::Gpt& model, const Batch& data) {
   tiny_gpt::loss_of(model, data.ids, data.targets).backward();
-  std::vector<at::Tensor> grads;
-  for (auto& p : model->parameters()) {
-    grads.push_back(p.grad().clone());
-    p.mutable_grad().reset();
-  }
-  return grads;
+  return tiny_gpt::take_grads(*model);
 }
 
 void expect_equal_grads(const std::vector<at::Tensor>& plain, const std::vector<at::Tensor>& ours) {

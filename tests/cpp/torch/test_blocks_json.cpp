@@ -29,12 +29,7 @@ tiny_gpt::Options twin() { return {/*vocab=*/128, /*max_seq=*/64, /*width=*/64, 
 
 std::vector<at::Tensor> grads(tiny_gpt::Gpt& model, const at::Tensor& ids, const at::Tensor& targets) {
   tiny_gpt::loss_of(model, ids, targets).backward();
-  std::vector<at::Tensor> out;
-  for (auto& p : model->parameters()) {
-    out.push_back(p.grad().clone());
-    p.mutable_grad().reset();
-  }
-  return out;
+  return tiny_gpt::take_grads(*model);
 }
 
 TEST(BlocksJson, APythonPlanAppliesToTheLibtorchModel) {
