@@ -15,13 +15,15 @@ ctest --test-dir build/core --output-on-failure --no-tests=error -j2
 echo "== C++ tests of the torch build (the core suite ran above)"
 ctest --test-dir build/wheel --output-on-failure --no-tests=error -j2
 
-echo "== C++ example (libtorch app using find_package(memscale))"
+echo "== C++ examples (libtorch apps using find_package(memscale))"
 cmake --install build/wheel --component cpp --prefix build/prefix >/dev/null
 torch_prefix=$("$PY" -c "import torch; print(torch.utils.cmake_prefix_path)")
 [ -f build/example/build.ninja ] || cmake -S examples/cpp -B build/example -G Ninja \
   -DCMAKE_PREFIX_PATH="$PWD/build/prefix;$torch_prefix" >/dev/null
 cmake --build build/example -j2
 ./build/example/train_mlp
+./build/example/train_gpt
+./build/example/generate
 
 echo "== Python tests"
 # The report test renders the HTML page in headless Chromium.
