@@ -126,6 +126,40 @@ void bind_engine(py::module_& m) {
       py::arg("graph"), py::arg("config"), py::arg("hardware"), py::arg("calibration") = py::none(),
       py::call_guard<py::gil_scoped_release>(),
       "Plans graph on hardware under config (the decision engine; pure and deterministic).");
+
+  // The learned policy stage (auto_policy): its features, strategies and model, for the
+  // Python side that measures the dataset and trains the model (python/memscale/policy).
+  m.def("policy_feature_names", &policy::feature_names, "Names of the auto_policy features, in order.");
+  m.def(
+      "policy_features",
+      [](const ModelGraph& graph, const Config& config, const Hardware& hardware) {
+        return policy::features(graph, hardware, config).values;
+      },
+      py::arg("graph"), py::arg("config"), py::arg("hardware"),
+      "The auto_policy features of planning graph on hardware under config: [(name, value), ...].");
+  m.def(
+      "policy_strategies",
+      [] {
+        std::vector<std::tuple<std::string, std::vector<std::string>, std::string>> out;
+        for (const policy::Strategy& s : policy::strategies()) out.emplace_back(s.name, s.off, s.description);
+        return out;
+      },
+      "The strategies the stage picks from: [(name, techniques turned off, description), ...].");
+  m.def(
+      "policy_narrowed",
+      [](const Config& config, const std::string& strategy) {
+        return policy::narrowed(config, policy::strategy(strategy));
+      },
+      py::arg("config"), py::arg("strategy"), "config with the techniques the strategy turns off set to off.");
+  m.def("policy_shipped_model_json", &policy::shipped_model_json, "The compiled-in auto_policy model file's text.");
+  m.def(
+      "policy_predict",
+      [](const std::string& model_json, const ModelGraph& graph, const Config& config, const Hardware& hardware) {
+        const policy::Tree tree = policy::parse_tree(nlohmann::json::parse(model_json));
+        return tree.predict(policy::features(graph, hardware, config)).label;
+      },
+      py::arg("model_json"), py::arg("graph"), py::arg("config"), py::arg("hardware"),
+      "The strategy a model file's tree picks for this planning problem.");
 }
 
 }  // namespace memscale::bindings

@@ -39,9 +39,10 @@ fi
 # Hugging Face models built from configs for the profiler's accuracy tests, at versions
 # checked against torch 2.13.0 (peft requires torch: the installed one is held as a
 # constraint so pip can never replace it). PuLP (with its CBC solver) runs PyTorch's
-# sac_ilp in the plan_quality benchmark.
+# sac_ilp in the plan_quality benchmark. scikit-learn trains the auto_policy tree
+# (python -m memscale.policy.train; a test re-trains it byte for byte).
 hfdeps=()
-for pin in transformers==5.24.0 peft==0.21.2 pytorch-lightning==2.6.6 pulp==2.9.0; do
+for pin in transformers==5.24.0 peft==0.21.2 pytorch-lightning==2.6.6 pulp==2.9.0 scikit-learn==1.7.2; do
   "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('${pin%%==*}') != '${pin##*==}')" \
     >/dev/null 2>&1 || hfdeps+=("$pin")
 done

@@ -203,8 +203,9 @@ inline schema_json build() {
       {"default", schema_json::object()}};
   p["force_optimize"] = flag(false, "plan even a tiny model (unoptimized peak at most 10% of the device at pressure "
                                     "at most 0.5) instead of skipping it");
-  p["auto_policy"] = flag(false, "the optional policy stage that only picks mode and eligible techniques; none "
-                                 "ships yet, so the trace says the rule engine decided alone");
+  p["auto_policy"] = flag(false, "the learned policy stage: a decision tree trained on measured runs narrows the "
+                                 "techniques the rule engine may use for a training plan (never below the budget: "
+                                 "a narrowed set with no plan falls back to the rules); docs/auto-policy.md");
   p["solver"] = choice({{"auto", "the exact solver for training plans of up to 256 layers, the greedy above (the "
                                  "trace says which and why)"},
                         {"greedy", "techniques in escalation order (recompute, then offload), cheapest per byte saved "

@@ -26,6 +26,7 @@
 #include "memscale/core/engine/greedy.hpp"
 #include "memscale/core/engine/optimal_plan.hpp"
 #include "memscale/core/engine/plan_states.hpp"
+#include "memscale/core/engine/policy_stage.hpp"
 #include "memscale/core/engine/setup.hpp"
 #include "memscale/core/engine/tier_report.hpp"
 #include "memscale/core/errors.hpp"
@@ -36,6 +37,7 @@
 #include "memscale/core/peak_tracker.hpp"
 #include "memscale/core/plan.hpp"
 #include "memscale/core/plan_summary.hpp"
+#include "memscale/core/policy/model.hpp"
 #include "memscale/core/reservation.hpp"
 #include "memscale/core/rules/skip.hpp"
 #include "memscale/core/rules/solver.hpp"
@@ -92,8 +94,6 @@ Plan run_engine(const ModelGraph& graph, const Hardware& hw, const Config& confi
   if (!graph.training && config.solver == Solver::optimal)
     log.trace.push_back("solver \"optimal\": applies to training plans; this inference plan is the greedy's "
                         "(docs/solver.md)");
-  if (config.auto_policy)
-    log.trace.push_back("auto_policy: no learned policy stage is built in; mode and eligible techniques come from the Config");
   if (!setup.capacity.disk_known)
     log.trace.push_back("offload_dir_free_bytes unknown (0): disk capacity is not checked");
   if (!graph.training)
@@ -248,10 +248,16 @@ inline Plan plan_inference(const ModelGraph& graph, const Hardware& hw, const Co
 /// Plans `graph` on `hardware` under `config`. Throws ConfigError for invalid input (naming
 /// the field) and InfeasibleBudgetError when no plan fits (min_budget_bytes = the smallest
 /// budget with a plan under the same Config).
+/// With Config.auto_policy the learned stage (engine/policy_stage.hpp) first narrows the
+/// eligible techniques; the rule engine plans either way.
 inline Plan plan(const ModelGraph& graph, const Hardware& hardware, const Config& config,
                  const PlanOptions& options = {}) {
-  if (graph.training) return engine_detail::run_engine<model::TrainingTracker>(graph, hardware, config, options);
-  return engine_detail::plan_inference(graph, hardware, config, options);
+  auto rules_plan = [&](const Config& c) {
+    if (graph.training) return engine_detail::run_engine<model::TrainingTracker>(graph, hardware, c, options);
+    return engine_detail::plan_inference(graph, hardware, c, options);
+  };
+  if (!config.auto_policy) return rules_plan(config);
+  return engine_detail::plan_with_policy(graph, hardware, config, options, policy::shipped_model(), rules_plan);
 }
 
 /// The modelled cost of a training plan of `graph` on `hardware` (engine/plan_cost.hpp):

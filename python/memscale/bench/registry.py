@@ -17,6 +17,8 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "offload_inference": ("memscale.bench.scenarios.offload_inference",
                           "HF Llama / GPT-2 / Qwen2 generate at 0.4x and 0.25x of their weights: pager vs "
                           "Accelerate disk_offload and device_map=auto, page cache dropped and kept"),
+    "auto_policy": ("memscale.bench.scenarios.auto_policy",
+                    "the learned policy stage held out by model family vs the rules alone, on the measured dataset"),
     "scheduler": ("memscale.bench.scenarios.scheduler",
                   "memory-aware scheduler vs fixed worst-case batch on a request stream, two models"),
 }

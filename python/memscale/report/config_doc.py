@@ -82,8 +82,11 @@ FOOTER = """\
   `tiers.activations`). Training plans ignore `tiers` (said in the trace).
 - `reservation`: the inference activation reservation; `safety_factor` can be
   replaced by a calibrated one (`memscale.calibrate_reservation`).
-- `auto_policy`: no learned policy stage ships yet; the flag is accepted and the trace
-  says the rule engine decided alone.
+- `auto_policy`: the learned stage (docs/auto-policy.md) picks one strategy
+  (`rules`, `no_offload`, `no_tiling`, `checkpoint_only`) from features of the graph,
+  the hardware and the budget; techniques you set `on` or `off` stay as set, the mode
+  stays yours (it chooses under mode `auto` only), and inference plans are the rules'.
+  The trace names the choice and the comparisons that led to it.
 """
 
 # Bad inputs whose real messages the Errors section quotes.
