@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from memscale import _C
 from memscale.api import plan_of, wrap
