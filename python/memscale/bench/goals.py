@@ -9,6 +9,10 @@ goal may give a wider ``quick_tolerance`` for records of ``--quick`` runs: those
 small smoke configurations CI times on a shared machine, where it catches a regression
 (a slowdown past the wider bound) without failing on noise; the committed full runs are
 held to ``tolerance``.
+
+A goal with ``known_miss`` (a sentence: since when and why it is missed, and where it is
+tracked) is still checked and reported on every record, as ``KNOWN MISS`` when missed, but
+a miss does not fail the run: a regression already found and open, not a new one.
 """
 from __future__ import annotations
 
@@ -78,6 +82,8 @@ def check(records: list[dict[str, Any]], goals: list[dict[str, Any]], scenarios:
             limit = g["goal"] * (1 + tolerance) if g["op"] == "<=" else g["goal"] * (1 - tolerance)
             ok = value <= limit if g["op"] == "<=" else value >= limit
             kind = "quick-run tolerance" if r.get("quick") and "quick_tolerance" in g else "tolerance"
-            results.append(GoalResult(g["id"], g["scenario"], ok,
-                                      f"{label}: {g['ratio']} = {value:.3f}, goal {g['op']} {g['goal']} ({kind} {tolerance:.0%})"))
+            message = f"{label}: {g['ratio']} = {value:.3f}, goal {g['op']} {g['goal']} ({kind} {tolerance:.0%})"
+            if not ok and g.get("known_miss"):
+                ok, message = True, f"KNOWN MISS {message}; {g['known_miss']}"
+            results.append(GoalResult(g["id"], g["scenario"], ok, message))
     return results
