@@ -21,6 +21,7 @@ from .planning import calibrate_reservation, plan, plan_cost, plan_timeline, sea
 from .timeline import record_timeline, timeline_of, timeline_record
 from .api import plan_of, unwrap, wrap
 from .advisor import FitResult, fit, fit_frontier
+from . import optim  # memscale.optim.offloaded: optimizer state on the next tier
 
 format_bytes = _C.format_bytes
 parse_size = _C.parse_size
@@ -62,6 +63,7 @@ __all__ = [
     "fit_frontier",
     "format_bytes",
     "offload",
+    "optim",
     "parse_size",
     "plan",
     "plan_cost",

@@ -44,8 +44,11 @@ def _nearest_existing(path: Path) -> Path:
     return Path(path.anchor or "/")
 
 
-def check_offload_dir(directory: str | os.PathLike[str], required_bytes: int) -> Path:
+def check_offload_dir(directory: str | os.PathLike[str], required_bytes: int,
+                      what: str = "activations") -> Path:
     """Check (and create when missing) the disk tier's directory; return its absolute path.
+
+    ``what`` names the bytes in the "too small" message (activations, optimizer state ...).
 
     If the directory had to be created and a later check fails, it is removed again,
     so a refused plan leaves the file system as it was.
@@ -85,7 +88,7 @@ def check_offload_dir(directory: str | os.PathLike[str], required_bytes: int) ->
         free = shutil.disk_usage(path).free
         if free < required_bytes:
             raise OffloadDirError(f"offload directory {str(path)!r} has {format_bytes(free)} free but "
-                                  f"the plan offloads {format_bytes(required_bytes)} of activations "
+                                  f"the plan offloads {format_bytes(required_bytes)} of {what} "
                                   "there; free space or choose another directory")
         return path
     except OffloadDirError:
