@@ -230,7 +230,11 @@ class StateTier:
             with self._lock:
                 return self._read_box.pop(key)
         values = fut.result() if fut is not None else self._load_host(key)
-        torch.cuda.current_stream().wait_event(self._events[f"{key}/read"])
+        current = torch.cuda.current_stream()
+        current.wait_event(self._events[f"{key}/read"])
+        for v in values.values():
+            if isinstance(v, torch.Tensor) and v.is_cuda:
+                v.record_stream(current)  # allocated on the side stream, used (and freed) here
         return values
 
     def _read_file(self, key: str) -> dict[str, Any]:
