@@ -230,3 +230,25 @@ def test_files_removed_when_the_optimizer_is_collected(tmp_path) -> None:
     del opt
     gc.collect()
     assert not tier_dir.exists()
+
+
+def test_clip_grad_norm_and_io_stats(tmp_path) -> None:
+    ref, model = _mlp(), _mlp()
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
+    opt = memscale.optim.offloaded(torch.optim.AdamW(model.parameters(), lr=1e-2),
+                                   directory=tmp_path, gradients=True)
+    for x, y in _batches(3):
+        for m, o in ((ref, ref_opt), (model, opt)):
+            o.zero_grad()
+            (F.mse_loss(m(x), y) * 50).backward()
+        want = torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+        got = opt.clip_grad_norm_(1.0)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+        assert want > 1.0  # the clip acted
+        ref_opt.step()
+        opt.step()
+    _assert_same(model, ref)
+    stats = opt.io_stats()
+    assert stats["bytes_read"] > 0 and stats["bytes_written"] > 0
+    assert 0.0 <= stats["hidden_read_share"] <= 1.0
+    opt.close()

@@ -17,8 +17,8 @@ resident: the one stepping, the next one being read, the previous one being writ
 
 Limits: the optimizer must be one the engine models (Adam, AdamW, SGD; a ConfigError
 names the others); step hooks registered on ``opt`` run once per window; with offloaded
-gradients ``p.grad`` is None between backward and step (clip through
-:meth:`OffloadedOptimizer.grads` instead); ``state_dict()`` loads the whole state at once.
+gradients ``p.grad`` is None between backward and step (clip with
+:meth:`OffloadedOptimizer.clip_grad_norm_`, read them through :meth:`OffloadedOptimizer.grads`); ``state_dict()`` loads the whole state at once.
 
 Everything that can fail is checked before the optimizer or the model is touched: the
 directory (``check_offload_dir``: missing and not creatable, read-only, too small for the
@@ -172,11 +172,8 @@ class OffloadedOptimizer(torch.optim.Optimizer):
     def grads(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(parameter, gradient) of every parameter with a gradient, one at a time (the
         offloaded ones loaded from the tier; write back with :meth:`set_grad`)."""
-        for i, p in enumerate(self._params):
-            if p.grad is not None:
-                yield p, p.grad
-            elif i in self._has_grad:
-                yield p, self.tier.load(self._grad_key(i))["grad"]
+        for i, p in self._grad_sources():
+            yield p, self._grad_of(i, p)
 
     def set_grad(self, p: torch.Tensor, grad: torch.Tensor) -> None:
         """Replace an offloaded parameter's stored gradient (e.g. after clipping)."""
@@ -186,6 +183,43 @@ class OffloadedOptimizer(torch.optim.Optimizer):
             return
         self.tier.store(self._grad_key(i), {"grad": grad})
         self._has_grad.add(i)
+
+    @torch.no_grad()
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+        """``torch.nn.utils.clip_grad_norm_`` over every gradient, resident or stored, one
+        at a time: a pass for the total norm (the norm of the per-gradient norms, as torch
+        forms it), a pass scaling each by ``clip_grads_with_norm_``. Returns the total norm."""
+        pairs = list(self._grad_sources())
+        if not pairs:
+            return torch.tensor(0.0)
+        norms = [torch.linalg.vector_norm(self._grad_of(i, p), norm_type) for i, p in pairs]
+        total = torch.linalg.vector_norm(torch.stack(norms), norm_type)
+        for i, p in pairs:
+            if p.grad is not None:
+                torch.nn.utils.clip_grads_with_norm_([p], max_norm, total)
+                continue
+            p.grad = self._grad_of(i, p)
+            torch.nn.utils.clip_grads_with_norm_([p], max_norm, total)
+            self.tier.store(self._grad_key(i), {"grad": p.grad})
+            p.grad = None
+            self.tier.wait_write(self._grad_key(i))
+        return total
+
+    def _grad_sources(self) -> Iterator[tuple[int, torch.Tensor]]:
+        for i, p in enumerate(self._params):
+            if p.grad is not None or i in self._has_grad:
+                yield i, p
+
+    def _grad_of(self, i: int, p: torch.Tensor) -> torch.Tensor:
+        return p.grad if p.grad is not None else self.tier.load(self._grad_key(i))["grad"]
+
+    def io_stats(self) -> dict[str, Any]:
+        """Tier traffic so far: bytes read and written, read seconds, seconds the step
+        waited for reads, and the share of read time hidden by prefetch (disk tier)."""
+        t = self.tier
+        return {"tier": t.tier, "bytes_read": t.bytes_read, "bytes_written": t.bytes_written,
+                "read_seconds": t.read_seconds, "read_wait_seconds": t.read_wait_seconds,
+                "hidden_read_share": t.hidden_read_share()}
 
     # -- the step ------------------------------------------------------------------------
     def _prefetch_window(self, window: list[int]) -> None:

@@ -34,6 +34,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,8 @@ class StateTier:
         self._lock = threading.Lock()
         self.bytes_written = 0
         self.bytes_read = 0
+        self.read_seconds = 0.0  # disk tier: time spent reading, on whichever thread
+        self.read_wait_seconds = 0.0  # time load() blocked on a read (not hidden by prefetch)
         self.closed = False
 
     # -- queries -----------------------------------------------------------------------
@@ -133,6 +136,14 @@ class StateTier:
 
     def stored_bytes(self) -> int:
         return sum(layout.total for layout in self._layouts.values())
+
+    def hidden_read_share(self) -> float | None:
+        """Disk tier: the share of read time the consumer did not wait for (1.0: every
+        read was done ahead by prefetch; 0.0: every read was waited for). None before any
+        read, and on the host tier (its copies are asynchronous on a stream)."""
+        if self.tier != "disk" or self.read_seconds <= 0.0:
+            return None
+        return min(1.0, max(0.0, 1.0 - self.read_wait_seconds / self.read_seconds))
 
     def _path(self, key: str) -> Path:
         assert self.dir is not None
@@ -224,11 +235,15 @@ class StateTier:
             raise KeyError(key)
         fut = self._reads.pop(key, None)
         if self.tier == "disk":
-            if fut is None:
-                return self._read_file(key)
-            fut.result()
-            with self._lock:
-                return self._read_box.pop(key)
+            start = time.perf_counter()
+            try:
+                if fut is None:
+                    return self._read_file(key)
+                fut.result()
+                with self._lock:
+                    return self._read_box.pop(key)
+            finally:
+                self.read_wait_seconds += time.perf_counter() - start
         values = fut.result() if fut is not None else self._load_host(key)
         current = torch.cuda.current_stream()
         current.wait_event(self._events[f"{key}/read"])
@@ -239,6 +254,7 @@ class StateTier:
 
     def _read_file(self, key: str) -> dict[str, Any]:
         self.wait_write(key)
+        start = time.perf_counter()
         layout = self._layouts[key]
         buf = torch.empty(layout.total, dtype=torch.uint8)
         path = self._path(key)
@@ -248,6 +264,7 @@ class StateTier:
             raise OSError(f"training state file {str(path)!r}: read {got} of {layout.total} bytes")
         with self._lock:
             self.bytes_read += layout.total
+            self.read_seconds += time.perf_counter() - start
         return self._views(layout, buf)
 
     def _load_host(self, key: str) -> dict[str, Any]:
