@@ -54,13 +54,19 @@ def _assert_same(a: nn.Module, b: nn.Module) -> None:
         torch.testing.assert_close(pa, pb, rtol=1e-6, atol=0, msg=name)
 
 
-@pytest.mark.parametrize("make", [
-    lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
-    lambda ps: torch.optim.Adam(ps, lr=1e-2, foreach=True),
-    lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9, nesterov=True),
-], ids=["adamw", "adam-foreach", "sgd-momentum"])
-@pytest.mark.parametrize("window_bytes", [None, 20_000], ids=["one-param", "window"])
-@pytest.mark.parametrize("gradients", [False, True], ids=["grads-resident", "grads-offloaded"])
+_ADAMW = lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1)  # noqa: E731
+_ADAM_FOREACH = lambda ps: torch.optim.Adam(ps, lr=1e-2, foreach=True)  # noqa: E731
+_SGD_NESTEROV = lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9, nesterov=True)  # noqa: E731
+
+
+# Each optimizer once with one parameter per window and once with windows of several,
+# gradients resident in one and offloaded in the other.
+@pytest.mark.parametrize("make, window_bytes, gradients", [
+    (_ADAMW, None, False), (_ADAMW, 20_000, True),
+    (_ADAM_FOREACH, None, True), (_ADAM_FOREACH, 20_000, False),
+    (_SGD_NESTEROV, None, True), (_SGD_NESTEROV, 20_000, False),
+], ids=["adamw-one-param", "adamw-window-grads", "adam-foreach-one-param-grads", "adam-foreach-window",
+        "sgd-momentum-one-param-grads", "sgd-momentum-window"])
 def test_equal_to_the_resident_optimizer(tmp_path, make, window_bytes, gradients) -> None:
     ref, model = _mlp(), _mlp()
     ref_opt = make(_groups(ref))
@@ -251,4 +257,30 @@ def test_clip_grad_norm_and_io_stats(tmp_path) -> None:
     stats = opt.io_stats()
     assert stats["bytes_read"] > 0 and stats["bytes_written"] > 0
     assert 0.0 <= stats["hidden_read_share"] <= 1.0
+    opt.close()
+
+
+def test_a_failed_write_loses_nothing(tmp_path, monkeypatch) -> None:
+    import errno
+    from memscale.runtime.training import state_tier
+    ref, model = _mlp(), _mlp()
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
+    opt = memscale.optim.offloaded(torch.optim.AdamW(model.parameters(), lr=1e-2),
+                                   directory=tmp_path, gradients=True)
+    batches = _batches(3)
+    _train(model, opt, batches[:1])
+    real = state_tier.os.pwrite
+
+    def full(*_a):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(state_tier.os, "pwrite", full)
+    with pytest.raises(OffloadDirError, match=r"write\(s\) of optimizer state or gradients failed "
+                                              r"\(first: .*No space left on device\); the step completed"):
+        _train(model, opt, batches[1:2])
+    assert opt.tier.kept_bytes() > 0
+    monkeypatch.setattr(state_tier.os, "pwrite", real)
+    _train(model, opt, batches[2:])
+    assert opt.tier.kept_bytes() == 0
+    _train(ref, ref_opt, batches)
+    _assert_same(model, ref)
     opt.close()

@@ -37,7 +37,7 @@ import torch
 
 from ..._C import optimizer_state_factor
 from ..._coerce import format_bytes
-from ...errors import ConfigError
+from ...errors import ConfigError, OffloadDirError
 from ...profiler.optimizer import optimizer_spec
 from ..offload_dir import check_offload_dir
 from .state_tier import ALIGN, TIERS, StateTier
@@ -246,7 +246,17 @@ class OffloadedOptimizer(torch.optim.Optimizer):
                     self.tier.wait_write(self._state_key(i))
         self.tier.wait_writes()
         self._last_grad = None
+        self._raise_write_errors()
         return loss
+
+    def _raise_write_errors(self) -> None:
+        errors = self.tier.take_write_errors()
+        if errors:
+            raise OffloadDirError(
+                f"offload directory {str(self.tier.dir)!r}: {len(errors)} write(s) of optimizer state or "
+                f"gradients failed (first: {errors[0]}); the step completed and the "
+                f"{format_bytes(self.tier.kept_bytes())} not written are kept in memory; free space "
+                "and keep training (the next step writes them again), or close() to take the state back")
 
     def _step_window(self, gi: int, window: list[int]) -> None:
         params = [self._params[i] for i in window]

@@ -16,6 +16,8 @@ beside it). Two tiers:
 Writes run on one writer thread and reads on one reader thread (``prefetch`` starts a
 read, ``load`` waits for it or reads now); a read of a key waits for that key's pending
 write, so a record is never read half written. ``wait_writes`` bounds what is in flight.
+A write that fails (disk full, directory removed) loses nothing: the record stays in memory,
+``load`` returns it, ``take_write_errors`` reports the failure and the next store retries.
 
 Example:
     >>> import tempfile, torch
@@ -30,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import os
 import shutil
 import tempfile
@@ -40,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+log = logging.getLogger("memscale")
 
 #: Offsets of tensors inside a record: aligned so every dtype's view of the buffer is legal.
 ALIGN = 64
@@ -117,6 +122,8 @@ class StateTier:
         self._writes: dict[str, cf.Future[None]] = {}
         self._reads: dict[str, cf.Future[Any]] = {}
         self._read_box: dict[str, dict[str, Any]] = {}
+        self._kept: dict[str, tuple[dict[str, Any], int]] = {}  # records whose write failed
+        self._errors: list[str] = []
         self._writer = cf.ThreadPoolExecutor(1, thread_name_prefix="memscale-state-write")
         self._reader = cf.ThreadPoolExecutor(1, thread_name_prefix="memscale-state-read")
         self._stream = torch.cuda.Stream() if tier == "host" else None
@@ -136,6 +143,17 @@ class StateTier:
 
     def stored_bytes(self) -> int:
         return sum(layout.total for layout in self._layouts.values())
+
+    def kept_bytes(self) -> int:
+        """Bytes of records held in memory because their write failed."""
+        with self._lock:
+            return sum(n for _, n in self._kept.values())
+
+    def take_write_errors(self) -> list[str]:
+        """The write failures since the last call (path: reason), cleared."""
+        with self._lock:
+            errors, self._errors = self._errors, []
+        return errors
 
     def hidden_read_share(self) -> float | None:
         """Disk tier: the share of read time the consumer did not wait for (1.0: every
@@ -166,24 +184,38 @@ class StateTier:
             return
         # The tensors travel in a box the writer empties: a finished work item of the
         # thread pool may outlive its future's result briefly, and must not keep them alive.
-        self._writes[key] = self._writer.submit(self._write_file, self._path(key), layout, [tensors], first)
+        self._writes[key] = self._writer.submit(self._write_file, key, self._path(key), layout, [tensors], first)
 
-    def _write_file(self, path: Path, layout: _Layout, box: list[list[torch.Tensor]], first: bool) -> None:
+    def _write_file(self, key: str, path: Path, layout: _Layout, box: list[list[torch.Tensor]],
+                    first: bool) -> None:
         tensors = box.pop()
-        flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if first else 0)
-        fd = os.open(path, flags, 0o600)
+        # O_EXCL on the first write: the private directory holds only files made here.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if first else 0)
         try:
-            for slot, t in zip(layout.slots, tensors):
-                if slot.nbytes:
-                    data = _u8(t.cpu() if t.device.type != "cpu" else t)
-                    view = memoryview(data.numpy())
-                    done = 0
-                    while done < slot.nbytes:
-                        done += os.pwrite(fd, view[done:], slot.offset + done)
-            os.ftruncate(fd, layout.total)
-        finally:
-            os.close(fd)
+            fd = os.open(path, flags, 0o600)
+            try:
+                for slot, t in zip(layout.slots, tensors):
+                    if slot.nbytes:
+                        data = _u8(t.cpu() if t.device.type != "cpu" else t)
+                        view = memoryview(data.numpy())
+                        done = 0
+                        while done < slot.nbytes:
+                            done += os.pwrite(fd, view[done:], slot.offset + done)
+                os.ftruncate(fd, layout.total)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            # Nothing is lost: the record stays in memory (load() returns it) and the
+            # failure is reported by take_write_errors(); the next store tries again.
+            kept = dict(layout.plain)
+            kept.update({slot.name: t for slot, t in zip(layout.slots, tensors)})
+            with self._lock:
+                self._kept[key] = ({k: kept[k] for k in layout.order}, layout.total)
+                self._errors.append(f"{path}: {exc.strerror or exc}")
+            log.warning("training state: writing %s failed (%s); kept in memory", path, exc)
+            return
         with self._lock:
+            self._kept.pop(key, None)
             self.bytes_written += layout.total
 
     def _store_host(self, key: str, layout: _Layout, tensors: list[torch.Tensor]) -> None:
@@ -254,6 +286,10 @@ class StateTier:
 
     def _read_file(self, key: str) -> dict[str, Any]:
         self.wait_write(key)
+        with self._lock:
+            kept = self._kept.get(key)  # stays until a store writes it
+        if kept is not None:
+            return dict(kept[0])
         start = time.perf_counter()
         layout = self._layouts[key]
         buf = torch.empty(layout.total, dtype=torch.uint8)
@@ -302,6 +338,8 @@ class StateTier:
             fut.result()
             with self._lock:
                 self._read_box.pop(key, None)
+        with self._lock:
+            self._kept.pop(key, None)
         layout = self._layouts.pop(key, None)
         if layout is not None and self.dir is not None:
             self._path(key).unlink(missing_ok=True)
@@ -336,6 +374,7 @@ class StateTier:
         self._writes.clear()
         self._reads.clear()
         self._read_box.clear()
+        self._kept.clear()
         self._layouts.clear()
         self._pinned.clear()
         self._events.clear()
