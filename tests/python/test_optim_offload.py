@@ -284,3 +284,21 @@ def test_a_failed_write_loses_nothing(tmp_path, monkeypatch) -> None:
     _train(ref, ref_opt, batches)
     _assert_same(model, ref)
     opt.close()
+
+
+def test_existing_state_that_cannot_be_written_stays(tmp_path, monkeypatch) -> None:
+    import errno
+    from memscale.runtime.training import state_tier
+    model = _mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    _train(model, opt, _batches(1))
+    snap = _snapshot(model, opt)
+
+    def full(*_a):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(state_tier.os, "pwrite", full)
+    with pytest.raises(OffloadDirError, match="existing state failed .*the optimizer and the model are unchanged"):
+        memscale.optim.offloaded(opt, directory=tmp_path, gradients=True)
+    monkeypatch.undo()
+    _assert_unchanged(model, opt, snap)
+    assert not list(tmp_path.iterdir())

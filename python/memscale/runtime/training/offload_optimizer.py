@@ -137,6 +137,16 @@ class OffloadedOptimizer(torch.optim.Optimizer):
             if gradients and p.requires_grad:
                 self._hooks.append(p.register_post_accumulate_grad_hook(self._grad_hook))
         self.tier.wait_writes()
+        if self.tier.kept_bytes():  # the existing state could not be written: undo, then say why
+            for i, p in enumerate(params):
+                if self._state_key(i) in self.tier:
+                    opt.state[p] = self.tier.load(self._state_key(i))
+            for h in self._hooks:
+                h.remove()
+            errors, where_failed = self.tier.take_write_errors(), self.tier.dir
+            self.tier.close()
+            raise OffloadDirError(f"offload directory {str(where_failed)!r}: writing the optimizer's existing "
+                                  f"state failed (first: {errors[0]}); the optimizer and the model are unchanged")
         # Files go with the optimizer: on close(), when it is collected, at interpreter exit.
         self._finalizer = weakref.finalize(self, self.tier.close)
         log.info("optimizer offload: %s state of %d parameters on the %s tier%s, %s",
