@@ -19,6 +19,10 @@ SCENARIOS: dict[str, tuple[str, str]] = {
                           "Accelerate disk_offload and device_map=auto, page cache dropped and kept"),
     "auto_policy": ("memscale.bench.scenarios.auto_policy",
                     "the learned policy stage held out by model family vs the rules alone, on the measured dataset"),
+    "optimizer_offload": ("memscale.bench.scenarios.optimizer_offload",
+                          "GPT AdamW training with memscale.optim.offloaded (state, state + gradients, with "
+                          "checkpoint-every-block) vs the resident optimizer: peaks below the static floor, equality, "
+                          "time, hidden tier I/O"),
     "scheduler": ("memscale.bench.scenarios.scheduler",
                   "memory-aware scheduler vs fixed worst-case batch on a request stream, two models"),
 }
