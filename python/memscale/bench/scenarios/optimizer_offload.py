@@ -36,13 +36,11 @@ from memscale.bench.device import fresh_device_state
 from memscale.bench.timing import fixed_threads, interleave
 from memscale.memory import track_memory
 from memscale.optim import offloaded
+from memscale.bench.scenarios.training_sweep import CUDA_FULL, CUDA_QUICK, FULL, PEAK_STEPS
 from memscale.testing import models
 
-FULL = dict(d_model=384, n_layers=6, n_heads=8, d_ff=1536, max_seq=256, vocab=8192, batch=8)
+# The training sweep's model and steps (its quick model is smaller here: five configurations).
 QUICK = dict(d_model=192, n_layers=3, n_heads=4, d_ff=768, max_seq=64, vocab=4096, batch=2)
-CUDA_FULL = dict(d_model=1024, n_layers=12, n_heads=16, d_ff=4096, max_seq=1024, vocab=32000, batch=8)
-CUDA_QUICK = dict(d_model=512, n_layers=6, n_heads=8, d_ff=2048, max_seq=512, vocab=16000, batch=8)
-PEAK_STEPS = 3
 ROUNDS = {True: (3, 1), False: (9, 1)}
 #: name -> (checkpoint every block, offload the state, offload the gradients)
 CONFIGS: dict[str, tuple[bool, bool, bool]] = {
