@@ -302,3 +302,19 @@ def test_existing_state_that_cannot_be_written_stays(tmp_path, monkeypatch) -> N
     monkeypatch.undo()
     _assert_unchanged(model, opt, snap)
     assert not list(tmp_path.iterdir())
+
+
+def test_an_lr_scheduler_drives_the_offloaded_optimizer(tmp_path) -> None:
+    ref, model = _mlp(), _mlp()
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
+    opt = memscale.optim.offloaded(torch.optim.AdamW(model.parameters(), lr=1e-2), directory=tmp_path)
+    scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5) for o in (ref_opt, opt)]
+    for x, y in _batches(3):
+        for m, o, s in zip((ref, model), (ref_opt, opt), scheds):
+            o.zero_grad()
+            F.mse_loss(m(x), y).backward()
+            o.step()
+            s.step()
+    assert opt.inner.param_groups[0]["lr"] == ref_opt.param_groups[0]["lr"] == 1e-2 / 8
+    _assert_same(model, ref)
+    opt.close()
