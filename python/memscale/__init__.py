@@ -36,6 +36,17 @@ ReservationSample = _C.ReservationSample
 
 __version__ = _C.__version__
 
+
+def __getattr__(name: str):
+    # memscale.ContinuousScheduler batches through transformers' Cache API: imported on first use,
+    # so memscale itself does not need transformers
+    if name == "ContinuousScheduler":
+        from .serving import ContinuousScheduler
+
+        return ContinuousScheduler
+    raise AttributeError(f"module 'memscale' has no attribute {name!r}")
+
+
 _install_logging()
 
 __all__ = [
@@ -43,6 +54,7 @@ __all__ = [
     "Config",
     "FitResult",
     "ConfigError",
+    "ContinuousScheduler",
     "Hardware",
     "InfeasibleBudgetError",
     "MemScaleError",

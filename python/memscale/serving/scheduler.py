@@ -1,0 +1,332 @@
+"""``memscale.ContinuousScheduler``: iteration-level batching of Hugging Face causal LMs
+under one memory budget.
+
+Every iteration the engine (``_C.serving_decide``, ``include/memscale/core/rules/serving.hpp``)
+looks at the running, preempted and waiting requests and says which to preempt (swap the
+KV cache to the next tier, or drop it and recompute it, whichever costs less), which to
+resume and which to admit, each with a rule id and a reason; this module applies that,
+then runs one decode step of every model's batch (:class:`memscale.serving.batch.PaddedBatch`).
+A request leaves the batch the step it finishes; greedy outputs are those of the request
+generated alone. Every iteration is measured with ``memscale.track_memory``: the report
+gives the measured peak next to the engine's projection.
+
+Example:
+    >>> import torch, memscale
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    ...                                      num_attention_heads=4, vocab_size=100)).eval()
+    >>> sched = memscale.ContinuousScheduler("64MB")
+    >>> _ = sched.add_model("llama", model)
+    >>> reqs = [sched.submit("llama", torch.arange(1, 1 + n), max_new_tokens=n) for n in (3, 7)]
+    >>> report = sched.run()
+    >>> report.completed, report.over_budget_iterations, [len(r.generated) for r in reqs]
+    (2, 0, [3, 7])
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import _C
+from ..errors import ConfigError, InfeasibleBudgetError
+from ..hardware import detect_hardware
+from ..memory import track_memory
+from ..runtime.inference.hf_cache import cache_layers
+from ..runtime.inference.kv_cache import ScratchDir
+from ..runtime.inference.memory_model import ModelMemory, calibrate
+from ..scheduler import _budget_bytes
+from .batch import PaddedBatch, forward_kwargs
+from .swap import SwappedKV
+
+log = logging.getLogger("memscale")
+
+
+@dataclass(eq=False)
+class ServingRequest:
+    """One request; ``generated`` grows token by token, ``tokens`` is prompt + generated."""
+
+    id: int
+    model: str
+    prompt: torch.Tensor
+    max_new_tokens: int
+    submitted_at: float
+    generated: list[int] = field(default_factory=list)
+    length: int = 0                 # tokens in its KV cache (prompt + generated - 1 while running)
+    swapped: SwappedKV | None = None
+    dropped: bool = False
+    preemptions: int = 0
+    first_token_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def next_token(self) -> int:
+        return self.generated[-1]
+
+    @property
+    def done(self) -> bool:
+        return len(self.generated) >= self.max_new_tokens
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        return torch.cat([self.prompt, torch.tensor(self.generated, dtype=self.prompt.dtype)])
+
+    @property
+    def max_tokens(self) -> int:
+        return self.prompt.numel() + self.max_new_tokens - 1
+
+
+@dataclass
+class ServingReport:
+    """A run: throughput, latencies, measured peak per iteration against the budget,
+    the engine's actions counted by rule id."""
+
+    budget_bytes: int
+    completed: int
+    generated_tokens: int
+    wall_seconds: float
+    iterations: int
+    measured_peak_bytes: int
+    projected_peak_bytes: int
+    over_budget_iterations: int
+    rules: dict[str, int]
+    latencies: list[float]
+    preemption_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def preemptions(self) -> int:
+        return self.rules.get("serving.preempt_swap", 0) + self.rules.get("serving.preempt_recompute", 0)
+
+    def latency(self, q: float) -> float:
+        """The q-quantile (0..1) of submit-to-finish seconds."""
+        if not self.latencies:
+            return 0.0
+        s = sorted(self.latencies)
+        return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        del d["latencies"]
+        d.update(tokens_per_second=self.tokens_per_second, preemptions=self.preemptions,
+                 p50_latency_s=self.latency(0.5), p99_latency_s=self.latency(0.99))
+        return d
+
+
+def _model_facts(model: nn.Module, mm: ModelMemory) -> Any:
+    facts = _C.ServingModel()
+    facts.kv_bytes_per_token = mm.kv_bytes_per_token
+    facts.layers = cache_layers(model)
+    # the calibrated reservation of one token of a step (decode row or prefill token)
+    facts.decode_reservation_per_row = mm.activation_bytes(1, 1)
+    facts.prefill_reservation_per_token = mm.activation_bytes(1, 1)
+    facts.flops_per_token = 2.0 * sum(p.numel() for p in model.parameters())  # dense forward FLOPs
+    return facts
+
+
+class ContinuousScheduler:
+    """Continuous batching of greedy generation requests within ``budget``.
+
+    Args:
+        budget: bytes or a size string shared by every model added (weights stay resident).
+        projection: how admission counts a running request's KV cache: ``"max_length"``
+            (its prompt + max_new_tokens: no preemption is ever needed) or ``"next_step"``
+            (its length after the next step: more requests at once, preemption when they grow).
+        max_batch: rows of one model's batch at most.
+        disk_dir: directory of swapped KV caches on a CPU-only machine (default: a private temp dir).
+    """
+
+    def __init__(self, budget: int | str, *, projection: str = "max_length", max_batch: int = 256,
+                 disk_dir: str | None = None) -> None:
+        self.budget_bytes = _budget_bytes(budget)
+        if projection not in ("max_length", "next_step"):
+            raise ConfigError(f"projection: got {projection!r}, expected 'max_length' or 'next_step'")
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise ConfigError(f"max_batch: got {max_batch!r}, expected an integer >= 1")
+        self.projection, self.max_batch, self.disk_dir = projection, max_batch, disk_dir
+        self.models: dict[str, tuple[nn.Module, ModelMemory, Any]] = {}
+        self.batches: dict[str, PaddedBatch] = {}
+        self.queued: deque[ServingRequest] = deque()   # preempted first, then waiting (FIFO)
+        self.done: list[ServingRequest] = []
+        self.actions: list[tuple[int, Any]] = []       # (iteration, engine action)
+        self._next_id = 0
+        self._iteration = 0
+        self._scratch: ScratchDir | None = None
+        self._hardware: Any = None
+
+    # ---- models and requests -------------------------------------------------------------
+    def add_model(self, name: str, model: nn.Module, memory: ModelMemory | None = None, **calibration: Any) -> ModelMemory:
+        """Registers a causal LM under ``name``; its memory figures are calibrated unless given."""
+        if name in self.models:
+            raise ConfigError(f"model name {name!r} is already registered")
+        forward_kwargs(model)
+        memory = memory if memory is not None else calibrate(model, **calibration)
+        weights = self.weight_bytes + memory.weight_bytes
+        if weights > self.budget_bytes:
+            raise InfeasibleBudgetError(
+                f"budget {self.budget_bytes} bytes: the resident weights of the models ({weights} bytes with "
+                f"{name!r}) do not fit; raise the budget", weights)
+        self.models[name] = (model, memory, _model_facts(model, memory))
+        self.batches[name] = PaddedBatch(model)
+        if self._hardware is None:
+            self._hardware = detect_hardware(self.disk_dir, device=next(model.parameters()).device)
+        return memory
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(m.weight_bytes for _, m, _ in self.models.values())
+
+    def submit(self, model: str, prompt: torch.Tensor, max_new_tokens: int) -> ServingRequest:
+        """Queues a request; InfeasibleBudgetError when it could not run even alone."""
+        if model not in self.models:
+            raise ConfigError(f"model: got {model!r}, registered: {', '.join(sorted(self.models)) or 'none'}")
+        if not isinstance(prompt, torch.Tensor) or prompt.dim() != 1 or prompt.numel() == 0:
+            raise ConfigError("prompt: expected a non-empty 1-D tensor of token ids")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens: got {max_new_tokens!r}, expected an integer >= 1")
+        request = ServingRequest(self._next_id, model, prompt.detach().cpu(), max_new_tokens, time.perf_counter())
+        need = _C.serving_alone_bytes(self._state(), self._engine_request(request))
+        if need > self.budget_bytes:
+            raise InfeasibleBudgetError(
+                f"request for {model!r} (prompt {prompt.numel()}, {max_new_tokens} new tokens) needs {need} bytes "
+                f"alone, over the budget of {self.budget_bytes}", need)
+        self._next_id += 1
+        self.queued.append(request)
+        return request
+
+    # ---- the engine's view ---------------------------------------------------------------
+    def _engine_request(self, r: ServingRequest) -> Any:
+        e = _C.ServingRequest()
+        e.id, e.model = r.id, list(self.models).index(r.model)
+        e.tokens = r.length if (r.swapped is not None or r in self.batches[r.model].rows) else 0
+        e.prefill_tokens = r.prompt.numel() + max(0, len(r.generated) - 1)
+        e.max_tokens, e.swapped, e.dropped = r.max_tokens, r.swapped is not None, r.dropped
+        return e
+
+    def _state(self) -> Any:
+        s = _C.ServingState()
+        s.budget_bytes, s.weight_bytes = self.budget_bytes, self.weight_bytes
+        s.projection, s.max_batch = self.projection, self.max_batch
+        s.models = [facts for _, _, facts in self.models.values()]
+        s.running = [self._engine_request(r) for b in self.batches.values() for r in b.rows]
+        s.queued = [self._engine_request(r) for r in self.queued]
+        return s
+
+    # ---- applying decisions --------------------------------------------------------------
+    def _find_running(self, rid: int) -> ServingRequest:
+        return next(r for b in self.batches.values() for r in b.rows if r.id == rid)
+
+    def _preempt(self, r: ServingRequest, swap: bool, front: list[ServingRequest]) -> None:
+        batch = self.batches[r.model]
+        if swap:
+            if self._scratch is None and batch.device.type != "cuda":
+                self._scratch = ScratchDir(self.disk_dir, 0)
+            r.swapped = SwappedKV(batch.row_kv(r), batch.device, self._scratch, f"{id(self)}-{r.id}-{r.preemptions}")
+        else:
+            r.dropped = True
+        batch.remove([r])
+        if not swap:
+            r.length = 0
+        r.preemptions += 1
+        front.append(r)
+
+    def _start(self, r: ServingRequest) -> None:
+        batch = self.batches[r.model]
+        if r.swapped is not None:
+            kv = r.swapped.restore()
+            r.swapped = None
+        elif r.dropped:  # rebuild the cache of everything but the token the next step feeds
+            _, kv = batch.prefill(r.tokens[:-1])
+            r.length, r.dropped = r.prompt.numel() + len(r.generated) - 1, False
+        else:
+            token, kv = batch.prefill(r.prompt)
+            r.generated.append(token)
+            r.length = r.prompt.numel()
+            r.first_token_at = time.perf_counter()
+        batch.join(r, kv)
+
+    def _apply(self, decision: Any) -> None:
+        front: list[ServingRequest] = []
+        by_id = {r.id: r for r in self.queued}
+        for a in decision.actions:
+            self.actions.append((self._iteration, a))
+            if a.action in ("preempt_swap", "preempt_recompute"):
+                self._preempt(self._find_running(a.id), a.action == "preempt_swap", front)
+            elif a.action in ("admit", "resume_swap", "resume_recompute"):
+                r = by_id[a.id]
+                self.queued.remove(r)
+                self._start(r)
+        # preempted requests go first, the earliest preempted (the last in the list) first
+        self.queued.extendleft(front)
+
+    def _finish(self) -> int:
+        """Removes the finished rows; returns the tokens generated this iteration."""
+        now, finished = time.perf_counter(), 0
+        for batch in self.batches.values():
+            done = [r for r in batch.rows if r.done]
+            if done:
+                batch.remove(done)
+            for r in done:
+                r.finished_at = now
+                self.done.append(r)
+                finished += 1
+        return finished
+
+    def step(self, tracker: Any = None) -> tuple[int, int]:
+        """One iteration: the engine's actions, then one decode step of every batch.
+        Returns (the engine's projected peak, the measured peak: weights + tracked bytes)."""
+        if tracker is not None:
+            tracker.reset_peak()
+        decision = _C.serving_decide(self._state(), self._hardware)
+        self._apply(decision)
+        self._finish()  # a request wanting one token is done at its prefill
+        for batch in self.batches.values():
+            if batch.rows:
+                for r, token in zip(batch.rows, batch.step()):
+                    r.generated.append(token)
+                    r.length += 1
+        self._finish()
+        self._iteration += 1
+        measured = self.weight_bytes + tracker.peak_bytes if tracker is not None else 0
+        return decision.projected_bytes, measured
+
+    def pending(self) -> bool:
+        return bool(self.queued) or any(b.rows for b in self.batches.values())
+
+    def run(self) -> ServingReport:
+        """Runs until every request is done; measures every iteration's peak."""
+        devices = {next(m.parameters()).device for m, _, _ in self.models.values()}
+        device = next(iter(devices)) if devices else torch.device("cpu")
+        first_done, first_action, iterations = len(self.done), len(self.actions), 0
+        measured = projected = over = 0
+        start = time.perf_counter()
+        with torch.no_grad(), track_memory(device) as tracker:
+            while self.pending():
+                p, m = self.step(tracker)
+                projected, measured = max(projected, p), max(measured, m)
+                over += m > self.budget_bytes
+                iterations += 1
+        wall = time.perf_counter() - start
+        if self._scratch is not None:
+            self._scratch.close()
+            self._scratch = None
+        finished = self.done[first_done:]
+        actions = [a for _, a in self.actions[first_action:]]
+        rules = dict(sorted(Counter(a.rule for a in actions).items()))
+        report = ServingReport(self.budget_bytes, len(finished), sum(len(r.generated) for r in finished), wall,
+                               iterations, measured, projected, over, rules,
+                               [r.finished_at - r.submitted_at for r in finished],
+                               [a.reason for a in actions if a.action.startswith("preempt")][:5])
+        log.info("continuous scheduler: %d requests in %d iterations, %.1f tokens/s, peak %d of budget %d bytes, "
+                 "%d preemptions", report.completed, iterations, report.tokens_per_second, measured,
+                 self.budget_bytes, report.preemptions)
+        return report
