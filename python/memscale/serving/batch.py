@@ -74,33 +74,38 @@ class PaddedBatch:
             return 0
         return sum(t.numel() * t.element_size() for layer in self.cache.layers for t in (layer.keys, layer.values))
 
-    def prefill(self, tokens: torch.Tensor) -> tuple[int, LayerKV]:
-        """Runs ``tokens`` (1-D) alone: the greedy next token and the per-layer ``(1, heads, t, d)`` K/V."""
+    def prefill(self, tokens: list[torch.Tensor]) -> tuple[list[int], LayerKV]:
+        """Runs the 1-D ``tokens`` (all of one length) as one batch of their own, no padding:
+        each row's greedy next token and the per-layer ``(rows, heads, t, d)`` K/V."""
         cache = fresh_cache(self.model)
-        logits = self._run(input_ids=tokens.to(self.device)[None], **{self.cache_arg: cache})
-        return int(logits[0].argmax()), [(layer.keys, layer.values) for layer in cache.layers]
+        logits = self._run(input_ids=torch.stack(tokens).to(self.device), **{self.cache_arg: cache})
+        return logits.argmax(dim=-1).tolist(), [(layer.keys, layer.values) for layer in cache.layers]
 
-    def join(self, row: Any, kv: LayerKV) -> None:
-        """Adds ``row`` with its cache ``kv`` (``row.length`` tokens) as the last row."""
+    def join(self, rows: list[Any], kv: LayerKV) -> None:
+        """Adds ``rows`` (all of one ``length``) with their caches ``kv`` as the last rows;
+        ``kv`` is emptied layer by layer, so only one layer is ever held twice."""
+        length = rows[0].length
         if self.cache is None:
             self.cache = fresh_cache(self.model)
             for layer, (k, v) in zip(self.cache.layers, kv):
                 layer.lazy_initialization(k, v)
                 layer.keys, layer.values = k, v
-            self.rows = [row]
+            kv.clear()
+            self.rows = list(rows)
             return
-        b, t = len(self.rows), self.width
-        width = max(t, row.length)
-        for i, (layer, (k, v)) in enumerate(zip(self.cache.layers, kv)):
+        b, t, n = len(self.rows), self.width, len(rows)
+        width = max(t, length)
+        for i, layer in enumerate(self.cache.layers):
             joined = []
-            for old, new in ((layer.keys, k), (layer.values, v)):
-                out = old.new_zeros(b + 1, old.shape[1], width, old.shape[3])
+            for old, new in ((layer.keys, kv[i][0]), (layer.values, kv[i][1])):
+                out = old.new_zeros(b + n, old.shape[1], width, old.shape[3])
                 out[:b, :, width - t:] = old
-                out[b, :, width - row.length:] = new[0]
+                out[b:, :, width - length:] = new
                 joined.append(out)
             layer.keys, layer.values = joined
-            kv[i] = None  # type: ignore[call-overload]  # drop the single row's copy layer by layer
-        self.rows.append(row)
+            kv[i] = None  # type: ignore[call-overload]
+        kv.clear()
+        self.rows.extend(rows)
 
     def row_kv(self, row: Any) -> LayerKV:
         """The row's own tokens of every layer, ``(1, heads, length, d)`` views."""

@@ -239,37 +239,70 @@ class ContinuousScheduler:
         r.preemptions += 1
         front.append(r)
 
-    def _start(self, r: ServingRequest) -> None:
-        batch = self.batches[r.model]
-        if r.swapped is not None:
-            kv = r.swapped.restore()
-            r.swapped = None
-        elif r.dropped:  # rebuild the cache of everything but the token the next step feeds
-            _, kv = batch.prefill(r.tokens[:-1])
-            r.length, r.dropped = r.prompt.numel() + len(r.generated) - 1, False
-        else:
-            token, kv = batch.prefill(r.prompt)
-            r.generated.append(token)
-            r.length = r.prompt.numel()
-            r.first_token_at = time.perf_counter()
-        batch.join(r, kv)
+    def _resume_swapped(self, r: ServingRequest) -> None:
+        kv = r.swapped.restore()
+        r.swapped = None
+        self.batches[r.model].join([r], kv)
+
+    def _prefill(self, group: list[ServingRequest]) -> None:
+        """One prefill of requests of one model and one length (the engine admitted them as
+        a group): a new one gets its first token, a dropped one rebuilds the cache of all
+        but the token its next step feeds."""
+        batch = self.batches[group[0].model]
+        tokens, kv = batch.prefill([r.tokens[:-1] if r.dropped else r.prompt for r in group])
+        now = time.perf_counter()
+        for r, token in zip(group, tokens):
+            if r.dropped:
+                r.length, r.dropped = r.prompt.numel() + len(r.generated) - 1, False
+            else:
+                r.generated.append(token)
+                r.length, r.first_token_at = r.prompt.numel(), now
+        # a request wanting one token is done at its prefill: it never joins (the engine counts it so)
+        keep = [i for i, r in enumerate(group) if not r.done]
+        if len(keep) < len(group):
+            index = torch.tensor(keep, dtype=torch.long, device=batch.device)
+            for i, (k, v) in enumerate(kv):  # layer by layer: one layer held twice at most
+                kv[i] = (k.index_select(0, index), v.index_select(0, index)) if keep else None
+                del k, v
+        if keep:
+            batch.join([group[i] for i in keep], kv)
+        for r in group:
+            if r.done:
+                r.finished_at = now
+                self.done.append(r)
 
     def _apply(self, decision: Any) -> None:
+        """Applies the engine's actions in order. Admitted requests of one model and one
+        prefill length are prefilled as one batch where the last of them was admitted: the
+        engine checked that request's prefill with the whole group and every row before it."""
         front: list[ServingRequest] = []
         by_id = {r.id: r for r in self.queued}
+
+        def key(r: ServingRequest) -> tuple[str, int]:
+            return r.model, r.prompt.numel() + max(0, len(r.generated) - 1)
+
+        joining = [by_id[a.id] for a in decision.actions if a.action in ("admit", "resume_recompute")]
+        last = {key(r): r.id for r in joining}
+        groups: dict[tuple[str, int], list[ServingRequest]] = {}
         for a in decision.actions:
             self.actions.append((self._iteration, a))
             if a.action in ("preempt_swap", "preempt_recompute"):
                 self._preempt(self._find_running(a.id), a.action == "preempt_swap", front)
-            elif a.action in ("admit", "resume_swap", "resume_recompute"):
+            elif a.action == "resume_swap":
                 r = by_id[a.id]
                 self.queued.remove(r)
-                self._start(r)
+                self._resume_swapped(r)
+            elif a.action in ("admit", "resume_recompute"):
+                r = by_id[a.id]
+                self.queued.remove(r)
+                groups.setdefault(key(r), []).append(r)
+                if last[key(r)] == r.id:
+                    self._prefill(groups.pop(key(r)))
         # preempted requests go first, the earliest preempted (the last in the list) first
         self.queued.extendleft(front)
 
     def _finish(self) -> int:
-        """Removes the finished rows; returns the tokens generated this iteration."""
+        """Removes the finished rows; returns how many finished."""
         now, finished = time.perf_counter(), 0
         for batch in self.batches.values():
             done = [r for r in batch.rows if r.done]

@@ -11,10 +11,11 @@
 //   kv_bytes_per_token x rows x longest row
 // (the layout of python/memscale/serving/batch.py), and a step's reservation is its
 // activation reservation plus one layer's copy of the batch's cache (DynamicLayer.update
-// and a join concatenate one layer at a time). The projection of a row's length is its
-// maximum (prompt + max_new_tokens: admission never needs a preemption) or, with
-// projection "next_step", its length after the next step (more rows at once; growth past
-// the budget is then met by preemption).
+// and a join concatenate one layer at a time). With projection "max_length" this is
+// projected over every step until the last row reaches its maximum (prompt +
+// max_new_tokens - 1), rows leaving as they finish: admission never needs a preemption.
+// With "next_step" only the next step is projected (more rows at once; growth past the
+// budget is then met by preemption).
 #pragma once
 
 #include <algorithm>
@@ -73,7 +74,7 @@ struct ServingAction {
 
 struct ServingDecision {
   std::vector<ServingAction> actions;
-  std::uint64_t projected_bytes = 0;  ///< projected peak of the iteration after the actions
+  std::uint64_t projected_bytes = 0;  ///< projected peak of the iteration: its joins and its steps
 };
 
 namespace serving_detail {
@@ -84,43 +85,67 @@ inline std::string ms(double seconds) {
   return b;
 }
 
-/// Length a row is projected at: its maximum, or its length after the next step.
-inline std::uint64_t projected_tokens(const ServingRequest& r, const std::string& projection) {
-  const std::uint64_t now = r.tokens ? r.tokens : r.prefill_tokens;  // a queued row holds its prefill once it joins
-  return projection == "next_step" ? std::min(r.max_tokens, now + 1) : r.max_tokens;
+/// Tokens a row holds in its cache once it has joined: its length, or its prefill.
+inline std::uint64_t cached_tokens(const ServingRequest& r) { return r.tokens ? r.tokens : r.prefill_tokens; }
+
+/// Whether `a` and `b` are prefilled together: same model, same prefill length, neither swapped.
+inline bool same_prefill(const ServingRequest& a, const ServingRequest& b) {
+  return !a.swapped && !b.swapped && a.model == b.model && a.prefill_tokens == b.prefill_tokens;
 }
 
-/// Projected peak of one iteration over `rows` (+ an optional joining row, counted at its
-/// prefill too): weights + every model's padded KV cache + the largest step working set.
+/// Projected peak of one iteration over `rows` (running, then those joining this iteration)
+/// and, when given, the `joining` row, which is also checked at its prefill: the rows
+/// joining before it with the same model and prefill length are prefilled in one batch
+/// with it (or, when it was swapped, its cache is read back alone), beside every other
+/// row's cache as it is then.
 inline std::uint64_t projected_peak(const ServingState& s, const std::vector<ServingRequest>& rows,
                                     const ServingRequest* joining) {
-  std::vector<std::uint64_t> count(s.models.size(), 0), width(s.models.size(), 0), now_width(s.models.size(), 0);
-  auto add = [&](const ServingRequest& r, bool in_cache) {
-    ++count[r.model];
-    width[r.model] = std::max(width[r.model], projected_tokens(r, s.projection));
-    if (in_cache) now_width[r.model] = std::max(now_width[r.model], r.tokens);
-  };
-  for (const auto& r : rows) add(r, true);
-  if (joining) add(*joining, false);
-  std::uint64_t kv = 0, step = 0;
-  for (std::size_t m = 0; m < s.models.size(); ++m) {
-    const auto& model = s.models[m];
-    const std::uint64_t bytes = model.kv_bytes_per_token * count[m] * width[m];
-    kv += bytes;
-    if (count[m]) step = std::max(step, model.decode_reservation_per_row * count[m] + bytes / std::max<std::uint64_t>(1, model.layers));
-  }
-  std::uint64_t peak = s.weight_bytes + kv + step;
-  if (joining) {
-    // Its prefill (or the read-back of a swapped cache) runs alone beside the caches as
-    // they are now, then joins its batch.
-    const auto& model = s.models[joining->model];
-    std::uint64_t now = 0;
-    for (std::size_t m = 0; m < s.models.size(); ++m) {
-      const bool own = m == joining->model;
-      now += s.models[m].kv_bytes_per_token * (count[m] - (own ? 1 : 0)) * now_width[m];
+  std::vector<const ServingRequest*> all;
+  for (const auto& r : rows) all.push_back(&r);
+  if (joining) all.push_back(joining);
+  // Rows are right-aligned and all grow one token a step, so at the k-th step from now the
+  // padded width of a model's batch is its longest row still running then; a row runs its
+  // k-th step while its cache stays within max_tokens.
+  std::uint64_t horizon = 1;
+  if (s.projection == "max_length")
+    for (const auto* r : all) horizon = std::max(horizon, r->max_tokens - std::min(r->max_tokens, cached_tokens(*r)));
+  std::uint64_t peak = s.weight_bytes;
+  std::vector<std::uint64_t> count(s.models.size()), width(s.models.size());
+  for (std::uint64_t k = 1; k <= horizon; ++k) {
+    std::fill(count.begin(), count.end(), 0);
+    std::fill(width.begin(), width.end(), 0);
+    for (const auto* r : all) {
+      const std::uint64_t t = cached_tokens(*r) + k;
+      if (t > r->max_tokens) continue;
+      ++count[r->model];
+      width[r->model] = std::max(width[r->model], t);
     }
+    std::uint64_t kv = 0, step = 0;
+    for (std::size_t m = 0; m < s.models.size(); ++m) {
+      const auto& model = s.models[m];
+      const std::uint64_t bytes = model.kv_bytes_per_token * count[m] * width[m];
+      kv += bytes;
+      if (count[m])
+        step = std::max(step, model.decode_reservation_per_row * count[m] + bytes / std::max<std::uint64_t>(1, model.layers));
+    }
+    peak = std::max(peak, s.weight_bytes + kv + step);
+  }
+  if (joining) {
+    std::vector<std::uint64_t> now_count(s.models.size(), 0), now_width(s.models.size(), 0);
+    std::uint64_t group = 1;
+    for (const auto& r : rows) {
+      if (same_prefill(r, *joining) && r.tokens == 0) {
+        ++group;
+        continue;
+      }
+      ++now_count[r.model];
+      now_width[r.model] = std::max(now_width[r.model], cached_tokens(r));
+    }
+    std::uint64_t now = 0;
+    for (std::size_t m = 0; m < s.models.size(); ++m) now += s.models[m].kv_bytes_per_token * now_count[m] * now_width[m];
+    const auto& model = s.models[joining->model];
     const std::uint64_t prefill = joining->swapped ? model.kv_bytes_per_token * joining->tokens
-                                                   : (model.kv_bytes_per_token + model.prefill_reservation_per_token) *
+                                                   : group * (model.kv_bytes_per_token + model.prefill_reservation_per_token) *
                                                          joining->prefill_tokens;
     peak = std::max(peak, s.weight_bytes + now + prefill);
   }
@@ -221,7 +246,11 @@ inline ServingDecision decide_iteration(const ServingState& s, const Hardware& h
       peak = with;
     }
   }
+  // the iteration's projection: its steps, and every admission's prefill or read-back
   d.projected_bytes = projected_peak(s, rows, nullptr);
+  for (const auto& a : d.actions)
+    if (a.action == "admit" || a.action == "resume_swap" || a.action == "resume_recompute")
+      d.projected_bytes = std::max(d.projected_bytes, a.projected_bytes);
   return d;
 }
 
