@@ -40,8 +40,8 @@ from ..hardware import detect_hardware
 from ..memory import track_memory
 from ..runtime.inference.hf_cache import cache_layers
 from ..runtime.inference.kv_cache import ScratchDir
-from ..runtime.inference.memory_model import ModelMemory, calibrate
-from ..scheduler import _budget_bytes
+from ..runtime.inference.memory_model import ModelMemory
+from ..scheduler import _budget_bytes, check_request, model_memory
 from .batch import PaddedBatch, forward_kwargs
 from .swap import SwappedKV
 
@@ -166,15 +166,8 @@ class ContinuousScheduler:
     # ---- models and requests -------------------------------------------------------------
     def add_model(self, name: str, model: nn.Module, memory: ModelMemory | None = None, **calibration: Any) -> ModelMemory:
         """Registers a causal LM under ``name``; its memory figures are calibrated unless given."""
-        if name in self.models:
-            raise ConfigError(f"model name {name!r} is already registered")
         forward_kwargs(model)
-        memory = memory if memory is not None else calibrate(model, **calibration)
-        weights = self.weight_bytes + memory.weight_bytes
-        if weights > self.budget_bytes:
-            raise InfeasibleBudgetError(
-                f"budget {self.budget_bytes} bytes: the resident weights of the models ({weights} bytes with "
-                f"{name!r}) do not fit; raise the budget", weights)
+        memory = model_memory(self.models, self.weight_bytes, self.budget_bytes, name, model, memory, calibration)
         self.models[name] = (model, memory, _model_facts(model, memory))
         self.batches[name] = PaddedBatch(model)
         if self._hardware is None:
@@ -187,12 +180,7 @@ class ContinuousScheduler:
 
     def submit(self, model: str, prompt: torch.Tensor, max_new_tokens: int) -> ServingRequest:
         """Queues a request; InfeasibleBudgetError when it could not run even alone."""
-        if model not in self.models:
-            raise ConfigError(f"model: got {model!r}, registered: {', '.join(sorted(self.models)) or 'none'}")
-        if not isinstance(prompt, torch.Tensor) or prompt.dim() != 1 or prompt.numel() == 0:
-            raise ConfigError("prompt: expected a non-empty 1-D tensor of token ids")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens: got {max_new_tokens!r}, expected an integer >= 1")
+        check_request(self.models, model, prompt, max_new_tokens)
         request = ServingRequest(self._next_id, model, prompt.detach().cpu(), max_new_tokens, time.perf_counter())
         need = _C.serving_alone_bytes(self._state(), self._engine_request(request))
         if need > self.budget_bytes:

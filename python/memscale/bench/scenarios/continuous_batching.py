@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from memscale.runtime.inference.memory_model import calibrate
+from memscale.bench.scenarios.scheduler import budget_and_worst_case_batch
 from memscale.scheduler import Scheduler
 from memscale.serving import ContinuousScheduler
 
@@ -86,14 +87,8 @@ def run(quick: bool, threads: int | None = None) -> list[dict[str, Any]]:
     n_requests, max_new, repeats = (48, 24, 1) if quick else (120, 48, 2)
     models = _models()
     memories = {name: calibrate(m) for name, m in models.items()}
-    # Weights of both models plus room for four worst-case requests of the larger one.
-    worst = {name: mm.predict(4, max(PROMPTS), max_new) for name, mm in memories.items()}
-    budget = sum(mm.weight_bytes for mm in memories.values()) + max(
-        w["kv_cache"] + w["activations"] for w in worst.values())
-    probe = Scheduler(budget)
-    for name, model in models.items():
-        probe.add_model(name, model, memories[name])
-    fixed = max(1, min(probe.worst_case_batch(name, max(PROMPTS), max_new) for name in models))
+    budget, fixed = budget_and_worst_case_batch(models, memories, max(PROMPTS), max_new)
+    fixed = max(1, fixed)
     stream = _stream(n_requests, seed=7, max_new=max_new)
 
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("continuous", "continuous_next_step", "same_length",
