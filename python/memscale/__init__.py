@@ -38,8 +38,8 @@ __version__ = _C.__version__
 
 
 def __getattr__(name: str):
-    # memscale.ContinuousScheduler batches through transformers' Cache API: imported on first use,
-    # so memscale itself does not need transformers
+    # memscale.ContinuousScheduler batches through transformers' Cache API: imported on first use
+    # (and left out of __all__), so memscale itself and `import *` do not need transformers
     if name == "ContinuousScheduler":
         from .serving import ContinuousScheduler
 
@@ -54,7 +54,6 @@ __all__ = [
     "Config",
     "FitResult",
     "ConfigError",
-    "ContinuousScheduler",
     "Hardware",
     "InfeasibleBudgetError",
     "MemScaleError",
