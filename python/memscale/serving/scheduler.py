@@ -25,10 +25,9 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -43,6 +42,7 @@ from ..runtime.inference.kv_cache import ScratchDir
 from ..runtime.inference.memory_model import ModelMemory
 from ..scheduler import _budget_bytes, check_request, model_memory
 from .batch import PaddedBatch, forward_kwargs
+from .report import ServingReport
 from .swap import SwappedKV
 
 log = logging.getLogger("memscale")
@@ -80,46 +80,6 @@ class ServingRequest:
     @property
     def max_tokens(self) -> int:
         return self.prompt.numel() + self.max_new_tokens - 1
-
-
-@dataclass
-class ServingReport:
-    """A run: throughput, latencies, measured peak per iteration against the budget,
-    the engine's actions counted by rule id."""
-
-    budget_bytes: int
-    completed: int
-    generated_tokens: int
-    wall_seconds: float
-    iterations: int
-    measured_peak_bytes: int
-    projected_peak_bytes: int
-    over_budget_iterations: int
-    rules: dict[str, int]
-    latencies: list[float]
-    preemption_reasons: list[str] = field(default_factory=list)
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.generated_tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
-
-    @property
-    def preemptions(self) -> int:
-        return self.rules.get("serving.preempt_swap", 0) + self.rules.get("serving.preempt_recompute", 0)
-
-    def latency(self, q: float) -> float:
-        """The q-quantile (0..1) of submit-to-finish seconds."""
-        if not self.latencies:
-            return 0.0
-        s = sorted(self.latencies)
-        return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        del d["latencies"]
-        d.update(tokens_per_second=self.tokens_per_second, preemptions=self.preemptions,
-                 p50_latency_s=self.latency(0.5), p99_latency_s=self.latency(0.99))
-        return d
 
 
 def _model_facts(model: nn.Module, mm: ModelMemory) -> Any:
