@@ -60,5 +60,6 @@ void bind_memory(py::module_& m);
 void bind_pager(py::module_& m);
 void bind_engine(py::module_& m);
 void bind_fit(py::module_& m);
+void bind_serving(py::module_& m);
 
 }  // namespace memscale::bindings

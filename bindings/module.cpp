@@ -15,4 +15,5 @@ PYBIND11_MODULE(_C, m) {
   bind_pager(m);
   bind_engine(m);
   bind_fit(m);
+  bind_serving(m);
 }

@@ -37,6 +37,17 @@ ReservationSample = _C.ReservationSample
 
 __version__ = _C.__version__
 
+
+def __getattr__(name: str):
+    # memscale.ContinuousScheduler batches through transformers' Cache API: imported on first use
+    # (and left out of __all__), so memscale itself and `import *` do not need transformers
+    if name == "ContinuousScheduler":
+        from .serving import ContinuousScheduler
+
+        return ContinuousScheduler
+    raise AttributeError(f"module 'memscale' has no attribute {name!r}")
+
+
 _install_logging()
 
 __all__ = [

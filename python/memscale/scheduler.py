@@ -109,6 +109,32 @@ def _budget_bytes(budget: int | str) -> int:
     return value
 
 
+def model_memory(models: dict[str, Any], weight_bytes: int, budget_bytes: int, name: str, model: nn.Module,
+                 memory: ModelMemory | None, calibration: dict[str, Any]) -> ModelMemory:
+    """The memory figures of a model to register (calibrated unless given); ConfigError when
+    ``name`` is taken, InfeasibleBudgetError when its weights beside ``weight_bytes`` exceed the budget."""
+    if name in models:
+        raise ConfigError(f"model name {name!r} is already registered")
+    memory = memory if memory is not None else calibrate(model, **calibration)
+    weights = weight_bytes + memory.weight_bytes
+    if weights > budget_bytes:
+        raise InfeasibleBudgetError(
+            f"budget {budget_bytes} bytes: the resident weights of the models ({weights} bytes with "
+            f"{name!r}) do not fit; wrap {name!r} for offloaded inference or raise the budget", weights)
+    return memory
+
+
+def check_request(models: dict[str, Any], model: str, prompt: Any, max_new_tokens: Any) -> None:
+    """ConfigError unless ``model`` is registered, ``prompt`` a non-empty 1-D tensor and
+    ``max_new_tokens`` an integer >= 1."""
+    if model not in models:
+        raise ConfigError(f"model: got {model!r}, registered: {', '.join(sorted(models)) or 'none'}")
+    if not isinstance(prompt, torch.Tensor) or prompt.dim() != 1 or prompt.numel() == 0:
+        raise ConfigError("prompt: expected a non-empty 1-D tensor of token ids")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens: got {max_new_tokens!r}, expected an integer >= 1")
+
+
 class Scheduler:
     """Admits and batches generation requests so the measured peak stays within ``budget``.
 
@@ -136,14 +162,7 @@ class Scheduler:
     # ---- admission ---------------------------------------------------------------------
     def add_model(self, name: str, model: nn.Module, memory: ModelMemory | None = None, **calibration: Any) -> ModelMemory:
         """Registers ``model`` under ``name``; its memory figures are calibrated unless given."""
-        if name in self.models:
-            raise ConfigError(f"model name {name!r} is already registered")
-        memory = memory if memory is not None else calibrate(model, **calibration)
-        weights = self.weight_bytes + memory.weight_bytes
-        if weights > self.budget_bytes:
-            raise InfeasibleBudgetError(
-                f"budget {self.budget_bytes} bytes: the resident weights of the models ({weights} bytes with "
-                f"{name!r}) do not fit; wrap {name!r} for offloaded inference or raise the budget", weights)
+        memory = model_memory(self.models, self.weight_bytes, self.budget_bytes, name, model, memory, calibration)
         self.models[name] = (model, memory)
         log.info("scheduler: model %s: weights %d B, KV %d B/token, reservation %d B x tokens x %.2f",
                  name, memory.weight_bytes, memory.kv_bytes_per_token, memory.widest_buffer * memory.dtype_bytes,
@@ -162,12 +181,7 @@ class Scheduler:
 
     def submit(self, model: str, prompt: torch.Tensor, max_new_tokens: int) -> Request:
         """Queues a request. Raises InfeasibleBudgetError when it cannot fit even alone."""
-        if model not in self.models:
-            raise ConfigError(f"model: got {model!r}, registered: {', '.join(sorted(self.models)) or 'none'}")
-        if not isinstance(prompt, torch.Tensor) or prompt.dim() != 1 or prompt.numel() == 0:
-            raise ConfigError("prompt: expected a non-empty 1-D tensor of token ids")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens: got {max_new_tokens!r}, expected an integer >= 1")
+        check_request(self.models, model, prompt, max_new_tokens)
         module = self.models[model][0]
         max_seq = getattr(getattr(module, "config", None), "max_seq", None)
         if max_seq is not None and prompt.numel() + max_new_tokens > max_seq:

@@ -25,6 +25,9 @@ SCENARIOS: dict[str, tuple[str, str]] = {
                           "time, hidden tier I/O"),
     "scheduler": ("memscale.bench.scenarios.scheduler",
                   "memory-aware scheduler vs fixed worst-case batch on a request stream, two models"),
+    "continuous_batching": ("memscale.bench.scenarios.continuous_batching",
+                            "continuous batching of HF Llama + GPT-2 vs same-length batching and a fixed "
+                            "worst-case batch, one budget"),
 }
 
 

@@ -35,6 +35,20 @@ def _stream(n: int, seed: int, max_new: int) -> list[tuple[str, int, int, int]]:
     return out
 
 
+def budget_and_worst_case_batch(models: dict[str, Any], memories: dict[str, Any], prompt: int,
+                                new: int) -> tuple[int, int]:
+    """The stream's budget, the weights of every model plus room for four worst-case
+    requests (``prompt``, ``new``) of the larger one, and the fixed batch size whose worst
+    case fits it."""
+    worst = {name: mm.predict(4, prompt, new) for name, mm in memories.items()}
+    budget = sum(mm.weight_bytes for mm in memories.values()) + max(
+        w["kv_cache"] + w["activations"] for w in worst.values())
+    probe = Scheduler(budget)
+    for name, model in models.items():
+        probe.add_model(name, model, memories[name])
+    return budget, min(probe.worst_case_batch(name, prompt, new) for name in models)
+
+
 def _serve(models: dict[str, Any], memories: dict[str, Any], budget: int, stream: list, vocab: int,
            fixed_batch: int | None) -> Any:
     sched = Scheduler(budget, fixed_batch=fixed_batch)
@@ -56,14 +70,7 @@ def run(quick: bool, threads: int | None = None) -> list[dict[str, Any]]:
         "large": gpt.build(seed=1, d_model=384, n_heads=6, n_layers=6, d_ff=1536, vocab=vocab, max_seq=128).eval(),
     }
     memories = {name: calibrate(m) for name, m in models.items()}
-    worst = {name: mm.predict(4, max(PROMPTS), max_new) for name, mm in memories.items()}
-    # Weights of both models plus room for four worst-case requests of the larger one.
-    budget = sum(mm.weight_bytes for mm in memories.values()) + max(
-        w["kv_cache"] + w["activations"] for w in worst.values())
-    probe = Scheduler(budget)
-    for name, model in models.items():
-        probe.add_model(name, model, memories[name])
-    fixed = min(probe.worst_case_batch(name, max(PROMPTS), max_new) for name in models)
+    budget, fixed = budget_and_worst_case_batch(models, memories, max(PROMPTS), max_new)
     stream = _stream(n_requests, seed=7, max_new=max_new)
 
     adaptive_runs, fixed_runs = [], []
