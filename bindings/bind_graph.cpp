@@ -71,6 +71,7 @@ void bind_graph(py::module_& m) {
       .def_readonly("optimizer", &ModelGraph::optimizer)
       .def_readonly("mixed_precision", &ModelGraph::mixed_precision)
       .def_readonly("input_bytes", &ModelGraph::input_bytes)
+      .def_readonly("optimizer_offloadable", &ModelGraph::optimizer_offloadable)
       .def_readonly("layers", &ModelGraph::layers)
       .def("__eq__", [](const ModelGraph& a, const ModelGraph& b) { return a == b; }, py::is_operator())
       .def("__repr__", [](const ModelGraph& g) {

@@ -161,6 +161,15 @@ void bind_plan(py::module_& m) {
                     "Peak bytes the pager will hold resident (its peak_physical_bytes), replayed on the plan; "
                     "what the plan's predicted peak charges for the weights. 0 when nothing is paged.");
 
+  py::class_<OptimizerOffloadPlan>(m, "OptimizerOffloadPlan",
+                                   "What a training step keeps on the next tier (rules/optimizer_offload.hpp).")
+      .def_readonly("kinds", &OptimizerOffloadPlan::kinds, "\"\" (nothing), \"state\" or \"state+gradients\"")
+      .def_readonly("tier", &OptimizerOffloadPlan::tier)
+      .def_readonly("moved_bytes", &OptimizerOffloadPlan::moved_bytes)
+      .def_readonly("window_bytes", &OptimizerOffloadPlan::window_bytes)
+      .def_readonly("rule", &OptimizerOffloadPlan::rule)
+      .def_readonly("reason", &OptimizerOffloadPlan::reason);
+
   py::class_<Plan>(m, "Plan", "Per-layer execution plan (docs/json-schema.md).")
       .def_static(
           "from_json", [](const std::string& text_or_path) { return Plan::from_json_text(json_fields::load_json_document(text_or_path)); },
@@ -181,6 +190,7 @@ void bind_plan(py::module_& m) {
       .def_readonly("reservation", &Plan::reservation)
       .def_readonly("tier_policy", &Plan::tier_policy)
       .def_readonly("offload", &Plan::offload)
+      .def_readonly("optimizer_offload", &Plan::optimizer_offload)
       .def("summary", &plan_summary, "Table of layers (techniques, bytes before -> after) and the totals.")
       .def("__eq__", [](const Plan& a, const Plan& b) { return a == b; }, py::is_operator())
       .def("__repr__", [](const Plan& p) {

@@ -19,7 +19,7 @@ from .runtime import inference as offload  # the inference API, as memscale.offl
 from .scheduler import Scheduler
 from .planning import calibrate_reservation, plan, plan_cost, plan_timeline, search_tier_policy, tier_problem
 from .timeline import record_timeline, timeline_of, timeline_record
-from .api import plan_of, unwrap, wrap
+from .api import optimizer_for, plan_of, unwrap, wrap
 from .advisor import FitResult, fit, fit_frontier
 from . import optim  # memscale.optim.offloaded: optimizer state on the next tier
 
@@ -75,6 +75,7 @@ __all__ = [
     "format_bytes",
     "offload",
     "optim",
+    "optimizer_for",
     "parse_size",
     "plan",
     "plan_cost",

@@ -34,7 +34,7 @@ from .runtime import hooks
 
 def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training: bool = True,
          optimizer: Any = "adamw", *, loss_fn: Any = None, autocast: Any = None, verify: bool = True,
-         **config_kwargs: Any) -> nn.Module:
+         offload_optimizer: bool = False, **config_kwargs: Any) -> nn.Module:
     """Fit ``model``'s training step (or inference) into the configured memory budget; return ``model``.
 
     Args:
@@ -68,6 +68,13 @@ def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training
             step under ``torch.autocast`` of that dtype; None: the autocast active at this
             call, if any (saved activations are counted in the dtypes autocast gives them).
         verify: measure the first step and re-plan once if it exceeds the budget by 5%.
+        offload_optimizer: let the engine keep ``optimizer``'s state, and then the
+            gradients, on the next tier when no plan of per-layer techniques fits (its
+            rule ``optimizer_offload.*`` says why and at what cost). Needs ``optimizer`` to be
+            the torch optimizer the loop steps; the loop then steps
+            ``memscale.optimizer_for(model)`` (an ``OffloadedOptimizer`` when the plan
+            offloads, ``optimizer`` itself otherwise). Opt-in because the loop must step the
+            object wrap hands back. docs/training-offload.md.
 
     Raises:
         memscale.InfeasibleBudgetError: no plan fits (``min_budget_bytes`` is what
@@ -93,8 +100,27 @@ def wrap(model: nn.Module, cfg: Any = None, example_inputs: Any = None, training
         return wrap_for_inference(model, cfg, inputs)
     from .runtime.training.wrapped import wrap_training
 
-    wrap_training(model, cfg, example_inputs, optimizer, verify, loss_fn=loss_fn, autocast=autocast)
+    wrap_training(model, cfg, example_inputs, optimizer, verify, loss_fn=loss_fn, autocast=autocast,
+                  offload_optimizer=offload_optimizer)
     return model
+
+
+def optimizer_for(model: nn.Module) -> Any:
+    """The optimizer the training loop of a wrapped ``model`` steps: the
+    ``memscale.optim.OffloadedOptimizer`` its plan asks for (``wrap(...,
+    offload_optimizer=True)`` and a plan with ``optimizer_offload``), else the optimizer
+    given to ``wrap``.
+
+    Raises:
+        memscale.MemScaleError: ``model`` is not wrapped for training.
+    """
+    from .runtime.training.wrapped import TrainingHandle
+
+    handle = hooks.handle_of(model)
+    if not isinstance(handle, TrainingHandle):
+        raise MemScaleError(f"optimizer_for: this {type(model).__name__} is not wrapped for training; "
+                            "call memscale.wrap(model, cfg, example_inputs, optimizer=opt) first")
+    return handle.optimizer_to_step()
 
 
 def plan_of(model: nn.Module) -> Any:

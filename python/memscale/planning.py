@@ -19,6 +19,7 @@ Example:
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, Iterable, Mapping, Union
@@ -120,20 +121,33 @@ def plan_timeline(graph: GraphLike, plan: Any, cfg: Config | None = None, hardwa
 
 def plan_model(model: nn.Module, example_inputs: Any, cfg: Config, *, training: bool,
                optimizer: Any = "adamw", offload_dir: str | None = None, calibration: Any = None,
-               graph: Any = None, loss_fn: Any = None, autocast: Any = None) -> tuple[Any, Any, Any]:
+               graph: Any = None, loss_fn: Any = None, autocast: Any = None,
+               optimizer_offloadable: bool = False) -> tuple[Any, Any, Any]:
     """Profile ``model`` (unless ``graph`` is given), detect the hardware of the device it
     is on and plan it: ``(plan, graph, hardware)``. What ``wrap`` and the inference
     runtime call; raises what :func:`plan` raises. ``loss_fn``: the caller computes the
     loss outside forward (recorded in the graph's capabilities); ``autocast``: the step's
-    autocast dtype (None: the one active at the call)."""
+    autocast dtype (None: the one active at the call); ``optimizer_offloadable``: the caller
+    steps the OffloadedOptimizer the plan asks for, so the engine may keep the optimizer
+    state and gradients on the next tier (rules/optimizer_offload.hpp)."""
     from .hardware import detect_hardware, model_device
     from .profiler.profile import profile
 
     if graph is None:
         graph = profile(model, example_inputs, training=training, optimizer=optimizer if training else "none",
                         loss_fn=loss_fn, autocast=autocast)
+    if optimizer_offloadable and not graph.optimizer_offloadable:
+        graph = offloadable_graph(graph)
     hardware = detect_hardware(offload_dir or None, device=model_device(model))
     return plan(graph, cfg, hardware=hardware, calibration=calibration), graph, hardware
+
+
+def offloadable_graph(graph: Any) -> Any:
+    """``graph`` marked ``optimizer_offloadable``: the runtime streams its optimizer's state
+    (and gradients) when the plan says so."""
+    doc = json.loads(graph.to_json())
+    doc["optimizer_offloadable"] = True
+    return _C.ModelGraph.from_json(json.dumps(doc, sort_keys=True))
 
 
 def _sample(item: Any) -> Any:

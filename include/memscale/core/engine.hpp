@@ -39,6 +39,7 @@
 #include "memscale/core/plan_summary.hpp"
 #include "memscale/core/policy/model.hpp"
 #include "memscale/core/reservation.hpp"
+#include "memscale/core/rules/optimizer_offload.hpp"
 #include "memscale/core/rules/skip.hpp"
 #include "memscale/core/rules/solver.hpp"
 #include "memscale/core/tier_search.hpp"
@@ -68,7 +69,8 @@ inline std::string disabled_techniques(const Config& config) {
 /// depth (plan_inference); the plan keeps the Config's depth, what the pager runs.
 template <class Tracker>
 Plan run_engine(const ModelGraph& graph, const Hardware& hw, const Config& config, const PlanOptions& options,
-                std::optional<std::uint64_t> counted_prefetch = std::nullopt) {
+                std::optional<std::uint64_t> counted_prefetch = std::nullopt,
+                const rules::OptimizerOffload* optimizer_offload = nullptr) {
   Setup setup = make_setup(graph, hw, config, options);
   if (counted_prefetch) setup.step.prefetch_n_ahead = *counted_prefetch;
   const std::size_t n = graph.layers.size();
@@ -77,6 +79,8 @@ Plan run_engine(const ModelGraph& graph, const Hardware& hw, const Config& confi
 
   const std::vector<model::LayerState> none(n);
   const model::PeakReport unoptimized = model::evaluate(graph, none, setup.step);
+  // Optimizer offload changes the step from here on (the unoptimized peak stays the resident one).
+  if (optimizer_offload) rules::apply_optimizer_offload(*optimizer_offload, setup.step);
   const double pressure = static_cast<double>(unoptimized.peak) / static_cast<double>(setup.budget);
   {
     char line[160];
@@ -159,7 +163,9 @@ Plan run_engine(const ModelGraph& graph, const Hardware& hw, const Config& confi
   if constexpr (std::is_same_v<Tracker, model::TrainingTracker>) {
     const rules::SolverDecision solver = rules::solver_rule(config.solver, graph.training, n);
     if (!solver.reason.empty()) log.trace.push_back(solver.reason);
-    if (solver.exact) {
+    if (solver.exact && setup.step.offload_optimizer_state)
+      log.trace.push_back("solver: the exact search does not model optimizer offload; this plan is the greedy's");
+    if (solver.exact && !setup.step.offload_optimizer_state) {
       OptimalOutcome o = plan_optimal(graph, setup, config, base, log, ledger);
       if (o.fits) {
         outcome.keep_reason = o.exhausted ? "the least-peak plan leaves this layer as it is"
@@ -250,10 +256,47 @@ inline Plan plan_inference(const ModelGraph& graph, const Hardware& hw, const Co
 /// budget with a plan under the same Config).
 /// With Config.auto_policy the learned stage (engine/policy_stage.hpp) first narrows the
 /// eligible techniques; the rule engine plans either way.
+namespace engine_detail {
+
+/// A training plan when no plan of per-layer techniques fits (`refused`): the state on the
+/// next tier, then the gradients too (rules/optimizer_offload.hpp), each with the per-layer
+/// techniques planned again on top. Rethrows the refusal with the least min_budget_bytes
+/// over the levels that apply: what offload can reach.
+inline Plan plan_training(const ModelGraph& graph, const Hardware& hw, const Config& config,
+                          const PlanOptions& options) {
+  try {
+    return run_engine<model::TrainingTracker>(graph, hw, config, options);
+  } catch (const InfeasibleBudgetError& refused) {
+    const Setup setup = make_setup(graph, hw, config, options);
+    std::optional<InfeasibleBudgetError> last;
+    for (const bool gradients : {false, true}) {
+      const rules::OptimizerOffload o =
+          rules::optimizer_offload_rule(graph, setup.step, setup.rates, setup.capacity, gradients);
+      if (!o.applies) {
+        memscale::log::info("optimizer offload: " + o.rule + ": " + o.reason);
+        continue;
+      }
+      try {
+        Plan p = run_engine<model::TrainingTracker>(graph, hw, config, options, std::nullopt, &o);
+        p.optimizer_offload = {gradients ? "state+gradients" : "state", o.tier, o.moved_bytes, o.window_bytes, o.rule,
+                               o.reason};
+        p.trace.push_back(o.rule + ": " + o.reason);
+        return p;
+      } catch (const InfeasibleBudgetError& e) {
+        if (!last || e.min_budget_bytes() < last->min_budget_bytes()) last = e;
+      }
+    }
+    if (last) throw *last;
+    throw;
+  }
+}
+
+}  // namespace engine_detail
+
 inline Plan plan(const ModelGraph& graph, const Hardware& hardware, const Config& config,
                  const PlanOptions& options = {}) {
   auto rules_plan = [&](const Config& c) {
-    if (graph.training) return engine_detail::run_engine<model::TrainingTracker>(graph, hardware, c, options);
+    if (graph.training) return engine_detail::plan_training(graph, hardware, c, options);
     return engine_detail::plan_inference(graph, hardware, c, options);
   };
   if (!config.auto_policy) return rules_plan(config);

@@ -10,6 +10,9 @@
 //   backward at l:  B_l = base + windows + Σ_{k<l} saved_k + Σ_k retained_k + Σ_{k>l} grad_k + backward_local_l
 //   optimizer step: O   = base + Σ_k grad_k + optimizer transient
 //   peak = max over all F_l, B_l and O.
+// Optimizer offload (rules/optimizer_offload.hpp) takes the optimizer state out of base
+// (and with gradient offload every grad_k, backward then holding only the gradients in
+// flight); the step holds the optimizer window instead (StepContext).
 // Inference step: input + resident weights + resident KV cache + windows + the
 // inference activation reservation (reservation.hpp); the final plan charges the weights
 // the pager's replay predicts (charge_pager_peak, pager_model.hpp).
@@ -85,6 +88,17 @@ struct StepContext {
   /// Share of a layer's profiled forward FLOPs one step runs: 1 in training; 1/seq for an
   /// inference graph with a KV cache (one decode step computes one token per sequence).
   double step_flops_share = 1.0;
+  /// Optimizer offload: the state (and with offload_gradients the gradients) on the next
+  /// tier, streamed window by window by memscale.optim.OffloadedOptimizer.
+  bool offload_optimizer_state = false;
+  bool offload_gradients = false;
+  /// What the offloaded step holds on top of the resident weights: three windows of state
+  /// (+ gradients when offloaded): the one stepping, the next being read, the previous
+  /// being written; plus the step's temporaries for one window.
+  std::uint64_t optimizer_window_bytes = 0;
+  /// Offloaded gradients in backward: the one its hook is storing and the previous one
+  /// still being written.
+  std::uint64_t gradients_in_flight_bytes = 0;
 };
 
 inline std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return b <= 1 ? a : (a + b - 1) / b; }
@@ -195,9 +209,12 @@ inline TrainTerms train_terms(const Layer& layer, const LayerState& state, const
   if (state.offload_weights) {
     terms.weight_window = weights;
   } else {
-    terms.static_bytes = weights + s64(layer.optimizer_bytes) + (ctx.data_parallel ? grad : 0);
-    terms.grad = grad;
-    terms.optimizer_transient = static_cast<std::int64_t>(ctx.optimizer_transient * static_cast<double>(grad));
+    terms.static_bytes = weights + (ctx.offload_optimizer_state ? 0 : s64(layer.optimizer_bytes)) +
+                         (ctx.data_parallel ? grad : 0);
+    terms.grad = ctx.offload_gradients ? 0 : grad;
+    // An offloaded step's temporaries are one window's (in optimizer_window_bytes).
+    if (!ctx.offload_optimizer_state)
+      terms.optimizer_transient = static_cast<std::int64_t>(ctx.optimizer_transient * static_cast<double>(grad));
   }
   return terms;
 }
@@ -291,7 +308,7 @@ std::int64_t visit_training_step(const ModelGraph& graph, const std::vector<Laye
     saved_before += terms[l].saved;
     retained_before += terms[l].retained;
   }
-  std::int64_t grad_after = 0;  // Σ_{k>l} grad_k
+  std::int64_t grad_after = s64(ctx.gradients_in_flight_bytes);  // Σ_{k>l} grad_k (+ those in flight)
   for (std::size_t l = n; l-- > 0;) {
     saved_before -= terms[l].saved;
     const std::int64_t kept = saved_before + retained;
@@ -300,7 +317,7 @@ std::int64_t visit_training_step(const ModelGraph& graph, const std::vector<Laye
                        terms[l].backward_local, windows});
     grad_after += terms[l].grad;
   }
-  opt_t += s64(ctx.optimizer_workspace_bytes);
+  opt_t += s64(ctx.optimizer_workspace_bytes) + s64(ctx.optimizer_window_bytes);
   visit(StepPosition{"optimizer_step", -1, base + grads + opt_t, 0, grads, opt_t, 0});
   return base;
 }
@@ -426,7 +443,7 @@ inline LayerBytes layer_resident_terms(const Layer& layer, const LayerState& sta
   const TrainTerms t = train_terms(layer, state, ctx);
   if (!state.offload_weights) {
     b.weights = layer.param_bytes + layer.buffer_bytes;
-    b.optimizer = layer.optimizer_bytes;
+    b.optimizer = ctx.offload_optimizer_state ? 0 : layer.optimizer_bytes;
   }
   b.grads = u64(t.grad);
   b.activations = u64(t.saved + t.retained);

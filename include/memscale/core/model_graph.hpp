@@ -67,6 +67,10 @@ struct ModelGraph {
   /// Bytes of each trainable parameter tensor in the order the optimizer steps them (empty =
   /// unknown): the per-tensor optimizer's workspace is exact with it (memory_model.hpp).
   std::vector<std::uint64_t> trainable_param_bytes;
+  /// The runtime can stream this optimizer's state and gradients to the next tier window by
+  /// window (the user handed wrap the optimizer object): the engine may then plan it
+  /// (rules/optimizer_offload.hpp). False keeps the state and gradients on the device.
+  bool optimizer_offloadable = false;
   std::vector<Layer> layers;
   bool operator==(const ModelGraph&) const = default;
 
@@ -197,6 +201,8 @@ inline void to_json(nlohmann::json& j, const ModelGraph& g) {
        {"optimizer_impl", g.optimizer_impl}, {"mixed_precision", g.mixed_precision}, {"input_bytes", g.input_bytes},
        {"largest_param_bytes", g.largest_param_bytes}, {"trainable_param_bytes", g.trainable_param_bytes},
        {"layers", g.layers}};
+  // Written only when set: graphs (and their golden files) without it stay byte-identical.
+  if (g.optimizer_offloadable) j["optimizer_offloadable"] = true;
 }
 
 inline ModelGraph graph_from_json(const nlohmann::json& j) {
@@ -223,6 +229,7 @@ inline ModelGraph graph_from_json(const nlohmann::json& j) {
     for (std::size_t i = 0; i < sizes.size(); ++i)
       g.trainable_param_bytes.push_back(f::as_u64(sizes[i], "graph.trainable_param_bytes[" + std::to_string(i) + "]"));
   }
+  g.optimizer_offloadable = f::optional<bool>(j, "optimizer_offloadable", path, false, f::as_bool);
   const auto& layers = f::require(j, "layers", path);
   if (!layers.is_array()) f::wrong_type("graph.layers", layers, "an array of layers");
   for (std::size_t i = 0; i < layers.size(); ++i) {

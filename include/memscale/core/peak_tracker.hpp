@@ -141,7 +141,7 @@ class TrainingTracker {
       weight_window_.set(l, terms_[l].weight_window);
     }
     std::vector<std::int64_t> values(2 * n_);
-    std::vector<std::int64_t> grad_after(n_ + 1, 0);
+    std::vector<std::int64_t> grad_after(n_ + 1, s64(ctx.gradients_in_flight_bytes));
     for (std::size_t l = n_; l-- > 0;) grad_after[l] = grad_after[l + 1] + terms_[l].grad;
     std::int64_t retained = 0;
     for (const auto& t : terms_) retained += t.retained;
@@ -199,7 +199,8 @@ class TrainingTracker {
     const std::int64_t windows =
         act_window_.max() + window_bytes(weight_window_.max(), weight_window_.sum(), ctx_.prefetch_n_ahead);
     Peak p{base_ + windows + tree_.max(), tree_.count(), tree_.argmax()};
-    const std::int64_t step = base_ + grads_ + opt_t_ + static_cast<std::int64_t>(ctx_.optimizer_workspace_bytes);
+    const std::int64_t step = base_ + grads_ + opt_t_ + static_cast<std::int64_t>(ctx_.optimizer_workspace_bytes) +
+                               static_cast<std::int64_t>(ctx_.optimizer_window_bytes);
     if (step > p.value) p = {step, 1, static_cast<std::int64_t>(2 * n_)};
     else if (step == p.value) p.count += 1;
     return p;

@@ -98,6 +98,16 @@ struct OffloadPlan {
   bool operator==(const OffloadPlan&) const = default;
 };
 
+/// Optimizer offload (rules/optimizer_offload.hpp): what the step keeps on the next tier.
+/// kinds "" = nothing (the state and gradients stay on the device).
+struct OptimizerOffloadPlan {
+  std::string kinds;  ///< "" | "state" | "state+gradients"
+  std::string tier;   ///< host|disk
+  std::uint64_t moved_bytes = 0, window_bytes = 0;
+  std::string rule, reason;
+  bool operator==(const OptimizerOffloadPlan&) const = default;
+};
+
 struct Plan {
   std::string mode = "auto";
   bool training = true;
@@ -113,6 +123,7 @@ struct Plan {
   Reservation reservation;
   TierChoice tier_policy;
   OffloadPlan offload;
+  OptimizerOffloadPlan optimizer_offload;
   bool operator==(const Plan&) const = default;
 
   static Plan from_json_text(const std::string& text);
@@ -215,6 +226,11 @@ inline void to_json(nlohmann::json& j, const Plan& p) {
        {"reservation", p.reservation},
        {"tier_policy", p.tier_policy},
        {"offload", p.offload}};
+  // Written only when the plan offloads: other plans (and their golden files) unchanged.
+  const OptimizerOffloadPlan& o = p.optimizer_offload;
+  if (!o.kinds.empty())
+    j["optimizer_offload"] = {{"kinds", o.kinds},   {"tier", o.tier}, {"moved_bytes", o.moved_bytes},
+                              {"window_bytes", o.window_bytes}, {"rule", o.rule}, {"reason", o.reason}};
 }
 
 inline Plan plan_from_json(const nlohmann::json& j) {
@@ -306,6 +322,17 @@ inline Plan plan_from_json(const nlohmann::json& j) {
   // Optional: plans written before the prediction existed still load.
   p.offload.predicted_resident_bytes =
       f::optional<std::uint64_t>(o, "predicted_resident_bytes", "plan.offload", 0, f::as_u64);
+  if (j.contains("optimizer_offload")) {
+    const auto& oo = j.at("optimizer_offload");
+    const std::string op = "plan.optimizer_offload";
+    OptimizerOffloadPlan& q = p.optimizer_offload;
+    q.kinds = f::one_of(f::string(oo, "kinds", op), {"state", "state+gradients"}, op + ".kinds");
+    q.tier = f::one_of(f::string(oo, "tier", op), {"host", "disk"}, op + ".tier");
+    q.moved_bytes = f::u64(oo, "moved_bytes", op);
+    q.window_bytes = f::u64(oo, "window_bytes", op);
+    q.rule = f::string(oo, "rule", op);
+    q.reason = f::string(oo, "reason", op);
+  }
   return p;
 }
 

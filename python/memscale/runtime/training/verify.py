@@ -141,7 +141,9 @@ class FirstStepMonitor:
         graph = _graph_dict(self.state.graph)
         # Optimizer state lives outside the model: not allocated yet on a first step, and
         # not visible from the model otherwise; the graph's figure stands in for it.
-        optimizer_bytes = sum(int(layer.get("optimizer_bytes", 0)) for layer in graph["layers"])
+        # Offloaded by the plan, it is on the next tier (the step holds only its windows).
+        offloaded = bool(getattr(getattr(self.state.plan, "optimizer_offload", None), "kinds", ""))
+        optimizer_bytes = 0 if offloaded else sum(int(layer.get("optimizer_bytes", 0)) for layer in graph["layers"])
         # The batch was allocated before the step began: resident, but not in the model.
         self.measured = self.base + peak + optimizer_bytes + int(graph.get("input_bytes", 0))
         budget = int(getattr(self.state.plan, "budget_bytes", 0) or 0)
@@ -164,7 +166,8 @@ class FirstStepMonitor:
 def _plan_at(model: nn.Module, state: TrainingHandle, graph: Any, budget: int) -> Any:
     cfg = Config(**{**state.cfg.to_dict(), "memory_budget": budget})
     plan, _, _ = plan_model(model, None, cfg, training=True, optimizer=state.optimizer,
-                            offload_dir=state.offload_dir, graph=graph)
+                            offload_dir=state.offload_dir, graph=graph,
+                            optimizer_offloadable=state.offload_optimizer)
     return plan
 
 

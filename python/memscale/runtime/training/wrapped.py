@@ -12,13 +12,15 @@ import logging
 import weakref
 from typing import Any
 
+import torch
 from torch import nn
 
 from ...config import Config
-from ...errors import MemScaleError
+from ...errors import ConfigError, MemScaleError
 from ...planning import plan_model
 from .. import hooks
 from .apply import PlanHandle, install_plan
+from .offload_optimizer import OffloadedOptimizer
 from .plan_view import has_techniques, summary
 from .verify import FirstStepMonitor, needs_verification
 
@@ -43,6 +45,36 @@ class TrainingHandle:
     monitor: Any = None
     replanned: bool = False
     measured_peak_bytes: int = 0
+    offload_optimizer: bool = False  # the engine may offload the optimizer (wrap's offload_optimizer)
+    offloaded: OffloadedOptimizer | None = None  # what the loop steps when the plan offloads
+
+    def optimizer_to_step(self) -> Any:
+        """The optimizer the loop steps: the OffloadedOptimizer the plan asks for, else the user's."""
+        return self.offloaded if self.offloaded is not None else self.optimizer
+
+    def sync_optimizer(self) -> None:
+        """Attach the OffloadedOptimizer the plan's ``optimizer_offload`` asks for (the
+        engine's decision, applied as it is), closing one it no longer asks for."""
+        wanted = self.plan.optimizer_offload if hasattr(self.plan, "optimizer_offload") else None
+        kinds = wanted.kinds if wanted is not None else ""
+        current = "" if self.offloaded is None else (
+            "state+gradients" if self.offloaded.offload_gradients else "state")
+        if kinds == current:
+            return
+        if current:
+            log.warning("memscale: the new plan offloads %r instead of %r; call memscale.optimizer_for(model) "
+                        "again for the optimizer to step", kinds or "nothing", current)
+        self.close_optimizer()
+        if kinds:
+            self.offloaded = OffloadedOptimizer(self.optimizer, tier=wanted.tier, directory=self.offload_dir,
+                                                gradients=kinds == "state+gradients")
+            log.info("memscale: %s (%s)", wanted.reason, wanted.rule)
+
+    def close_optimizer(self) -> None:
+        """Put the offloaded state back into the user's optimizer and remove its files."""
+        if self.offloaded is not None:
+            self.offloaded.close(restore=True)
+            self.offloaded = None
 
     def unapply(self) -> None:
         """Take the applied plan off the model (the plan stays recorded)."""
@@ -57,6 +89,7 @@ class TrainingHandle:
         self.plan, self.graph = plan, graph
         if model is not None and has_techniques(plan):
             self.applied = install_plan(model, plan, offload_dir=self.offload_dir)
+        self.sync_optimizer()
 
     def remove(self) -> None:
         """Remove the monitor and the plan; the model is restored exactly. Idempotent."""
@@ -64,6 +97,7 @@ class TrainingHandle:
             self.monitor.remove()
             self.monitor = None
         self.unapply()
+        self.close_optimizer()
         model = self.model()
         if model is not None:
             hooks.unregister(model, self)
@@ -77,7 +111,8 @@ def offload_dir_of(cfg: Config, hardware: Any = None) -> str | None:
 
 
 def wrap_training(model: nn.Module, cfg: Config, example_inputs: Any, optimizer: Any,
-                  verify: bool, loss_fn: Any = None, autocast: Any = None) -> TrainingHandle:
+                  verify: bool, loss_fn: Any = None, autocast: Any = None,
+                  offload_optimizer: bool = False) -> TrainingHandle:
     """Plan and apply ``model``'s training step under ``cfg``; register and return its handle.
 
     The Config goes to the engine unchanged: what the training runtime cannot apply
@@ -86,22 +121,32 @@ def wrap_training(model: nn.Module, cfg: Config, example_inputs: Any, optimizer:
     the engine plans only within it. So the plan applied here is exactly
     ``memscale.plan(memscale.profile(model, example_inputs, loss_fn=loss_fn), cfg)`` on
     the model's device, and a refusal (``InfeasibleBudgetError``) states the same minimum.
+    With ``offload_optimizer`` the engine may keep the optimizer state and gradients on the
+    next tier; the handle then holds the OffloadedOptimizer the loop steps
+    (``memscale.optimizer_for``).
     """
     if hooks.handle_of(model) is not None:
         raise MemScaleError(f"wrap: this {type(model).__name__} is already wrapped; call "
                             "memscale.unwrap(model) first")
+    if offload_optimizer is not True and offload_optimizer is not False:
+        raise ConfigError(f"wrap: offload_optimizer={offload_optimizer!r}; expected True or False")
+    if offload_optimizer and not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(f"wrap: offload_optimizer=True needs optimizer= the torch optimizer the loop steps "
+                          f"(Adam, AdamW or SGD), got {optimizer!r}")
     plan, graph, hardware = plan_model(model, example_inputs, cfg, training=True, optimizer=optimizer,
-                                       offload_dir=offload_dir_of(cfg), loss_fn=loss_fn, autocast=autocast)
+                                       offload_dir=offload_dir_of(cfg), loss_fn=loss_fn, autocast=autocast,
+                                       optimizer_offloadable=offload_optimizer)
     handle = TrainingHandle(model=weakref.ref(model), plan=plan, graph=graph, cfg=cfg,
                             example_inputs=example_inputs, optimizer=optimizer,
                             offload_dir=offload_dir_of(cfg, hardware), loss_fn=loss_fn,
-                            autocast=autocast)
+                            autocast=autocast, offload_optimizer=offload_optimizer)
     log.info("memscale plan for %s:\n%s", type(model).__name__, summary(plan))
     if not has_techniques(plan):
         reason = getattr(plan, "skip_reason", "") or "the step fits the budget as it is"
         watched = verify and needs_verification(plan)
         log.info("memscale: no optimization needed for %s (%s); %s", type(model).__name__, reason,
                  "its first step is measured (predicted near the budget)" if watched else "the model is unchanged")
+        handle.sync_optimizer()
     else:
         handle.apply(plan, graph)
         watched = verify
