@@ -126,16 +126,13 @@ TEST(Blocks, PlansTheRuntimeCannotApplyAreRefused) {
   const Batch data = batch(2, 16, 128);
   const Plan plan = plan_blocks(*model, model->runner, Config::from_json_text(R"({"memory_budget": "1GiB"})"),
                                 forward_of(model), data.ids, {true, "sgd"}, host(8ull << 30));
-  // The engine was told: no activation offload, no weight paging while training.
-  for (std::size_t i = 1; i + 1 < plan.layers.size(); ++i) {
-    EXPECT_FALSE(plan.layers[i].has("offload_activations"));
-    EXPECT_FALSE(plan.layers[i].has("offload_weights"));
-  }
+  // The engine was told: no weight paging while training.
+  for (std::size_t i = 1; i + 1 < plan.layers.size(); ++i) EXPECT_FALSE(plan.layers[i].has("offload_weights"));
   Plan offloading = plan;
-  offloading.layers[1].techniques = {"offload_activations"};
+  offloading.layers[1].techniques = {"offload_weights"};
   try {
     model->runner.apply(offloading, "blocks");
-    FAIL() << "applied offload_activations";
+    FAIL() << "applied offload_weights while training";
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("blocks.0"), std::string::npos) << e.what();
   }
