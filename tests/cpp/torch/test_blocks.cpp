@@ -8,7 +8,7 @@
 
 #include <gtest/gtest.h>
 
-#include "../../../examples/cpp/tiny_gpt.hpp"
+#include "gpt_steps.hpp"
 #include "memscale/core/errors.hpp"
 
 namespace memscale {
@@ -20,30 +20,13 @@ Hardware host(std::uint64_t bytes) {
   return hw;
 }
 
-struct Batch {
-  at::Tensor ids, targets;
-};
-
-Batch batch(std::int64_t b, std::int64_t t, std::int64_t vocab) {
-  return {at::randint(vocab, {b, t}, at::kLong), at::randint(vocab, {b, t}, at::kLong)};
-}
+using test_util::Batch;
+using test_util::batch;
+using test_util::expect_equal_grads;
+using test_util::forward_of;
+using test_util::step_grads;
 
 tiny_gpt::Options small() { return {/*vocab=*/128, /*max_seq=*/64, /*width=*/64, /*heads=*/4, /*blocks=*/3}; }
-
-std::function<at::Tensor(const at::Tensor&)> forward_of(tiny_gpt::Gpt& model) {
-  return [model](const at::Tensor& ids) mutable { return model->forward(ids); };
-}
-
-// Loss and every parameter gradient of one step.
-std::vector<at::Tensor> step_grads(tiny_gpt::Gpt& model, const Batch& data) {
-  tiny_gpt::loss_of(model, data.ids, data.targets).backward();
-  return tiny_gpt::take_grads(*model);
-}
-
-void expect_equal_grads(const std::vector<at::Tensor>& plain, const std::vector<at::Tensor>& ours) {
-  ASSERT_EQ(plain.size(), ours.size());
-  for (std::size_t i = 0; i < plain.size(); ++i) EXPECT_TRUE(at::allclose(plain[i], ours[i], 1e-5, 1e-6)) << "parameter " << i;
-}
 
 Config budget_config(std::uint64_t bytes, const std::string& extra = "") {
   return Config::from_json_text(R"({"memory_budget": )" + std::to_string(bytes) + extra + "}");

@@ -11,27 +11,21 @@
 
 #include <gtest/gtest.h>
 
-#include "../../../examples/cpp/tiny_gpt.hpp"
+#include "gpt_steps.hpp"
 #include "memscale/core/errors.hpp"
 #include "memscale/torch/saved_tensor_engine.hpp"
+#include "temp_dir.hpp"
 
 namespace memscale {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "memscale-test-XXXXXX").string();
-    path = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::permissions(path, fs::perms::owner_all, ec);
-    fs::remove_all(path, ec);
-  }
-};
+using test_util::batch;
+using test_util::expect_equal_grads;
+using test_util::forward_of;
+using test_util::step_grads;
+using test_util::TempDir;
 
 Hardware host_with_disk(const std::string& dir) {
   Hardware hw;
@@ -39,26 +33,6 @@ Hardware host_with_disk(const std::string& dir) {
   hw.offload_dir = dir;
   hw.offload_dir_free_bytes = 8ull << 30;
   return hw;
-}
-
-struct Batch {
-  at::Tensor ids, targets;
-};
-
-Batch batch(std::int64_t b, std::int64_t t) { return {at::randint(128, {b, t}, at::kLong), at::randint(128, {b, t}, at::kLong)}; }
-
-std::function<at::Tensor(const at::Tensor&)> forward_of(tiny_gpt::Gpt& model) {
-  return [model](const at::Tensor& ids) mutable { return model->forward(ids); };
-}
-
-std::vector<at::Tensor> step_grads(tiny_gpt::Gpt& model, const Batch& data) {
-  tiny_gpt::loss_of(model, data.ids, data.targets).backward();
-  return tiny_gpt::take_grads(*model);
-}
-
-void expect_equal_grads(const std::vector<at::Tensor>& plain, const std::vector<at::Tensor>& ours) {
-  ASSERT_EQ(plain.size(), ours.size());
-  for (std::size_t i = 0; i < plain.size(); ++i) EXPECT_TRUE(at::allclose(plain[i], ours[i], 1e-5, 1e-6)) << "parameter " << i;
 }
 
 Config offload_config(const std::string& budget, const std::string& techniques) {
@@ -82,7 +56,7 @@ TEST(BlocksOffload, OffloadAndMixedWithCheckpointKeepGradients) {
   torch::manual_seed(0);
   TempDir dir;
   tiny_gpt::Gpt model(tiny_gpt::Options{128, 64, 64, 4, 3});
-  const Batch data = batch(4, 32);
+  const test_util::Batch data = batch(4, 32, 128);
   const auto plain = step_grads(model, data);
   const DiskTierOptions disk{dir.path.string()};
   const Plan plan = plan_blocks(*model, model->runner, offload_config("\"1GiB\"", kOffloadOnly), forward_of(model), data.ids,
@@ -136,7 +110,7 @@ TEST(BlocksOffload, StepPeakWithinHalfTheUnoptimizedPeakWhenOffloading) {
   // block's backward working set fit well under it: eight blocks, activations well above
   // the weights (four blocks of seq 128 need 105% of the budget, eight of batch 8 112%).
   tiny_gpt::Gpt model(tiny_gpt::Options{128, 64, 64, 4, 8});
-  const Batch data = batch(16, 64);
+  const test_util::Batch data = batch(16, 64, 128);
   auto step = [&] {
     torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-3));
     tiny_gpt::loss_of(model, data.ids, data.targets).backward();
@@ -193,7 +167,7 @@ TEST(BlocksOffload, RefusedUnderAForeignEngineOrABadDirectory) {
   torch::manual_seed(2);
   TempDir dir;
   tiny_gpt::Gpt model(tiny_gpt::Options{128, 64, 64, 4, 2});
-  const Batch data = batch(2, 16);
+  const test_util::Batch data = batch(2, 16, 128);
   const Hardware hw = host_with_disk(dir.path.string());
   const Plan offloading = plan_blocks(*model, model->runner, offload_config("\"1GiB\"", kOffloadOnly), forward_of(model),
                                       data.ids, {true, "sgd"}, hw, DiskTierOptions{dir.path.string()});
