@@ -8,6 +8,8 @@
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <torch/csrc/autograd/grad_mode.h>
+#include <torch/optim/adam.h>
 
 #include "../../../examples/cpp/tiny_gpt.hpp"
 
@@ -30,6 +32,28 @@ inline std::vector<at::Tensor> step_grads(tiny_gpt::Gpt& model, const Batch& dat
   tiny_gpt::loss_of(model, data.ids, data.targets).backward();
   return tiny_gpt::take_grads(*model);
 }
+
+/// One training step with a fresh Adam (its state is allocated inside the step).
+inline void adam_step(tiny_gpt::Gpt& model, const Batch& data) {
+  torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-3));
+  tiny_gpt::loss_of(model, data.ids, data.targets).backward();
+  optimizer.step();
+  optimizer.zero_grad();
+}
+
+/// The parameters' values now, to put back after a step (equal weights for two runs).
+struct SavedWeights {
+  torch::nn::Module& model;
+  std::vector<at::Tensor> values;
+  explicit SavedWeights(torch::nn::Module& m) : model(m) {
+    for (const auto& p : m.parameters()) values.push_back(p.detach().clone());
+  }
+  void restore() {
+    torch::NoGradGuard no_grad;
+    auto params = model.parameters();
+    for (std::size_t i = 0; i < params.size(); ++i) params[i].copy_(values[i]);
+  }
+};
 
 inline void expect_equal_grads(const std::vector<at::Tensor>& plain, const std::vector<at::Tensor>& ours) {
   ASSERT_EQ(plain.size(), ours.size());

@@ -4,7 +4,6 @@
 // serving gives the resident model's tokens within budget, and plans the C++ runtime
 // cannot apply are refused.
 #include <torch/csrc/autograd/grad_mode.h>
-#include <torch/optim/adam.h>
 
 #include <gtest/gtest.h>
 
@@ -55,21 +54,11 @@ TEST(Blocks, StepPeakWithinHalfTheUnoptimizedPeak) {
   torch::manual_seed(1);
   tiny_gpt::Gpt model(tiny_gpt::Options{128, 128, 64, 4, 4});
   const Batch data = batch(8, 128, 128);
-  auto step = [&] {
-    torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-3));
-    tiny_gpt::loss_of(model, data.ids, data.targets).backward();
-    optimizer.step();
-    optimizer.zero_grad();
-  };
+  auto step = [&] { test_util::adam_step(model, data); };
   // Equal weights for both runs: restore them after the plain step.
-  std::vector<at::Tensor> weights;
-  for (const auto& p : model->parameters()) weights.push_back(p.detach().clone());
+  test_util::SavedWeights weights(*model);
   const std::uint64_t unoptimized = tiny_gpt::measured_peak(*model, step);
-  {
-    torch::NoGradGuard no_grad;
-    auto params = model->parameters();
-    for (std::size_t i = 0; i < params.size(); ++i) params[i].copy_(weights[i]);
-  }
+  weights.restore();
   const std::uint64_t budget = unoptimized / 2;
   const Plan plan = plan_blocks(*model, model->runner, budget_config(budget), forward_of(model), data.ids,
                                 {true, "adam", true}, host(8ull << 30));

@@ -7,7 +7,6 @@
 #include <filesystem>
 
 #include <torch/csrc/autograd/engine.h>
-#include <torch/optim/adam.h>
 
 #include <gtest/gtest.h>
 
@@ -111,21 +110,10 @@ TEST(BlocksOffload, StepPeakWithinHalfTheUnoptimizedPeakWhenOffloading) {
   // the weights (four blocks of seq 128 need 105% of the budget, eight of batch 8 112%).
   tiny_gpt::Gpt model(tiny_gpt::Options{128, 64, 64, 4, 8});
   const test_util::Batch data = batch(16, 64, 128);
-  auto step = [&] {
-    torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-3));
-    tiny_gpt::loss_of(model, data.ids, data.targets).backward();
-    optimizer.step();
-    optimizer.zero_grad();
-  };
-  std::vector<at::Tensor> weights;
-  for (const auto& p : model->parameters()) weights.push_back(p.detach().clone());
-  auto restore = [&] {
-    torch::NoGradGuard no_grad;
-    auto params = model->parameters();
-    for (std::size_t i = 0; i < params.size(); ++i) params[i].copy_(weights[i]);
-  };
+  auto step = [&] { test_util::adam_step(model, data); };
+  test_util::SavedWeights weights(*model);
   const std::uint64_t unoptimized = tiny_gpt::measured_peak(*model, step);
-  restore();
+  weights.restore();
   const std::uint64_t budget = unoptimized / 2;
   const Hardware hw = host_with_disk(dir.path.string());
   const DiskTierOptions disk{dir.path.string()};
