@@ -35,21 +35,26 @@ Engine& hooking_engine_stub() { return hooking_engine(); }
 std::mutex g_mutex;
 int g_leases = 0;
 
-}  // namespace
-
-std::optional<std::string> saved_tensor_engine_unavailable() {
-  std::lock_guard<std::mutex> lock(g_mutex);
+// Caller holds g_mutex.
+std::optional<std::string> unavailable_locked() {
   Engine& current = Engine::get_default_engine();
   if (&current == &Engine::get_base_engine() || &current == &hooking_engine()) return std::nullopt;
   return std::string("another autograd engine (") + c10::demangle(typeid(current).name()) +
          ") is the default, e.g. Python's when torch._C is loaded; it owns the saved-tensor hooks";
 }
 
+}  // namespace
+
+std::optional<std::string> saved_tensor_engine_unavailable() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return unavailable_locked();
+}
+
 EngineLease::EngineLease() {
-  if (const auto why = saved_tensor_engine_unavailable())
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (const auto why = unavailable_locked())
     throw ConfigError("activation offload in C++: cannot install memscale's autograd engine: " + *why +
                       "; use the Python API (memscale.wrap) in a Python process");
-  std::lock_guard<std::mutex> lock(g_mutex);
   if (g_leases++ == 0) {
     torch::autograd::set_default_engine_stub(&hooking_engine_stub);
     log::debug("autograd: memscale's engine installed (saved-tensor hooks for activation offload)");
