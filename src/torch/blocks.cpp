@@ -1,5 +1,5 @@
 // Blocks: runs a model's ModuleList of blocks as an applied plan says (checkpoint, batch
-// tiling, weights paged through the LayerPager), or records each block's memory while
+// tiling, activation offload, weights paged through the LayerPager), or records each block's memory while
 // profile_blocks runs the model's forward.
 #include "memscale/torch/blocks.hpp"
 
@@ -12,6 +12,7 @@
 #include "memscale/core/errors.hpp"
 #include "memscale/core/log.hpp"
 #include "memscale/torch/checkpoint.hpp"
+#include "memscale/torch/saved_tensor_engine.hpp"
 
 namespace memscale {
 namespace {
@@ -53,7 +54,18 @@ struct Blocks::State {
   std::unique_ptr<LayerPager> pager;
   std::vector<std::optional<std::size_t>> paged_as;  // block -> pager layer
   std::string private_dir;
+  // Activation offload: the store, memscale's autograd engine held installed, and each
+  // block's parameter and buffer storages (never offloaded).
+  std::unique_ptr<ActivationStore> activations;
+  std::unique_ptr<EngineLease> engine;
+  std::vector<std::vector<c10::Storage>> resident;
   BlockRecording* recording = nullptr;
+
+  void stop_offloading() {
+    activations.reset();  // its files go when autograd releases the last saved tensor
+    engine.reset();
+    resident.clear();
+  }
 
   void stop_paging() {
     pager.reset();  // joins the prefetch thread
@@ -66,7 +78,10 @@ struct Blocks::State {
       private_dir.clear();
     }
   }
-  ~State() { stop_paging(); }
+  ~State() {
+    stop_paging();
+    stop_offloading();
+  }
 };
 
 Blocks::Blocks(torch::nn::ModuleList list, BlockCall call) : state_(std::make_shared<State>()) {
@@ -81,6 +96,7 @@ torch::nn::ModuleList Blocks::list() const { return state_ ? state_->list : torc
 bool Blocks::applied() const { return state_ && !state_->plans.empty(); }
 const LayerPager* Blocks::pager() const { return state_ ? state_->pager.get() : nullptr; }
 const TorchPagerStorage* Blocks::storage() const { return state_ ? state_->storage.get() : nullptr; }
+const ActivationStore* Blocks::activations() const { return state_ ? state_->activations.get() : nullptr; }
 void Blocks::record_into(BlockRecording* out) const {
   if (!state_) throw ConfigError("Blocks: default-constructed (no ModuleList)");
   state_->recording = out;
@@ -136,6 +152,9 @@ at::Tensor Blocks::forward(std::size_t i, const at::Tensor& x) const {
   const Held held{pager, pager ? *s.paged_as[i] : 0};
   if (s.plans.empty()) return s.call(i, x);
   const LayerPlan& plan = s.plans[i];
+  // While this block's forward runs, what autograd saves goes to the plan's tier.
+  std::optional<ActivationStore::Call> offloaded;
+  if (plan.has("offload_activations") && s.activations) offloaded.emplace(*s.activations, plan.activation_tier, s.resident[i]);
   LayerFn block = [&s, i](const at::Tensor& t) { return s.call(i, t); };
   if (plan.has("tile") && plan.tile_chunks > 1 && x.dim() > 0 && x.size(0) > 1) {
     // Each chunk is recomputed in backward, so only one chunk's intermediates live.
@@ -156,6 +175,7 @@ at::Tensor Blocks::run(const at::Tensor& x) const {
 void Blocks::unwrap() {
   if (!state_) return;
   state_->stop_paging();
+  state_->stop_offloading();
   state_->plans.clear();
 }
 
@@ -168,9 +188,12 @@ void Blocks::apply(const Plan& plan, const std::string& name, const DiskTierOpti
   for (std::size_t k = 0; k < plan.layers.size(); ++k) {
     const LayerPlan& layer = plan.layers[k];
     const std::string path = "plan.layers[" + std::to_string(k) + "] (\"" + layer.name + "\")";
-    if (layer.has("offload_activations"))
-      throw ConfigError(path + ".techniques: offload_activations is planned, but the C++ runtime does not offload "
-                        "activations; plan with techniques.offload_activations \"off\" (plan_blocks does)");
+    if (layer.has("offload_activations") && !plan.training)
+      throw ConfigError(path + ".techniques: offload_activations is planned for inference (a KV cache); the C++ "
+                        "runtime keeps no KV cache");
+    if (layer.has("offload_activations") && layer.activation_tier != "disk" && layer.activation_tier != "host")
+      throw ConfigError(path + ".activation_tier: got \"" + layer.activation_tier + "\" with offload_activations, "
+                        "expected \"disk\" or \"host\"");
     if (layer.has("offload_weights") && plan.training)
       throw ConfigError(path + ".techniques: offload_weights is planned for training; the C++ runtime pages weights "
                         "for inference only");
@@ -194,7 +217,37 @@ void Blocks::apply(const Plan& plan, const std::string& name, const DiskTierOpti
                         "\"; the plan was made for another model (plan it with plan_blocks)");
     plans.push_back(*found[i]);
   }
+  // Activation offload: every check before anything changes (the engine, the directory).
+  std::uint64_t offloaded_bytes = 0;
+  bool offloads = false, to_disk = false;
+  for (const auto& p : plans) {
+    if (!p.has("offload_activations")) continue;
+    offloads = true;
+    if (p.activation_tier == "disk") {
+      to_disk = true;
+      offloaded_bytes += p.before.activations;
+    }
+  }
+  std::unique_ptr<EngineLease> engine;
+  std::unique_ptr<ActivationStore> activations;
+  if (offloads) {
+    engine = std::make_unique<EngineLease>();  // ConfigError under a foreign engine
+    std::string dir = disk.dir;
+    if (dir.empty()) dir = std::filesystem::temp_directory_path().string();
+    if (to_disk) check_disk_dir(dir, offloaded_bytes);
+    activations = std::make_unique<ActivationStore>(dir);
+  }
   unwrap();
+  if (offloads) {
+    s.engine = std::move(engine);
+    s.activations = std::move(activations);
+    for (std::size_t i = 0; i < n; ++i) {
+      std::vector<c10::Storage> storages;
+      for (const auto& p : s.list[i]->parameters()) storages.push_back(p.storage());
+      for (const auto& b : s.list[i]->buffers()) storages.push_back(b.storage());
+      s.resident.push_back(std::move(storages));
+    }
+  }
   bool paged = false;
   for (const auto& p : plans) paged = paged || p.has("offload_weights");
   if (paged) {

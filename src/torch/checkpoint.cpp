@@ -16,6 +16,7 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/grad_mode.h>
+#include <torch/csrc/autograd/saved_variable.h>
 
 #ifdef MEMSCALE_WITH_CUDA
 #include <ATen/cuda/CUDAGeneratorImpl.h>
@@ -48,12 +49,12 @@ void set_rng_state(at::Generator& generator, const at::Tensor& state) {
 class CheckpointBackward : public torch::autograd::Node {
  public:
   CheckpointBackward(LayerFn fn, at::Tensor input, bool input_requires_grad, at::Tensor rng_state)
-      : fn_(std::move(fn)), input_(std::move(input)), input_requires_grad_(input_requires_grad), rng_state_(std::move(rng_state)) {}
+      : fn_(std::move(fn)), input_(input, /*is_output=*/false), input_requires_grad_(input_requires_grad), rng_state_(std::move(rng_state)) {}
 
   variable_list apply(variable_list&& grads) override {
-    TORCH_CHECK(input_.defined(), "memscale checkpoint: backward ran twice through the same checkpointed layer; "
+    TORCH_CHECK(!released_, "memscale checkpoint: backward ran twice through the same checkpointed layer; "
                 "its saved input was released after the first (retain_graph is not supported)");
-    at::Tensor x = input_.detach();
+    at::Tensor x = input_.unpack().detach();
     x.requires_grad_(input_requires_grad_);
     at::Generator generator = default_generator(x);
     const at::Tensor current_state = get_rng_state(generator);
@@ -71,13 +72,16 @@ class CheckpointBackward : public torch::autograd::Node {
   std::string name() const override { return "memscale::CheckpointBackward"; }
 
   void release_variables() override {
-    input_.reset();
+    input_.reset_data();
+    released_ = true;
     rng_state_.reset();
   }
 
  private:
   LayerFn fn_;
-  at::Tensor input_;
+  // A SavedVariable, so default saved-tensor hooks (activation offload) move it too.
+  torch::autograd::SavedVariable input_;
+  bool released_ = false;
   bool input_requires_grad_;
   at::Tensor rng_state_;
 };

@@ -14,6 +14,7 @@
 #include "memscale/core/reservation.hpp"
 #include "memscale/torch/blocks.hpp"
 #include "memscale/torch/detect_hardware.hpp"
+#include "memscale/torch/saved_tensor_engine.hpp"
 
 namespace memscale {
 namespace {
@@ -56,7 +57,11 @@ void mark_incapable(Layer& layer, bool training, bool in_blocks) {
     for (const auto& technique : plan_techniques()) layer.cannot[technique] = outside;
     return;
   }
-  layer.cannot["offload_activations"] = "the C++ runtime does not offload activations (see docs/cpp-api.md)";
+  if (!training) {
+    layer.cannot["offload_activations"] = "the C++ runtime keeps no KV cache";
+  } else if (const auto why = saved_tensor_engine_unavailable()) {
+    layer.cannot["offload_activations"] = "the C++ runtime cannot hook saved tensors here: " + *why;
+  }
   if (training) layer.cannot["offload_weights"] = "the C++ runtime pages weights for inference only";
 }
 

@@ -15,11 +15,13 @@
 // Blocks registers no module and owns no parameter: names, parameters and serialization
 // keys are the model's own. Until a plan is applied (and after unwrap) every block is a
 // plain call. A plan applies per block: checkpoint (memscale::checkpoint), tile (batch
-// chunks, each checkpointed; only blocks declared rows-independent are ever tileable) and,
-// for inference, offload_weights (the blocks' parameters paged through the core
-// LayerPager and TorchPagerStorage, prefetched on the pager's thread). Activation offload
-// is not applied by the C++ runtime: plan_blocks tells the engine so (Layer::cannot), and
-// apply refuses a plan that asks for it.
+// chunks, each checkpointed; only blocks declared rows-independent are ever tileable),
+// offload_activations for training (what autograd saves during the block's forward goes
+// to disk or pinned host memory through memscale's autograd engine: activation_store.hpp,
+// saved_tensor_engine.hpp) and, for inference, offload_weights (the blocks' parameters
+// paged through the core LayerPager and TorchPagerStorage, prefetched on the pager's
+// thread). Where another autograd engine is installed (Python's), activation offload
+// cannot be applied: plan_blocks tells the engine so (Layer::cannot) and apply refuses.
 #pragma once
 
 #include <cstddef>
@@ -38,6 +40,7 @@
 #include "memscale/core/model_graph.hpp"
 #include "memscale/core/pager.hpp"
 #include "memscale/core/plan.hpp"
+#include "memscale/torch/activation_store.hpp"
 #include "memscale/torch/counting_allocator.hpp"
 #include "memscale/torch/pager_storage.hpp"
 
@@ -70,10 +73,14 @@ class Blocks {
 
   /// Applies the plan's layers named `<name>.<i>` to block i (`name`: where the model
   /// registered the list, e.g. "blocks"). Layers of other names must carry no technique.
-  /// A technique the C++ runtime cannot apply (offload_activations; offload_weights while
-  /// training) is a ConfigError naming the layer. offload_weights pages the blocks under
-  /// the plan's `offload` section with `disk` (its `dir` must exist; "" = a private
-  /// temporary directory, removed by unwrap); prefetch runs on the pager's thread.
+  /// A technique the C++ runtime cannot apply (offload_weights while training;
+  /// offload_activations for inference, or under another autograd engine) is a
+  /// ConfigError naming the layer, raised before anything changes. offload_weights pages
+  /// the blocks under the plan's `offload` section with `disk` (its `dir` must exist; "" =
+  /// a private temporary directory, removed by unwrap); prefetch runs on the pager's
+  /// thread. offload_activations on the disk tier writes in a private subdirectory of
+  /// `disk.dir` (the system temporary directory when ""), checked first (check_disk_dir:
+  /// it must exist, be writable and hold the planned bytes).
   void apply(const Plan& plan, const std::string& name, const DiskTierOptions& disk = {});
   /// Plain calls again; paged weights are read back and the files removed.
   void unwrap();
@@ -84,6 +91,8 @@ class Blocks {
   /// The pager serving the blocks' weights, null unless offload_weights was applied.
   const LayerPager* pager() const;
   const TorchPagerStorage* storage() const;
+  /// The store of offloaded activations, null unless offload_activations was applied.
+  const ActivationStore* activations() const;
 
   /// Profiling (profile_blocks): while set, forward() runs plain calls and records each
   /// block's measurement into `out` (null: stop recording).

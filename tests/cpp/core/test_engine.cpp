@@ -279,6 +279,24 @@ TEST(Engine, CpuOnlyMachineOffloadsToDisk) {
   EXPECT_TRUE(any);
 }
 
+TEST(Engine, ForcedActivationOffloadKeepsTheTierItWasPlacedOn) {
+  // The exact solver re-places only the offloads it chose; forced ones keep the baseline's
+  // tier (they came out as "device", which no runtime applies).
+  for (const char* machine : {"cpu_24gib.json", "gpu_24gib.json"}) {
+    const Hardware hw = fixture_hardware(machine);
+    const Plan p = plan(fixture_graph("llama7b_train.json"), hw,
+                        Config::from_json_text(R"({"force_optimize": true, "techniques": {"offload_activations": "on"}})"));
+    std::size_t offloaded = 0;
+    for (const auto& l : p.layers) {
+      if (!l.has("offload_activations")) continue;
+      ++offloaded;
+      EXPECT_NE(l.activation_tier, "device") << machine << " " << l.name;
+      if (hw.devices.empty()) EXPECT_EQ(l.activation_tier, "disk") << machine << " " << l.name;
+    }
+    EXPECT_GT(offloaded, 0u) << machine;
+  }
+}
+
 TEST(Engine, InferencePlanReservesActivationsAndReportsTiers) {
   const Hardware hw = fixture_hardware("gpu_24gib.json");
   const ModelGraph g = fixture_graph("llama7b_infer.json");

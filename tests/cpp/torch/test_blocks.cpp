@@ -4,11 +4,10 @@
 // serving gives the resident model's tokens within budget, and plans the C++ runtime
 // cannot apply are refused.
 #include <torch/csrc/autograd/grad_mode.h>
-#include <torch/optim/adam.h>
 
 #include <gtest/gtest.h>
 
-#include "../../../examples/cpp/tiny_gpt.hpp"
+#include "gpt_steps.hpp"
 #include "memscale/core/errors.hpp"
 
 namespace memscale {
@@ -20,30 +19,13 @@ Hardware host(std::uint64_t bytes) {
   return hw;
 }
 
-struct Batch {
-  at::Tensor ids, targets;
-};
-
-Batch batch(std::int64_t b, std::int64_t t, std::int64_t vocab) {
-  return {at::randint(vocab, {b, t}, at::kLong), at::randint(vocab, {b, t}, at::kLong)};
-}
+using test_util::Batch;
+using test_util::batch;
+using test_util::expect_equal_grads;
+using test_util::forward_of;
+using test_util::step_grads;
 
 tiny_gpt::Options small() { return {/*vocab=*/128, /*max_seq=*/64, /*width=*/64, /*heads=*/4, /*blocks=*/3}; }
-
-std::function<at::Tensor(const at::Tensor&)> forward_of(tiny_gpt::Gpt& model) {
-  return [model](const at::Tensor& ids) mutable { return model->forward(ids); };
-}
-
-// Loss and every parameter gradient of one step.
-std::vector<at::Tensor> step_grads(tiny_gpt::Gpt& model, const Batch& data) {
-  tiny_gpt::loss_of(model, data.ids, data.targets).backward();
-  return tiny_gpt::take_grads(*model);
-}
-
-void expect_equal_grads(const std::vector<at::Tensor>& plain, const std::vector<at::Tensor>& ours) {
-  ASSERT_EQ(plain.size(), ours.size());
-  for (std::size_t i = 0; i < plain.size(); ++i) EXPECT_TRUE(at::allclose(plain[i], ours[i], 1e-5, 1e-6)) << "parameter " << i;
-}
 
 Config budget_config(std::uint64_t bytes, const std::string& extra = "") {
   return Config::from_json_text(R"({"memory_budget": )" + std::to_string(bytes) + extra + "}");
@@ -72,21 +54,11 @@ TEST(Blocks, StepPeakWithinHalfTheUnoptimizedPeak) {
   torch::manual_seed(1);
   tiny_gpt::Gpt model(tiny_gpt::Options{128, 128, 64, 4, 4});
   const Batch data = batch(8, 128, 128);
-  auto step = [&] {
-    torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(1e-3));
-    tiny_gpt::loss_of(model, data.ids, data.targets).backward();
-    optimizer.step();
-    optimizer.zero_grad();
-  };
+  auto step = [&] { test_util::adam_step(model, data); };
   // Equal weights for both runs: restore them after the plain step.
-  std::vector<at::Tensor> weights;
-  for (const auto& p : model->parameters()) weights.push_back(p.detach().clone());
+  test_util::SavedWeights weights(*model);
   const std::uint64_t unoptimized = tiny_gpt::measured_peak(*model, step);
-  {
-    torch::NoGradGuard no_grad;
-    auto params = model->parameters();
-    for (std::size_t i = 0; i < params.size(); ++i) params[i].copy_(weights[i]);
-  }
+  weights.restore();
   const std::uint64_t budget = unoptimized / 2;
   const Plan plan = plan_blocks(*model, model->runner, budget_config(budget), forward_of(model), data.ids,
                                 {true, "adam", true}, host(8ull << 30));
@@ -126,16 +98,13 @@ TEST(Blocks, PlansTheRuntimeCannotApplyAreRefused) {
   const Batch data = batch(2, 16, 128);
   const Plan plan = plan_blocks(*model, model->runner, Config::from_json_text(R"({"memory_budget": "1GiB"})"),
                                 forward_of(model), data.ids, {true, "sgd"}, host(8ull << 30));
-  // The engine was told: no activation offload, no weight paging while training.
-  for (std::size_t i = 1; i + 1 < plan.layers.size(); ++i) {
-    EXPECT_FALSE(plan.layers[i].has("offload_activations"));
-    EXPECT_FALSE(plan.layers[i].has("offload_weights"));
-  }
+  // The engine was told: no weight paging while training.
+  for (std::size_t i = 1; i + 1 < plan.layers.size(); ++i) EXPECT_FALSE(plan.layers[i].has("offload_weights"));
   Plan offloading = plan;
-  offloading.layers[1].techniques = {"offload_activations"};
+  offloading.layers[1].techniques = {"offload_weights"};
   try {
     model->runner.apply(offloading, "blocks");
-    FAIL() << "applied offload_activations";
+    FAIL() << "applied offload_weights while training";
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("blocks.0"), std::string::npos) << e.what();
   }

@@ -15,25 +15,14 @@
 #include "memscale/core/pager.hpp"
 #include "memscale/torch/counting_allocator.hpp"
 #include "memscale/torch/pager_storage.hpp"
+#include "temp_dir.hpp"
 
 namespace memscale {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "memscale-test-XXXXXX").string();
-    path = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::permissions(path, fs::perms::owner_all, ec);
-    fs::remove_all(path, ec);
-  }
-  std::size_t entries() const { return static_cast<std::size_t>(std::distance(fs::directory_iterator(path), {})); }
-};
+using test_util::TempDir;
 
 struct Model {
   std::vector<std::vector<at::Tensor>> layers;

@@ -153,6 +153,9 @@ inline OptimalOutcome plan_optimal(const ModelGraph& graph, const Setup& setup, 
   }
   TierLedger room = ledger;
   DecisionLog tiers(n);
+  // The baseline's forced offloads keep the tiers it placed them on (place_offloads skips them).
+  tiers.weight_tier = log.weight_tier;
+  tiers.activation_tier = log.activation_tier;
   if (!place_offloads(graph, setup, base, best->states, room, tiers)) {
     out.placement_failed = true;
     return out;
