@@ -1,10 +1,12 @@
-"""Known open bug, stated where it bites: on some CPUs the profile underestimates a
-convolutional model's unoptimized step peak (measured on an AMD EPYC with AVX2, 2026-12-04:
-ResNet's layer4 backward needs ~5 MB more than profiled, measured 16.75 MB against a
-predicted 12.75 MB). A budget between the two is then accepted by ``wrap`` and refused by
-the first-step check (runtime/training/verify.py) with the right minimum: honest, but not
-what the sweeps assert. Such a run is reported as xfail with its figures; wherever the
-profile is within ``GAP`` of the measured peak, the tests assert in full.
+"""Known open bug, stated where it bites: on some CPUs the profile ``wrap`` makes (fake
+tensors, no real kernels) underestimates a convolutional model's unoptimized step peak. On an
+AMD EPYC with AVX2 (2026-12-04) ResNet's layer4 blocks need 5.3-5.9 MB of backward scratch
+inside the convolution kernels, where the fake-tensor estimate says 0.9-1.2 MB: predicted
+12.75 MB, measured 16.75 MB. ``memscale.profile(..., measure=True)`` sees it (its measured
+step gives the layer those figures); the first-step check (runtime/training/verify.py) sees
+it too and refuses a budget between the two with the right minimum: honest, but not what the
+sweeps assert (``wrap`` itself refusing). Such a run is reported as xfail with its figures;
+wherever the profile is within ``GAP`` of the measured peak, the tests assert in full.
 """
 from __future__ import annotations
 
