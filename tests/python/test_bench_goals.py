@@ -89,3 +89,22 @@ def test_the_goals_ship_inside_the_package():
     path = default_goals_path()
     assert path.parent == Path(memscale.__file__).resolve().parent / "bench"
     assert len(load_goals(path)) >= 10
+
+
+def test_a_known_miss_passes_only_the_records_it_names(tmp_path):
+    goals = tmp_path / "goals.json"
+    goals.write_text(json.dumps({"goals": [
+        {"id": "accuracy", "scenario": "est", "ratio": "abs_error", "op": "<=", "goal": 0.05, "tolerance": 0.0,
+         "known_miss": "open", "known_miss_where": {"model": "cnn"}}]}))
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"records": [
+        {"scenario": "est", "model": "cnn", "ratios": {"abs_error": 0.2}},
+        {"scenario": "est", "model": "gpt", "ratios": {"abs_error": 0.01}}]}))
+    done = _bench_check(goals, results)
+    assert done.returncode == 0, done.stderr
+    assert "KNOWN MISS accuracy [cnn]" in done.stderr
+    results.write_text(json.dumps({"records": [
+        {"scenario": "est", "model": "cnn", "ratios": {"abs_error": 0.2}},
+        {"scenario": "est", "model": "gpt", "ratios": {"abs_error": 0.2}}]}))
+    done = _bench_check(goals, results)
+    assert done.returncode != 0 and "MISS accuracy [gpt]" in done.stderr, done.stderr

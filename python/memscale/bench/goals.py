@@ -12,7 +12,9 @@ held to ``tolerance``.
 
 A goal with ``known_miss`` (a sentence: since when and why it is missed, and where it is
 tracked) is still checked and reported on every record, as ``KNOWN MISS`` when missed, but
-a miss does not fail the run: a regression already found and open, not a new one.
+a miss does not fail the run: a regression already found and open, not a new one. With
+``known_miss_where`` (fields a record must match, like ``where``) only the matching
+records' misses are known; the goal's other records fail as usual.
 """
 from __future__ import annotations
 
@@ -83,7 +85,7 @@ def check(records: list[dict[str, Any]], goals: list[dict[str, Any]], scenarios:
             ok = value <= limit if g["op"] == "<=" else value >= limit
             kind = "quick-run tolerance" if r.get("quick") and "quick_tolerance" in g else "tolerance"
             message = f"{label}: {g['ratio']} = {value:.3f}, goal {g['op']} {g['goal']} ({kind} {tolerance:.0%})"
-            if not ok and g.get("known_miss"):
+            if not ok and g.get("known_miss") and _matches(r, g.get("known_miss_where", {})):
                 ok, message = True, f"KNOWN MISS {message}; {g['known_miss']}"
             results.append(GoalResult(g["id"], g["scenario"], ok, message))
     return results
