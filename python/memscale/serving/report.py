@@ -6,6 +6,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+
+def quantile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of ``values`` (nearest rank); 0 for none."""
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))] if s else 0.0
+
 @dataclass
 class ServingReport:
     """A run: throughput, latencies, measured peak per iteration against the budget,
@@ -33,10 +39,7 @@ class ServingReport:
 
     def latency(self, q: float) -> float:
         """The q-quantile (0..1) of submit-to-finish seconds."""
-        if not self.latencies:
-            return 0.0
-        s = sorted(self.latencies)
-        return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+        return quantile(self.latencies, q)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

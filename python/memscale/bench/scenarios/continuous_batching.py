@@ -10,7 +10,6 @@ The continuous runs' outputs are checked against the same-length runs' (greedy, 
 """
 from __future__ import annotations
 
-import math
 import os
 import random
 import statistics
@@ -22,6 +21,7 @@ from memscale.runtime.inference.memory_model import calibrate
 from memscale.bench.scenarios.scheduler import budget_and_worst_case_batch
 from memscale.scheduler import Scheduler
 from memscale.serving import ContinuousScheduler
+from memscale.serving.report import quantile
 
 PROMPTS = (8, 16, 32)
 VOCAB = 2048
@@ -50,11 +50,6 @@ def _stream(n: int, seed: int, max_new: int) -> list[tuple[str, torch.Tensor, in
     return out
 
 
-def _quantile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))] if s else 0.0
-
-
 def _continuous(models, memories, budget, stream, projection) -> dict[str, Any]:
     sched = ContinuousScheduler(budget, projection=projection)
     for name, model in models.items():
@@ -75,8 +70,8 @@ def _batched(models, memories, budget, stream, fixed_batch) -> dict[str, Any]:
     reqs = [sched.submit(m, ids, n) for m, ids, n in stream]
     report = sched.run()
     latencies = [r.finished_at - r.submitted_at for r in reqs]
-    return {"tokens_per_s": report.tokens_per_second, "p50_latency_s": _quantile(latencies, 0.5),
-            "p99_latency_s": _quantile(latencies, 0.99), "measured_peak_bytes": report.measured_peak_bytes,
+    return {"tokens_per_s": report.tokens_per_second, "p50_latency_s": quantile(latencies, 0.5),
+            "p99_latency_s": quantile(latencies, 0.99), "measured_peak_bytes": report.measured_peak_bytes,
             "over_budget": report.over_budget_batches, "batches": len(report.batches),
             "outputs": [r.tokens[r.prompt_len:].tolist() for r in reqs]}
 
