@@ -141,6 +141,7 @@ void bind_pager(py::module_& m) {
       .def("disk_bytes_required", &TorchPagerStorage::disk_bytes_required, py::arg("pinned"))
       .def("write_home_copies", &TorchPagerStorage::write_home_copies, py::arg("pinned"), py::arg("free_bytes") = py::none(),
            release_gil())
+      .def("store", &TorchPagerStorage::store, py::arg("layer"), release_gil())
       .def("load", &TorchPagerStorage::load, py::arg("layer"), release_gil())
       .def("evict", &TorchPagerStorage::evict, py::arg("layer"), release_gil())
       .def("restore_all", &TorchPagerStorage::restore_all, release_gil())

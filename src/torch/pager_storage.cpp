@@ -187,6 +187,25 @@ DiskDirCheck check_disk_dir(const std::string& dir, std::uint64_t required_bytes
   return check;
 }
 
+namespace {
+
+/// Writes each region of a layer at its offset in the file's data section: CPU storages
+/// directly, CUDA ones through a pinned staging buffer. (A template: Region is private.)
+template <class Regions>
+void write_regions(int fd, const Regions& regions, std::uint64_t data_start, std::size_t chunk, const std::string& path) {
+  for (const auto& r : regions) {
+    if (r.device.is_cpu()) {
+      write_all(fd, static_cast<const char*>(r.storage.data()), r.nbytes, data_start + r.file_offset, chunk, path);
+    } else {
+      at::Tensor staging = at::empty({static_cast<std::int64_t>(r.nbytes)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+      staging.copy_(byte_view(r.storage.mutable_data(), r.nbytes, r.device));
+      write_all(fd, static_cast<const char*>(staging.const_data_ptr()), r.nbytes, data_start + r.file_offset, chunk, path);
+    }
+  }
+}
+
+}  // namespace
+
 struct TorchPagerStorage::Region {
   c10::Storage storage;  ///< a reference: the parameter keeps using the same StorageImpl
   std::uint64_t nbytes = 0;
@@ -381,16 +400,7 @@ void TorchPagerStorage::write_file(Layer& l) {
       write_all(fd, header.data(), header.size(), 8, disk_.io_chunk_bytes, l.path);
       l.data_start = 8 + header.size();
     }
-    for (const auto& r : l.regions) {
-      if (r.device.is_cpu()) {
-        write_all(fd, static_cast<const char*>(r.storage.data()), r.nbytes, l.data_start + r.file_offset, disk_.io_chunk_bytes, l.path);
-      } else {
-        at::Tensor staging = at::empty({static_cast<std::int64_t>(r.nbytes)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-        staging.copy_(byte_view(r.storage.mutable_data(), r.nbytes, r.device));
-        write_all(fd, static_cast<const char*>(staging.const_data_ptr()), r.nbytes, l.data_start + r.file_offset,
-                  disk_.io_chunk_bytes, l.path);
-      }
-    }
+    write_regions(fd, l.regions, l.data_start, disk_.io_chunk_bytes, l.path);
     if (::fsync(fd) != 0) throw MemScaleError("pager: fsync of " + l.path + " failed: " + errno_text(errno));
     if (disk_.drop_page_cache) ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
   } catch (...) {
@@ -445,6 +455,37 @@ void TorchPagerStorage::read_file(Layer& l, std::vector<c10::DataPtr> reuse) {
   if (disk_.drop_page_cache) ::posix_fadvise(l.fd, 0, 0, POSIX_FADV_DONTNEED);
   for (std::size_t k = 0; k < l.regions.size(); ++k) l.regions[k].storage.set_data_ptr_noswap(std::move(fresh[k]));
   add_io({0, l.bytes, 0, 1, 0, 0, since(start), 0});
+}
+
+void TorchPagerStorage::store(std::size_t i) {
+  Layer& l = *layers_.at(i);
+  if (l.bytes == 0) return;
+  if (!l.home_written)
+    throw MemScaleError("pager: layer \"" + l.name + "\" has no home copy to update (write_home_copies first)");
+  if (!l.resident)
+    throw MemScaleError("pager: layer \"" + l.name + "\" is not resident; its updated weights are stored while it is held");
+  const auto start = Clock::now();
+  if (l.home == WeightTier::host) {
+    for (auto& r : l.regions) r.host_copy.copy_(byte_view(r.storage.mutable_data(), r.nbytes, r.device));
+    add_io({0, 0, 0, 0, l.regions.size(), 0, 0, since(start)});
+    return;
+  }
+  // The data section in place: same offsets, same header (shapes and dtypes do not change).
+  const int fd = ::open(l.path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) throw MemScaleError("pager: cannot reopen " + l.path + " for writing: " + errno_text(errno));
+  try {
+    write_regions(fd, l.regions, l.data_start, disk_.io_chunk_bytes, l.path);
+    // Dirty pages cannot be dropped: written back first, so the page cache stays out of RAM.
+    if (disk_.drop_page_cache) {
+      if (::fdatasync(fd) != 0) throw MemScaleError("pager: fdatasync of " + l.path + " failed: " + errno_text(errno));
+      ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    }
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+  add_io({l.bytes, 0, 0, 0, 0, since(start), 0, 0});
 }
 
 void TorchPagerStorage::load(std::size_t i) {

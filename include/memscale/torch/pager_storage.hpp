@@ -3,9 +3,10 @@
 //
 // - Resident: the parameter storages own memory from the current allocator of their
 //   device (RAM on a CPU-only machine, GPU memory on CUDA), so memory tracking sees them.
-// - Home "disk": one file per layer, written once before inference in safetensors (or
+// - Home "disk": one file per layer, written before the first step in safetensors (or
 //   raw) format, never pickle, mode 0600, in the configured directory; read back with
-//   large sequential pread()s. While a CPU layer is evicted its storages point into a
+//   large sequential pread()s. Training updates it in place after the optimizer step
+//   (store()). While a CPU layer is evicted its storages point into a
 //   private read-only-backed mmap of that file: the allocation is freed, yet reading an
 //   evicted parameter outside a forward (state_dict(), printing) still gives its values
 //   instead of crashing. On CUDA an evicted storage has no memory (FSDP-style): the
@@ -92,6 +93,12 @@ class TorchPagerStorage final : public PagerStorage {
   /// copy (home host). Checks the directory and free space first; on any failure removes
   /// what it wrote and throws, leaving nothing behind.
   void write_home_copies(const std::vector<bool>& pinned, std::optional<std::uint64_t> free_bytes = std::nullopt);
+
+  /// Writes resident layer `layer`'s current values over its home copy (the file's data
+  /// section in place, or the pinned host copy): the training pager calls it after the
+  /// optimizer step updated the weights, so the next load reads the updated values. Throws
+  /// MemScaleError when the layer is not resident or has no home copy yet.
+  void store(std::size_t layer);
 
   void load(std::size_t layer) override;
   void evict(std::size_t layer) override;
