@@ -110,6 +110,18 @@ Plan run_engine(const ModelGraph& graph, const Hardware& hw, const Config& confi
                         (setup.reservation.calibrated ? ", calibrated" : "") + ")");
 
   Baseline base = forced_baseline(graph, setup, log, ledger);
+  // Training weight paging updates the home copy in the offloaded step, so a graph whose
+  // runtime streams the optimizer pages weights only at optimizer offload level 3
+  // (plan_training); levels 0-2 plan as they did before it existed.
+  if (graph.training && graph.optimizer_offloadable && !(optimizer_offload && optimizer_offload->weights))
+    for (std::size_t l = 0; l < n; ++l) {
+      bool& allowed = base.allowed[l][static_cast<int>(rules::Technique::offload_weights)];
+      if (!allowed || base.states[l].offload_weights) continue;
+      allowed = false;
+      log.reject(graph.layers[l], rules::Technique::offload_weights, "offload_weights.after_optimizer_offload",
+                 "training pages weights only once the optimizer state and gradients are offloaded too "
+                 "(optimizer_offload.weights)");
+    }
   const bool config_asks = base.anything_forced || config.offload.kind != OffloadPolicy::Kind::none || !config.tiers.empty();
   Outcome outcome;
 
@@ -259,8 +271,8 @@ inline Plan plan_inference(const ModelGraph& graph, const Hardware& hw, const Co
 namespace engine_detail {
 
 /// A training plan when no plan of per-layer techniques fits (`refused`): the state on the
-/// next tier, then the gradients too (rules/optimizer_offload.hpp), each with the per-layer
-/// techniques planned again on top. Rethrows the refusal with the least min_budget_bytes
+/// next tier, then the gradients too, then per-layer weight paging as well, then a step
+/// without overlap (rules/optimizer_offload.hpp), each with the per-layer techniques planned again on top. Rethrows the refusal with the least min_budget_bytes
 /// over the levels that apply: what offload can reach.
 inline Plan plan_training(const ModelGraph& graph, const Hardware& hw, const Config& config,
                           const PlanOptions& options) {
@@ -269,9 +281,10 @@ inline Plan plan_training(const ModelGraph& graph, const Hardware& hw, const Con
   } catch (const InfeasibleBudgetError& refused) {
     const Setup setup = make_setup(graph, hw, config, options);
     std::optional<InfeasibleBudgetError> last;
-    for (const bool gradients : {false, true}) {
-      const rules::OptimizerOffload o =
-          rules::optimizer_offload_rule(graph, setup.step, setup.rates, setup.capacity, gradients);
+    for (const int level : {1, 2, 3, 4}) {
+      const rules::OptimizerOffload o = rules::optimizer_offload_rule(graph, setup.step, setup.rates, setup.capacity,
+                                                                      level >= 2, level >= 3, level == 4);
+      const bool gradients = o.gradients;
       if (!o.applies) {
         memscale::log::info("optimizer offload: " + o.rule + ": " + o.reason);
         continue;
