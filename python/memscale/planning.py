@@ -137,16 +137,31 @@ def plan_model(model: nn.Module, example_inputs: Any, cfg: Config, *, training: 
         graph = profile(model, example_inputs, training=training, optimizer=optimizer if training else "none",
                         loss_fn=loss_fn, autocast=autocast)
     if optimizer_offloadable and not graph.optimizer_offloadable:
-        graph = offloadable_graph(graph)
+        graph = offloadable_graph(graph, model)
     hardware = detect_hardware(offload_dir or None, device=model_device(model))
     return plan(graph, cfg, hardware=hardware, calibration=calibration), graph, hardware
 
 
-def offloadable_graph(graph: Any) -> Any:
+def offloadable_graph(graph: Any, model: nn.Module | None = None) -> Any:
     """``graph`` marked ``optimizer_offloadable``: the runtime streams its optimizer's state
-    (and gradients) when the plan says so."""
+    (and gradients) when the plan says so. With ``model``, its layers the training pager can
+    page lose the ``offload_weights`` refusal they had only for want of an offloaded step
+    (runtime/training/capabilities.py); the engine pages them only with the state and
+    gradients offloaded (rules/optimizer_offload.hpp, level 3)."""
+    from .runtime.training.capabilities import NO_TRAINING_WEIGHT_EXECUTOR, training_paging_cannot
+
     doc = json.loads(graph.to_json())
     doc["optimizer_offloadable"] = True
+    if model is not None and doc.get("training"):
+        for layer in doc["layers"]:
+            cannot = layer.get("cannot") or {}
+            if cannot.get("offload_weights") != NO_TRAINING_WEIGHT_EXECUTOR:
+                continue
+            reason = training_paging_cannot(model, layer["name"], layer["kind"])
+            if reason is None:
+                del cannot["offload_weights"]
+            else:
+                cannot["offload_weights"] = reason
     return _C.ModelGraph.from_json(json.dumps(doc, sort_keys=True))
 
 

@@ -26,7 +26,10 @@ Techniques and what they accept:
 * ``tile``: plan kind ``mlp`` with position-wise leaves (see ``tiling``), or plan kind
   ``lm_head`` whose logits come from an ``nn.Linear``, in a model whose forward takes ``labels``
   (see ``head_loss``).
-* ``offload_weights``: refused; weight paging belongs to the inference pager.
+* ``offload_weights``: only with ``page_weights=True`` (``wrap`` with an offloaded optimizer,
+  which updates the home copies: :mod:`.weight_paging`), from ``weight_tier`` ``disk`` or
+  ``host``; refused otherwise (a resident optimizer's step would write into an evicted
+  layer).
 
 Example:
     >>> import torch
@@ -58,6 +61,7 @@ from memscale.runtime.hooks import ForwardPatch, is_patched
 from memscale.runtime.training.offload_activations import DEFAULT_MIN_OFFLOAD_BYTES, ActivationStore
 from memscale.runtime.offload_dir import check_offload_dir
 from memscale.runtime.training.plan_view import LayerSpec, plan_is_skipped, plan_skip_reason, read_plan
+from memscale.runtime.training.weight_paging import TrainingPager
 
 log = logging.getLogger("memscale")
 
@@ -81,6 +85,7 @@ class PlanHandle:
     patches: list[ForwardPatch] = field(default_factory=list)
     store: ActivationStore | None = None
     offload_dir: Path | None = None
+    pager: TrainingPager | None = None
     removed: bool = False
 
     def remove(self) -> None:
@@ -91,6 +96,8 @@ class PlanHandle:
             patch.remove()
         if self.store is not None:
             self.store.close()
+        if self.pager is not None:
+            self.pager.remove()
         self.removed = True
         hooks.unregister(self.model, self)
         log.info("memscale: plan removed from %s", type(self.model).__name__)
@@ -131,7 +138,7 @@ def _resolve(model: torch.nn.Module, spec: LayerSpec) -> torch.nn.Module:
                             "model") from None
 
 
-def _validate(model: torch.nn.Module, specs: list[LayerSpec]) -> list[_Work]:
+def _validate(model: torch.nn.Module, specs: list[LayerSpec], page_weights: bool = False) -> list[_Work]:
     work: list[_Work] = []
     seen: dict[int, str] = {}
     for spec in specs:
@@ -149,9 +156,13 @@ def _validate(model: torch.nn.Module, specs: list[LayerSpec]) -> list[_Work]:
         if "checkpoint" in spec.techniques:
             check_checkpointable(module, spec.name)
         if "offload_weights" in spec.techniques:
-            raise ExecutorError(f"plan layer {spec.name!r}: technique 'offload_weights' is not "
-                                "applied by the training executor (weights stay resident while "
-                                "training); plan with offload_weights off")
+            if not page_weights:
+                raise ExecutorError(f"plan layer {spec.name!r}: technique 'offload_weights' is applied "
+                                    "in training only with the optimizer offloaded (memscale.wrap(..., "
+                                    "optimizer=opt, offload_optimizer=True)); plan with offload_weights off")
+            if spec.weight_tier not in ("host", "disk"):
+                raise ExecutorError(f"plan layer {spec.name!r}: offload_weights with weight_tier "
+                                    f"{spec.weight_tier!r}; expected 'host' or 'disk'")
         if "offload_activations" in spec.techniques:
             if spec.activation_tier not in ("host", "disk"):
                 raise ExecutorError(f"plan layer {spec.name!r}: offload_activations with "
@@ -270,9 +281,10 @@ def apply_plan(model: torch.nn.Module, plan: Any, *,
 
 def install_plan(model: torch.nn.Module, plan: Any, *, offload_dir: str | os.PathLike | None = None,
                  min_offload_bytes: int = DEFAULT_MIN_OFFLOAD_BYTES,
-                 required_disk_bytes: int | None = None) -> PlanHandle:
+                 required_disk_bytes: int | None = None, page_weights: bool = False) -> PlanHandle:
     """:func:`apply_plan` without recording the handle in the registry (``wrap`` records
-    its own handle, which owns this one)."""
+    its own handle, which owns this one). ``page_weights``: the caller steps an offloaded
+    optimizer wired to ``handle.pager``, so ``offload_weights`` layers are paged."""
     if isinstance(min_offload_bytes, bool) or not isinstance(min_offload_bytes, int) \
             or min_offload_bytes < 0:
         raise ExecutorError(f"min_offload_bytes: {min_offload_bytes!r}; expected an int >= 0")
@@ -282,7 +294,7 @@ def install_plan(model: torch.nn.Module, plan: Any, *, offload_dir: str | os.Pat
         log.info("memscale: plan for %s is skipped (%s); the model is left as it is",
                  type(model).__name__, plan_skip_reason(plan) or "no reason given")
         return PlanHandle(model=model, plan=plan, layers=specs)
-    work = _validate(model, specs)
+    work = _validate(model, specs, page_weights)
     disk = [w.spec for w in work if "offload_activations" in w.spec.techniques
             and w.spec.activation_tier == "disk"]
     directory: Path | None = None
@@ -316,6 +328,12 @@ def install_plan(model: torch.nn.Module, plan: Any, *, offload_dir: str | os.Pat
                 fwd, head.head_signature, type(model).__name__))
         for module, name, wrappers in per_module.values():
             handle.patches.append(ForwardPatch(module, _compose(wrappers), name=name))
+        paged = {w.spec.name: w.spec.weight_tier for w in work if "offload_weights" in w.spec.techniques}
+        if paged:
+            offload = getattr(plan, "offload", None)
+            handle.pager = TrainingPager(model, specs, paged, int(getattr(offload, "prefetch_n_ahead", 1)),
+                                         int(getattr(offload, "ram_bytes", 0)), offload_dir or
+                                         os.environ.get("MEMSCALE_OFFLOAD_DIR") or DEFAULT_OFFLOAD_DIR)
     except BaseException:
         handle.remove()
         raise

@@ -11,8 +11,12 @@ cannot drift apart.
   only a head + loss the executor can fuse in this call convention (:mod:`.head_loss`:
   an ``nn.Linear`` makes the logits, forward is called with ``labels``, no ``loss_fn``
   outside); other kinds: never.
-* ``offload_weights``: never in training (no training weight executor exists; the weight
-  pager serves inference).
+* ``offload_weights``: not in training unless the optimizer is offloadable
+  (``wrap(..., optimizer=opt, offload_optimizer=True)``): the training pager
+  (:mod:`.weight_paging`) needs the offloaded step to update the home copy. Then
+  :func:`training_paging_cannot` says which layers still cannot: an output head (the fused
+  head + loss reads its weight after the head's forward returned) and layers whose weights
+  are tied to another layer's (read by two layers of the step).
 * ``offload_activations``: every layer.
 
 Example:
@@ -35,6 +39,27 @@ from .tiling import tiling_refusal
 #: Why no training layer can offload weights.
 NO_TRAINING_WEIGHT_EXECUTOR = ("the training runtime keeps weights resident (the weight pager serves "
                                "inference only); no training weight executor exists")
+
+
+#: Why a layer's weights cannot be paged in training even with the optimizer offloaded.
+HEAD_READ_OUTSIDE = ("the output head's weight is read outside its forward (the fused head + loss) and "
+                     "stays resident while training")
+TIED_WEIGHTS = "its weights are tied to another layer's, read twice in the step; they stay resident while training"
+
+
+def training_paging_cannot(model: nn.Module, name: str, kind: str) -> str | None:
+    """Why the training pager cannot page layer ``name`` (None: it can), for a model whose
+    optimizer the runtime streams (the cases in the module docstring)."""
+    if kind == "lm_head":
+        return HEAD_READ_OUTSIDE
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        return None
+    own = {id(p) for p in module.parameters()}
+    mine = {p.untyped_storage().data_ptr() for p in module.parameters() if p.numel()}
+    others = {p.untyped_storage().data_ptr() for p in model.parameters() if id(p) not in own and p.numel()}
+    return TIED_WEIGHTS if mine & others else None
 
 
 def training_cannot(model: nn.Module, module: nn.Module, name: str, kind: str, *,

@@ -26,6 +26,7 @@ state and gradients), the optimizer kind, the tier.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -84,11 +85,17 @@ class OffloadedOptimizer(torch.optim.Optimizer):
         gradients: also move each gradient to the tier as it is produced.
         window_bytes: parameter bytes stepped at once (None: one parameter per window).
         prefetch: read the next window on the background thread while one steps.
+        weights: the training pager (:class:`~.weight_paging.TrainingPager`) of paged
+            layers: each window's parameters are made resident for the step and their
+            layer written home after it.
+        serial: one window at a time: each read after the previous one is written (no
+            prefetch, no overlap; the least memory).
     """
 
     def __init__(self, opt: torch.optim.Optimizer, *, tier: str = "auto",
                  directory: str | os.PathLike[str] | None = None, gradients: bool = False,
-                 window_bytes: int | None = None, prefetch: bool = True) -> None:
+                 window_bytes: int | None = None, prefetch: bool = True, weights: Any = None,
+                 serial: bool = False) -> None:
         if isinstance(opt, OffloadedOptimizer):
             raise ConfigError("optimizer: already offloaded; pass the wrapped optimizer once")
         kind, _ = optimizer_spec(opt)  # ConfigError for an optimizer the engine does not model
@@ -121,10 +128,14 @@ class OffloadedOptimizer(torch.optim.Optimizer):
         self._params = params
         self._index = {id(p): i for i, p in enumerate(params)}
         self.window_bytes = window_bytes
-        self.prefetch = prefetch
+        self._prefetch_asked = prefetch
+        self.serial = bool(serial)
+        self.prefetch = prefetch and not self.serial
+        self.weights = weights
         self.offload_gradients = gradients
         self.tier = StateTier(tier, where)
         self._hooks: list[Any] = []
+        self._paused = False
         self._has_grad: set[int] = set()
         self._last_grad: str | None = None
         # torch.optim.Optimizer's own machinery (hooks, profiling) on the same groups.
@@ -153,6 +164,12 @@ class OffloadedOptimizer(torch.optim.Optimizer):
                  type(opt).__name__, len(params), tier, f" ({self.tier.dir})" if self.tier.dir else "",
                  "gradients too" if gradients else "gradients resident")
 
+    def set_paging(self, weights: Any, serial: bool) -> None:
+        """Step with another training pager (a new plan) and windowing (``serial``)."""
+        self.weights = weights
+        self.serial = bool(serial)
+        self.prefetch = self._prefetch_asked and not self.serial
+
     # -- keys ----------------------------------------------------------------------------
     @staticmethod
     def _state_key(i: int) -> str:
@@ -163,7 +180,19 @@ class OffloadedOptimizer(torch.optim.Optimizer):
         return f"grad-{i}"
 
     # -- gradients -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def grad_hooks_paused(self) -> Iterator[None]:
+        """Gradients made inside stay where autograd put them (``p.grad``): a profiling step
+        (the first-step re-plan) must not add its gradients to the stored ones."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+
     def _grad_hook(self, p: torch.Tensor) -> None:
+        if self._paused:
+            return
         i = self._index[id(p)]
         grad = p.grad
         p.grad = None
@@ -245,15 +274,21 @@ class OffloadedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         windows = _windows(self.param_groups, self.window_bytes)
-        if self.prefetch and windows:
-            self._prefetch_window(windows[0][1])
-        for n, (gi, window) in enumerate(windows):
-            if self.prefetch and n + 1 < len(windows):
-                self._prefetch_window(windows[n + 1][1])
-            self._step_window(gi, window)
-            if n:  # at most one window being written while the next one steps
-                for i in windows[n - 1][1]:
+        if self.weights is not None:
+            self.weights.begin_update()
+        try:
+            if self.prefetch and windows:
+                self._prefetch_window(windows[0][1])
+            for n, (gi, window) in enumerate(windows):
+                if self.prefetch and n + 1 < len(windows):
+                    self._prefetch_window(windows[n + 1][1])
+                self._step_window(gi, window)
+                # At most one window being written while the next one steps; serial: none.
+                for i in windows[n][1] if self.serial else windows[n - 1][1] if n else []:
                     self.tier.wait_write(self._state_key(i))
+        finally:
+            if self.weights is not None:
+                self.weights.end_update()
         self.tier.wait_writes()
         self._last_grad = None
         self._raise_write_errors()
@@ -278,6 +313,8 @@ class OffloadedOptimizer(torch.optim.Optimizer):
             if i in self._has_grad and p.grad is None:
                 p.grad = self.tier.load(self._grad_key(i))["grad"]
                 loaded_grads.append(p)
+        if self.weights is not None:
+            self.weights.hold(params)
         group = self.inner.param_groups[gi]
         all_groups, all_params = self.inner.param_groups, group["params"]
         try:

@@ -39,6 +39,7 @@ class LayerSpec:
     activation_tier: str
     bytes_before: int
     bytes_after: int
+    weight_tier: str = "device"
 
     @property
     def offloaded_bytes(self) -> int:
@@ -87,12 +88,16 @@ def _read_layer(i: int, raw: Any) -> LayerSpec:
     if tier not in KNOWN_TIERS:
         raise ExecutorError(f"{where} ({name!r}).activation_tier: {tier!r} is not one of "
                             f"{sorted(KNOWN_TIERS)}")
+    weight_tier = _get(raw, "weight_tier", "device")
+    if weight_tier not in KNOWN_TIERS:
+        raise ExecutorError(f"{where} ({name!r}).weight_tier: {weight_tier!r} is not one of "
+                            f"{sorted(KNOWN_TIERS)}")
     kind = _get(raw, "kind", "other")
     index = _get(raw, "index", i)
     return LayerSpec(index=int(index), name=name, kind=str(kind), techniques=techniques,
                      tile_chunks=chunks, activation_tier=str(tier),
                      bytes_before=int(_get(raw, "bytes_before", 0) or 0),
-                     bytes_after=int(_get(raw, "bytes_after", 0) or 0))
+                     bytes_after=int(_get(raw, "bytes_after", 0) or 0), weight_tier=str(weight_tier))
 
 
 def read_plan(plan: Any) -> list[LayerSpec]:

@@ -112,7 +112,9 @@ class FirstStepMonitor:
                 return self.model.forward(*args, **kwargs)
             start = self.stack is None and self.measured is None and torch.is_grad_enabled()
             if start:
-                self.base = _resident_bytes(self.model)
+                # Paged weights not resident now are on their tier: not in memory.
+                pager = self.state.applied.pager if self.state.applied is not None else None
+                self.base = _resident_bytes(self.model) - (pager.evicted_bytes() if pager is not None else 0)
                 self.stack = contextlib.ExitStack()
                 self.tracker = self.stack.enter_context(track_memory(model_device(self.model)))
             out = forward(*args, **kwargs)
@@ -177,9 +179,13 @@ def _replan(model: nn.Module, state: TrainingHandle, measured: int) -> None:
         state.monitor.remove()
         state.monitor = None
     state.unapply()
-    measured_graph = profile(model, state.example_inputs, training=True,
-                             optimizer=state.optimizer, measure=True, loss_fn=state.loss_fn,
-                             autocast=state.autocast)
+    # The profiling step's gradients are restored by the profiler; an offloaded optimizer
+    # must not store them as if the loop had made them.
+    paused = state.offloaded.grad_hooks_paused() if state.offloaded is not None else contextlib.nullcontext()
+    with paused:
+        measured_graph = profile(model, state.example_inputs, training=True,
+                                 optimizer=state.optimizer, measure=True, loss_fn=state.loss_fn,
+                                 autocast=state.autocast)
     doc = _graph_dict(measured_graph)
     for layer in doc["layers"]:
         layer["activation_bytes"] = max(int(layer["activation_bytes"]),

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ...config import Config
-from ...errors import ConfigError, MemScaleError
+from ...errors import ConfigError, ExecutorError, MemScaleError
 from ...planning import plan_model
 from .. import hooks
 from .apply import PlanHandle, install_plan
@@ -59,7 +59,16 @@ class TrainingHandle:
         kinds = wanted.kinds if wanted is not None else ""
         current = "" if self.offloaded is None else (
             "state+gradients" if self.offloaded.offload_gradients else "state")
+        pager = self.applied.pager if self.applied is not None else None
+        if pager is not None and kinds != "state+gradients":
+            raise ExecutorError(f"plan: pages the weights of {len(pager.paged)} layer(s) but offloads "
+                                f"{kinds or 'no'} optimizer state; weight paging in training needs the state "
+                                "and gradients offloaded (optimizer_offload.weights)")
+        # optimizer_offload.serial_step: the engine gave up the step's overlap for memory.
+        serial = wanted is not None and wanted.rule == "optimizer_offload.serial_step"
         if kinds == current:
+            if self.offloaded is not None:  # a new plan (re-planned): the same optimizer steps its pager
+                self.offloaded.set_paging(pager, serial)
             return
         if current:
             log.warning("memscale: the new plan offloads %r instead of %r; call memscale.optimizer_for(model) "
@@ -67,7 +76,7 @@ class TrainingHandle:
         self.close_optimizer()
         if kinds:
             self.offloaded = OffloadedOptimizer(self.optimizer, tier=wanted.tier, directory=self.offload_dir,
-                                                gradients=kinds == "state+gradients")
+                                                gradients=kinds == "state+gradients", weights=pager, serial=serial)
             log.info("memscale: %s (%s)", wanted.reason, wanted.rule)
 
     def close_optimizer(self) -> None:
@@ -88,7 +97,8 @@ class TrainingHandle:
         self.unapply()
         self.plan, self.graph = plan, graph
         if model is not None and has_techniques(plan):
-            self.applied = install_plan(model, plan, offload_dir=self.offload_dir)
+            self.applied = install_plan(model, plan, offload_dir=self.offload_dir,
+                                        page_weights=self.offload_optimizer)
         self.sync_optimizer()
 
     def remove(self) -> None:
