@@ -56,10 +56,16 @@ def training_paging_cannot(model: nn.Module, name: str, kind: str) -> str | None
         module = model.get_submodule(name)
     except AttributeError:
         return None
-    own = {id(p) for p in module.parameters()}
+    # Tied: another module outside this layer holds a parameter on the same storage (the
+    # same Parameter object too, as Hugging Face ties an embedding and its head).
+    inside = {id(m) for m in module.modules()}
     mine = {p.untyped_storage().data_ptr() for p in module.parameters() if p.numel()}
-    others = {p.untyped_storage().data_ptr() for p in model.parameters() if id(p) not in own and p.numel()}
-    return TIED_WEIGHTS if mine & others else None
+    for other in model.modules():
+        if id(other) in inside:
+            continue
+        if any(p.numel() and p.untyped_storage().data_ptr() in mine for p in other.parameters(recurse=False)):
+            return TIED_WEIGHTS
+    return None
 
 
 def training_cannot(model: nn.Module, module: nn.Module, name: str, kind: str, *,
