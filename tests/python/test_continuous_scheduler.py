@@ -215,6 +215,7 @@ def test_load_two_models_under_a_budget_that_forces_preemption(models):
     assert report.completed == 200 and not sched.pending()
     assert report.over_budget_iterations == 0 and report.measured_peak_bytes <= budget
     assert report.measured_peak_bytes <= report.projected_peak_bytes
+    assert report.resident_peak_bytes >= sched.weight_bytes and "psutil" in report.resident_meter  # measured beside
     assert report.preemptions >= 10, report.rules
     for r, (m, p, n) in zip(reqs, stream):
         assert r.generated == _alone(models[m][0], p, n), (r.id, r.preemptions)

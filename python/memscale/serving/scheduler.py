@@ -31,6 +31,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import torch
 from torch import nn
 
@@ -39,6 +40,7 @@ from ..errors import ConfigError, InfeasibleBudgetError
 from ..hardware import detect_hardware
 from ..memory import track_memory
 from ..profiler.introspect import model_dims
+from ..runtime.inference.heap import pin_mmap_threshold, release_freed_memory
 from ..runtime.inference.hf_cache import cache_layers
 from ..runtime.inference.kv_cache import ScratchDir
 from ..runtime.inference.memory_model import ModelMemory
@@ -264,13 +266,23 @@ class ContinuousScheduler:
         devices = {next(m.parameters()).device for m, _, _ in self.models.values()}
         device = next(iter(devices)) if devices else torch.device("cpu")
         first_done, first_action, iterations = len(self.done), len(self.actions), 0
-        measured = projected = over = 0
+        measured = projected = over = rss_growth = 0
+        process = psutil.Process()
+        # glibc: tensors freed by the steps would otherwise stay resident in the heap
+        # (docs/offload.md, "resident set"); the baseline is then what the process holds
+        pin_mmap_threshold()
+        release_freed_memory()
+        rss_start = process.memory_info().rss
         start = time.perf_counter()
         with torch.no_grad(), track_memory(device) as tracker:
             while self.pending():
                 p, m = self.step(tracker)
                 projected, measured = max(projected, p), max(measured, m)
                 over += m > self.budget_bytes
+                growth = process.memory_info().rss - rss_start
+                rss_growth = max(rss_growth, growth)
+                if self.weight_bytes + growth > self.budget_bytes:
+                    release_freed_memory()  # the sample stands; the heap's free pages go back for the next
                 iterations += 1
         wall = time.perf_counter() - start
         if self._scratch is not None:
@@ -282,7 +294,8 @@ class ContinuousScheduler:
         report = ServingReport(self.budget_bytes, len(finished), sum(len(r.generated) for r in finished), wall,
                                iterations, measured, projected, over, rules,
                                [r.finished_at - r.submitted_at for r in finished],
-                               [a.reason for a in actions if a.action.startswith("preempt")][:5])
+                               [a.reason for a in actions if a.action.startswith("preempt")][:5],
+                               self.weight_bytes + rss_growth)
         log.info("continuous scheduler: %d requests in %d iterations, %.1f tokens/s, peak %d of budget %d bytes, "
                  "%d preemptions", report.completed, iterations, report.tokens_per_second, measured,
                  self.budget_bytes, report.preemptions)
