@@ -14,7 +14,9 @@ void bind_serving(py::module_& m) {
       .def_readwrite("layers", &ServingModel::layers)
       .def_readwrite("decode_reservation_per_row", &ServingModel::decode_reservation_per_row)
       .def_readwrite("prefill_reservation_per_token", &ServingModel::prefill_reservation_per_token)
-      .def_readwrite("flops_per_token", &ServingModel::flops_per_token);
+      .def_readwrite("flops_per_token", &ServingModel::flops_per_token)
+      .def_readwrite("attention_bytes_per_pair", &ServingModel::attention_bytes_per_pair)
+      .def_readwrite("attention_bytes_per_column", &ServingModel::attention_bytes_per_column);
   py::class_<ServingRequest>(m, "ServingRequest", "One request as the serving scheduler holds it.")
       .def(py::init<>())
       .def_readwrite("id", &ServingRequest::id)

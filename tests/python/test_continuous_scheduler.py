@@ -154,7 +154,7 @@ def test_the_engine_preempts_the_last_admitted_by_cost():
 
 def test_next_step_projection_preempts_and_outputs_stay_identical(models):
     model, mm = models["llama"]
-    stream = _stream(20, seed=7, prompt=(8, 30), new=(10, 24))
+    stream = _stream(20, seed=7, prompt=(2, 12), new=(10, 30))
     sched = memscale.ContinuousScheduler("1GB", projection="next_step")
     sched.add_model("llama", model, mm)
     alone = max(_C.serving_alone_bytes(sched._state(), sched._engine_request(sched.submit("llama", p, n)))
@@ -199,7 +199,7 @@ def test_refusals_and_bad_arguments(models):
 def test_load_two_models_under_a_budget_that_forces_preemption(models):
     """200 requests of mixed prompt and output lengths for two models: zero lost, zero over
     the budget at any iteration (measured), >= 10 preemptions, every output as alone."""
-    stream = [(name, p, n) for i, (p, n) in enumerate(_stream(200, seed=11, prompt=(2, 32), new=(1, 20)))
+    stream = [(name, p, n) for i, (p, n) in enumerate(_stream(200, seed=11, prompt=(2, 12), new=(1, 30)))
               for name in (("llama", "gpt2")[i % 2],)]
     sched = memscale.ContinuousScheduler("1GB", projection="next_step", max_batch=32)
     for name, (model, mm) in models.items():
@@ -215,6 +215,7 @@ def test_load_two_models_under_a_budget_that_forces_preemption(models):
     assert report.completed == 200 and not sched.pending()
     assert report.over_budget_iterations == 0 and report.measured_peak_bytes <= budget
     assert report.measured_peak_bytes <= report.projected_peak_bytes
+    assert report.resident_peak_bytes >= sched.weight_bytes and "psutil" in report.resident_meter  # measured beside
     assert report.preemptions >= 10, report.rules
     for r, (m, p, n) in zip(reqs, stream):
         assert r.generated == _alone(models[m][0], p, n), (r.id, r.preemptions)

@@ -1,21 +1,25 @@
-"""One model's running requests as one left-padded batch over a transformers ``DynamicCache``.
+"""One model's running requests packed into one sequence over a transformers ``DynamicCache``.
 
-Why left padding: transformers' Cache API holds one ``(rows, heads, t, head_dim)`` tensor
-per layer, and its causal LMs take a 2-D ``attention_mask`` and per-row ``position_ids``
-(the path ``generate`` itself takes for padded batches). Rows of different lengths are
-right-aligned in the cache: each decode step appends one column for every row, a row's
-mask hides its padding, its ``position_ids`` are its own length. A request joins after
-its prefill ran alone (so its first token is exactly the one it gets alone); a finished
-or preempted row is cut out at once, and the columns no remaining row uses are trimmed,
-so the padded width is always the longest running row (the engine counts exactly that:
-``include/memscale/core/rules/serving.hpp``). Only full-attention ``DynamicLayer`` caches
-are batched this way; a model whose config declares other layer kinds (sliding windows)
-is refused with a ConfigError.
+Why packed rather than padded: a padded batch holds every row at the longest row's width
+(its KV cache, its attention), so short rows pay for long ones and admission counts that
+waste. Here the rows' tokens lie side by side in one ``(1, heads, t, head_dim)`` tensor
+per layer, each column tagged with the row it belongs to and its position; the step's
+``attention_mask`` is a 4-D boolean mask (a query sees the columns of its own row at or
+before its position), which transformers' causal LMs take as it is, and ``position_ids``
+are each token's own position. The cache is exactly the sum of the rows' lengths (the
+engine counts exactly that: ``include/memscale/core/rules/serving.hpp``).
+
+One forward per step: every running row feeds its next token and every joining row its
+whole prefill (the prompt; a dropped row its prompt and all it generated), and the
+logits are kept at each row's last fed token only. A finished or preempted row's
+columns are cut out at once. Only full-attention ``DynamicLayer`` caches are packed this
+way; a model whose config declares other layer kinds (sliding windows) is refused with a
+ConfigError.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -48,95 +52,112 @@ def fresh_cache(model: nn.Module) -> DynamicCache:
     return cache
 
 
-class PaddedBatch:
-    """The running rows of one model. A row is any object with ``length`` (tokens in its
-    cache) and ``next_token`` (the token its next step feeds)."""
+class PackedBatch:
+    """The running rows of one model. A row is any object with ``id``, ``length`` (tokens in
+    its cache) and ``next_token`` (the token its next step feeds)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.cache_arg, self._keep = forward_kwargs(model)
         self.device = next(model.parameters()).device
         self.cache: DynamicCache | None = None
-        self.rows: list[Any] = []
-
-    def _run(self, **kwargs: Any) -> torch.Tensor:
-        if self._keep:
-            kwargs["logits_to_keep"] = 1
-        out = self.model(use_cache=True, **kwargs)
-        return out.logits[:, -1]
+        self.rows: list[Any] = []                        # in the cache, in joining order
+        self.joining: list[tuple[Any, torch.Tensor]] = []  # (row, the tokens its first step feeds)
+        self.owner = torch.empty(0, dtype=torch.long, device=self.device)     # each column's row id
+        self.position = torch.empty(0, dtype=torch.long, device=self.device)  # each column's position
 
     @property
     def width(self) -> int:
-        return self.cache.get_seq_length() if self.cache is not None else 0
+        return int(self.owner.numel())
 
     def kv_bytes(self) -> int:
         if self.cache is None:
             return 0
         return sum(t.numel() * t.element_size() for layer in self.cache.layers for t in (layer.keys, layer.values))
 
-    def prefill(self, tokens: list[torch.Tensor]) -> tuple[list[int], LayerKV]:
-        """Runs the 1-D ``tokens`` (all of one length) as one batch of their own, no padding:
-        each row's greedy next token and the per-layer ``(rows, heads, t, d)`` K/V."""
-        cache = fresh_cache(self.model)
-        logits = self._run(input_ids=torch.stack(tokens).to(self.device), **{self.cache_arg: cache})
-        return logits.argmax(dim=-1).tolist(), [(layer.keys, layer.values) for layer in cache.layers]
+    def add(self, row: Any, tokens: torch.Tensor) -> None:
+        """``row`` joins at the next step, which feeds it ``tokens`` (positions 0..n-1)."""
+        self.joining.append((row, tokens))
 
-    def join(self, rows: list[Any], kv: LayerKV) -> None:
-        """Adds ``rows`` (all of one ``length``) with their caches ``kv`` as the last rows;
+    def join_cached(self, row: Any, kv: LayerKV) -> None:
+        """Appends ``row`` with its own cache ``kv`` (per layer ``(1, heads, length, d)``);
         ``kv`` is emptied layer by layer, so only one layer is ever held twice."""
-        length = rows[0].length
         if self.cache is None:
             self.cache = fresh_cache(self.model)
             for layer, (k, v) in zip(self.cache.layers, kv):
                 layer.lazy_initialization(k, v)
                 layer.keys, layer.values = k, v
-            kv.clear()
-            self.rows = list(rows)
-            return
-        b, t, n = len(self.rows), self.width, len(rows)
-        width = max(t, length)
-        for i, layer in enumerate(self.cache.layers):
-            joined = []
-            for old, new in ((layer.keys, kv[i][0]), (layer.values, kv[i][1])):
-                out = old.new_zeros(b + n, old.shape[1], width, old.shape[3])
-                out[:b, :, width - t:] = old
-                out[b:, :, width - length:] = new
-                joined.append(out)
-            layer.keys, layer.values = joined
-            kv[i] = None  # type: ignore[call-overload]
+        else:
+            for i, layer in enumerate(self.cache.layers):
+                k, v = kv[i]
+                layer.keys = torch.cat([layer.keys, k], dim=2)
+                layer.values = torch.cat([layer.values, v], dim=2)
+                kv[i] = None  # type: ignore[call-overload]
+                del k, v
         kv.clear()
-        self.rows.extend(rows)
+        self._extend([row.id] * row.length, list(range(row.length)))
+        self.rows.append(row)
 
-    def row_kv(self, row: Any) -> LayerKV:
-        """The row's own tokens of every layer, ``(1, heads, length, d)`` views."""
-        i, t = self.rows.index(row), self.width
-        return [(layer.keys[i:i + 1, :, t - row.length:], layer.values[i:i + 1, :, t - row.length:])
-                for layer in self.cache.layers]
+    def _extend(self, owner: list[int], position: list[int]) -> None:
+        self.owner = torch.cat([self.owner, torch.tensor(owner, dtype=torch.long, device=self.device)])
+        self.position = torch.cat([self.position, torch.tensor(position, dtype=torch.long, device=self.device)])
+
+    def row_kv(self, row: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The row's own columns of every layer, ``(1, heads, length, d)``, one layer at a time."""
+        index = (self.owner == row.id).nonzero().squeeze(1)
+        for layer in self.cache.layers:
+            yield layer.keys.index_select(2, index), layer.values.index_select(2, index)
 
     def remove(self, rows: list[Any]) -> None:
-        """Cuts ``rows`` out and trims the columns no remaining row uses."""
-        gone = {id(r) for r in rows}
-        keep = [i for i, r in enumerate(self.rows) if id(r) not in gone]
-        if len(keep) == len(self.rows):
+        """Cuts ``rows``' columns out (one layer at a time)."""
+        gone = {r.id for r in rows}
+        if not any(r.id in gone for r in self.rows):
             return
-        self.rows = [self.rows[i] for i in keep]
+        self.rows = [r for r in self.rows if r.id not in gone]
         if not self.rows:
             self.cache = None
+            self.owner, self.position = self.owner[:0], self.position[:0]
             return
-        t = self.width
-        width = max(r.length for r in self.rows)
-        index = torch.tensor(keep, device=self.device)
+        keep = ~torch.isin(self.owner, torch.tensor(sorted(gone), dtype=torch.long, device=self.device))
+        index = keep.nonzero().squeeze(1)
         for layer in self.cache.layers:
-            layer.keys = layer.keys[:, :, t - width:].index_select(0, index)
-            layer.values = layer.values[:, :, t - width:].index_select(0, index)
+            layer.keys = layer.keys.index_select(2, index)
+            layer.values = layer.values.index_select(2, index)
+        self.owner, self.position = self.owner[index], self.position[index]
 
     def step(self) -> list[int]:
-        """One decode step of every row: feeds each row's ``next_token``; returns the greedy tokens."""
-        t = self.width
-        mask = torch.zeros(len(self.rows), t + 1, dtype=torch.long, device=self.device)
-        for i, r in enumerate(self.rows):
-            mask[i, t - r.length:] = 1
-        positions = torch.tensor([[r.length] for r in self.rows], device=self.device)
-        ids = torch.tensor([[r.next_token] for r in self.rows], device=self.device)
-        logits = self._run(input_ids=ids, attention_mask=mask, position_ids=positions, **{self.cache_arg: self.cache})
-        return logits.argmax(dim=-1).tolist()
+        """One forward: each running row's ``next_token``, each joining row's tokens; the joining
+        rows become running rows (last). Returns the greedy token of every row, in ``rows`` order."""
+        owner = [r.id for r in self.rows]
+        position = [r.length for r in self.rows]
+        ids = [torch.tensor([r.next_token for r in self.rows], dtype=torch.long)]
+        for row, tokens in self.joining:
+            owner += [row.id] * tokens.numel()
+            position += range(tokens.numel())
+            ids.append(tokens.to(torch.long))
+        ends = torch.tensor([len(self.rows) + n for n in self._joining_ends()], dtype=torch.long)
+        last = torch.cat([torch.arange(len(self.rows)), ends]).to(self.device)
+        q_owner = torch.tensor(owner, dtype=torch.long, device=self.device)
+        q_pos = torch.tensor(position, dtype=torch.long, device=self.device)
+        all_owner, all_pos = torch.cat([self.owner, q_owner]), torch.cat([self.position, q_pos])
+        mask = (q_owner[:, None] == all_owner[None, :]) & (all_pos[None, :] <= q_pos[:, None])
+        if self.cache is None:
+            self.cache = fresh_cache(self.model)
+        kwargs: dict[str, Any] = {self.cache_arg: self.cache}
+        if self._keep:
+            kwargs["logits_to_keep"] = last
+        logits = self.model(input_ids=torch.cat(ids).to(self.device)[None], attention_mask=mask[None, None],
+                            position_ids=q_pos[None], use_cache=True, **kwargs).logits[0]
+        tokens = (logits if self._keep else logits[last]).argmax(dim=-1).tolist()
+        self.owner, self.position = all_owner, all_pos
+        self.rows.extend(row for row, _ in self.joining)
+        self.joining = []
+        return tokens
+
+    def _joining_ends(self) -> list[int]:
+        """Each joining row's last fed token, counted from the first joining token."""
+        ends, at = [], 0
+        for _, tokens in self.joining:
+            at += tokens.numel()
+            ends.append(at - 1)
+        return ends

@@ -28,6 +28,10 @@ class ServingReport:
     rules: dict[str, int]
     latencies: list[float]
     preemption_reasons: list[str] = field(default_factory=list)
+    # the resident set: the models' weights + the process's RSS growth over the run's start
+    # (psutil, sampled after every iteration), beside the counting allocator's peak
+    resident_peak_bytes: int = 0
+    resident_meter: str = "psutil RSS growth over the run's start, sampled every iteration, + the resident weights"
 
     @property
     def tokens_per_second(self) -> float:

@@ -5,7 +5,8 @@ Every iteration the engine (``_C.serving_decide``, ``include/memscale/core/rules
 looks at the running, preempted and waiting requests and says which to preempt (swap the
 KV cache to the next tier, or drop it and recompute it, whichever costs less), which to
 resume and which to admit, each with a rule id and a reason; this module applies that,
-then runs one decode step of every model's batch (:class:`memscale.serving.batch.PaddedBatch`).
+then runs one step of every model's batch (:class:`memscale.serving.batch.PackedBatch`: one
+forward of the running rows' next tokens and the joining rows' prefills).
 A request leaves the batch the step it finishes; greedy outputs are those of the request
 generated alone. Every iteration is measured with ``memscale.track_memory``: the report
 gives the measured peak next to the engine's projection.
@@ -30,6 +31,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import torch
 from torch import nn
 
@@ -37,11 +39,13 @@ from .. import _C
 from ..errors import ConfigError, InfeasibleBudgetError
 from ..hardware import detect_hardware
 from ..memory import track_memory
+from ..profiler.introspect import model_dims
+from ..runtime.inference.heap import pin_mmap_threshold, release_freed_memory
 from ..runtime.inference.hf_cache import cache_layers
 from ..runtime.inference.kv_cache import ScratchDir
 from ..runtime.inference.memory_model import ModelMemory
 from ..scheduler import _budget_bytes, check_request, model_memory
-from .batch import PaddedBatch, forward_kwargs
+from .batch import PackedBatch, forward_kwargs
 from .report import ServingReport
 from .swap import SwappedKV
 
@@ -90,6 +94,12 @@ def _model_facts(model: nn.Module, mm: ModelMemory) -> Any:
     facts.decode_reservation_per_row = mm.activation_bytes(1, 1)
     facts.prefill_reservation_per_token = mm.activation_bytes(1, 1)
     facts.flops_per_token = 2.0 * sum(p.numel() for p in model.parameters())  # dense forward FLOPs
+    # a fed token against a cached column: every head's score and its softmax, and the mask
+    dims, dtype_bytes = model_dims(model), next(model.parameters()).element_size()
+    facts.attention_bytes_per_pair = 2 * max(1, dims.heads) * dtype_bytes + dtype_bytes + 1
+    # a cached column of the attending layer: K and V at every query head (repeated for grouped-query attention)
+    head_dim = dims.head_dim or dims.hidden // max(1, dims.heads)
+    facts.attention_bytes_per_column = 2 * max(1, dims.heads) * head_dim * dtype_bytes
     return facts
 
 
@@ -114,10 +124,11 @@ class ContinuousScheduler:
             raise ConfigError(f"max_batch: got {max_batch!r}, expected an integer >= 1")
         self.projection, self.max_batch, self.disk_dir = projection, max_batch, disk_dir
         self.models: dict[str, tuple[nn.Module, ModelMemory, Any]] = {}
-        self.batches: dict[str, PaddedBatch] = {}
+        self.batches: dict[str, PackedBatch] = {}
         self.queued: deque[ServingRequest] = deque()   # preempted first, then waiting (FIFO)
         self.done: list[ServingRequest] = []
         self.actions: list[tuple[int, Any]] = []       # (iteration, engine action)
+        self._model_index: dict[str, int] = {}
         self._next_id = 0
         self._iteration = 0
         self._scratch: ScratchDir | None = None
@@ -129,7 +140,8 @@ class ContinuousScheduler:
         forward_kwargs(model)
         memory = model_memory(self.models, self.weight_bytes, self.budget_bytes, name, model, memory, calibration)
         self.models[name] = (model, memory, _model_facts(model, memory))
-        self.batches[name] = PaddedBatch(model)
+        self.batches[name] = PackedBatch(model)
+        self._model_index = {n: i for i, n in enumerate(self.models)}
         if self._hardware is None:
             self._hardware = detect_hardware(self.disk_dir, device=next(model.parameters()).device)
         return memory
@@ -152,11 +164,11 @@ class ContinuousScheduler:
         return request
 
     # ---- the engine's view ---------------------------------------------------------------
-    def _engine_request(self, r: ServingRequest) -> Any:
+    def _engine_request(self, r: ServingRequest, running: bool = False) -> Any:
         e = _C.ServingRequest()
-        e.id, e.model = r.id, list(self.models).index(r.model)
-        e.tokens = r.length if (r.swapped is not None or r in self.batches[r.model].rows) else 0
-        e.prefill_tokens = r.prompt.numel() + max(0, len(r.generated) - 1)
+        e.id, e.model = r.id, self._model_index[r.model]
+        e.tokens = r.length if (running or r.swapped is not None) else 0
+        e.prefill_tokens = r.prompt.numel() + len(r.generated)
         e.max_tokens, e.swapped, e.dropped = r.max_tokens, r.swapped is not None, r.dropped
         return e
 
@@ -165,7 +177,7 @@ class ContinuousScheduler:
         s.budget_bytes, s.weight_bytes = self.budget_bytes, self.weight_bytes
         s.projection, s.max_batch = self.projection, self.max_batch
         s.models = [facts for _, _, facts in self.models.values()]
-        s.running = [self._engine_request(r) for b in self.batches.values() for r in b.rows]
+        s.running = [self._engine_request(r, True) for b in self.batches.values() for r in b.rows]
         s.queued = [self._engine_request(r) for r in self.queued]
         return s
 
@@ -187,65 +199,30 @@ class ContinuousScheduler:
         r.preemptions += 1
         front.append(r)
 
-    def _resume_swapped(self, r: ServingRequest) -> None:
-        kv = r.swapped.restore()
-        r.swapped = None
-        self.batches[r.model].join([r], kv)
-
-    def _prefill(self, group: list[ServingRequest]) -> None:
-        """One prefill of requests of one model and one length (the engine admitted them as
-        a group): a new one gets its first token, a dropped one rebuilds the cache of all
-        but the token its next step feeds."""
-        batch = self.batches[group[0].model]
-        tokens, kv = batch.prefill([r.tokens[:-1] if r.dropped else r.prompt for r in group])
-        now = time.perf_counter()
-        for r, token in zip(group, tokens):
-            if r.dropped:
-                r.length, r.dropped = r.prompt.numel() + len(r.generated) - 1, False
-            else:
-                r.generated.append(token)
-                r.length, r.first_token_at = r.prompt.numel(), now
-        # a request wanting one token is done at its prefill: it never joins (the engine counts it so)
-        keep = [i for i, r in enumerate(group) if not r.done]
-        if len(keep) < len(group):
-            index = torch.tensor(keep, dtype=torch.long, device=batch.device)
-            for i, (k, v) in enumerate(kv):  # layer by layer: one layer held twice at most
-                kv[i] = (k.index_select(0, index), v.index_select(0, index)) if keep else None
-                del k, v
-        if keep:
-            batch.join([group[i] for i in keep], kv)
-        for r in group:
-            if r.done:
-                r.finished_at = now
-                self.done.append(r)
-
     def _apply(self, decision: Any) -> None:
-        """Applies the engine's actions in order. Admitted requests of one model and one
-        prefill length are prefilled as one batch where the last of them was admitted: the
-        engine checked that request's prefill with the whole group and every row before it."""
+        """Applies the engine's actions in order: preemptions, then read-backs and joins (the
+        joining rows' prefills run in the iteration's step, beside the running rows)."""
         front: list[ServingRequest] = []
         by_id = {r.id: r for r in self.queued}
-
-        def key(r: ServingRequest) -> tuple[str, int]:
-            return r.model, r.prompt.numel() + max(0, len(r.generated) - 1)
-
-        joining = [by_id[a.id] for a in decision.actions if a.action in ("admit", "resume_recompute")]
-        last = {key(r): r.id for r in joining}
-        groups: dict[tuple[str, int], list[ServingRequest]] = {}
+        joined: set[int] = set()
         for a in decision.actions:
             self.actions.append((self._iteration, a))
             if a.action in ("preempt_swap", "preempt_recompute"):
                 self._preempt(self._find_running(a.id), a.action == "preempt_swap", front)
             elif a.action == "resume_swap":
                 r = by_id[a.id]
-                self.queued.remove(r)
-                self._resume_swapped(r)
+                kv = r.swapped.restore()
+                r.swapped = None
+                self.batches[r.model].join_cached(r, kv)
+                joined.add(r.id)
             elif a.action in ("admit", "resume_recompute"):
                 r = by_id[a.id]
-                self.queued.remove(r)
-                groups.setdefault(key(r), []).append(r)
-                if last[key(r)] == r.id:
-                    self._prefill(groups.pop(key(r)))
+                # a new request feeds its prompt, a dropped one its prompt and all it generated
+                self.batches[r.model].add(r, r.tokens if r.dropped else r.prompt)
+                r.dropped = False
+                joined.add(r.id)
+        if joined:
+            self.queued = deque(r for r in self.queued if r.id not in joined)
         # preempted requests go first, the earliest preempted (the last in the list) first
         self.queued.extendleft(front)
 
@@ -263,18 +240,19 @@ class ContinuousScheduler:
         return finished
 
     def step(self, tracker: Any = None) -> tuple[int, int]:
-        """One iteration: the engine's actions, then one decode step of every batch.
+        """One iteration: the engine's actions, then one step of every batch.
         Returns (the engine's projected peak, the measured peak: weights + tracked bytes)."""
         if tracker is not None:
             tracker.reset_peak()
         decision = _C.serving_decide(self._state(), self._hardware)
         self._apply(decision)
-        self._finish()  # a request wanting one token is done at its prefill
         for batch in self.batches.values():
-            if batch.rows:
+            if batch.rows or batch.joining:
                 for r, token in zip(batch.rows, batch.step()):
                     r.generated.append(token)
-                    r.length += 1
+                    r.length = r.prompt.numel() + len(r.generated) - 1
+                    if r.first_token_at is None:
+                        r.first_token_at = time.perf_counter()
         self._finish()
         self._iteration += 1
         measured = self.weight_bytes + tracker.peak_bytes if tracker is not None else 0
@@ -288,13 +266,23 @@ class ContinuousScheduler:
         devices = {next(m.parameters()).device for m, _, _ in self.models.values()}
         device = next(iter(devices)) if devices else torch.device("cpu")
         first_done, first_action, iterations = len(self.done), len(self.actions), 0
-        measured = projected = over = 0
+        measured = projected = over = rss_growth = 0
+        process = psutil.Process()
+        # glibc: tensors freed by the steps would otherwise stay resident in the heap
+        # (docs/offload.md, "resident set"); the baseline is then what the process holds
+        pin_mmap_threshold()
+        release_freed_memory()
+        rss_start = process.memory_info().rss
         start = time.perf_counter()
         with torch.no_grad(), track_memory(device) as tracker:
             while self.pending():
                 p, m = self.step(tracker)
                 projected, measured = max(projected, p), max(measured, m)
                 over += m > self.budget_bytes
+                growth = process.memory_info().rss - rss_start
+                rss_growth = max(rss_growth, growth)
+                if self.weight_bytes + growth > self.budget_bytes:
+                    release_freed_memory()  # the sample stands; the heap's free pages go back for the next
                 iterations += 1
         wall = time.perf_counter() - start
         if self._scratch is not None:
@@ -306,7 +294,8 @@ class ContinuousScheduler:
         report = ServingReport(self.budget_bytes, len(finished), sum(len(r.generated) for r in finished), wall,
                                iterations, measured, projected, over, rules,
                                [r.finished_at - r.submitted_at for r in finished],
-                               [a.reason for a in actions if a.action.startswith("preempt")][:5])
+                               [a.reason for a in actions if a.action.startswith("preempt")][:5],
+                               self.weight_bytes + rss_growth)
         log.info("continuous scheduler: %d requests in %d iterations, %.1f tokens/s, peak %d of budget %d bytes, "
                  "%d preemptions", report.completed, iterations, report.tokens_per_second, measured,
                  self.budget_bytes, report.preemptions)

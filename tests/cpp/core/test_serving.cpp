@@ -1,4 +1,4 @@
-// The serving scheduler's decisions (rules/serving.hpp): admission by the padded KV
+// The serving scheduler's decisions (rules/serving.hpp): admission by the packed KV
 // projection, FIFO waiting, preemption of the last admitted row by cost.
 #include <gtest/gtest.h>
 
@@ -18,11 +18,15 @@ ServingState state(double flops_per_token) {
   return s;
 }
 
-TEST(Serving, ProjectionIsPaddedKvPlusTheStepWorkingSet) {
+TEST(Serving, ProjectionIsPackedKvPlusTheStepWorkingSet) {
   ServingState s = state(1.0);
-  s.running[1].tokens = 20;  // the padded width is the longest row's: 3 rows x 21 tokens
-  const auto peak = serving_detail::projected_peak(s, s.running, nullptr);
-  EXPECT_EQ(peak, 1000u + 3u * 21u * 1000u + (3u * 100u + 3u * 21u * 1000u / 2u));
+  s.running[1].tokens = 20;  // packed: each row at its own length after the step, 11 + 21 + 11 tokens
+  EXPECT_EQ(serving_detail::projected_peak(s, s.running), 1000u + 43u * 1000u + (3u * 100u + 43u * 1000u / 2u));
+  s.models[0].attention_bytes_per_column = 7, s.models[0].attention_bytes_per_pair = 3;
+  ServingRequest joining{9, 0, 0, 4, 20, false, false};  // joins: its 4 prompt tokens are fed with the 3 rows
+  s.running.push_back(joining);
+  EXPECT_EQ(serving_detail::projected_peak(s, s.running),
+            1000u + 47u * 1000u + (3u * 100u + 4u * 100u + 47u * 1000u / 2u + 47u * 7u + 7u * 47u * 3u));
 }
 
 TEST(Serving, PreemptsTheLastAdmittedByCost) {

@@ -6,16 +6,20 @@
 // (docs/rules.md, "Serving").
 //
 // Memory of one iteration (bytes), with every model's weights resident:
-//   weights + sum over models of the batch's KV cache + the largest step reservation
-// where a model's batch is left-padded to its longest row, so its KV cache is
-//   kv_bytes_per_token x rows x longest row
-// (the layout of python/memscale/serving/batch.py), and a step's reservation is its
-// activation reservation plus one layer's copy of the batch's cache (DynamicLayer.update
-// and a join concatenate one layer at a time). With projection "max_length" this is
-// projected over every step until the last row reaches its maximum (prompt +
-// max_new_tokens - 1), rows leaving as they finish: admission never needs a preemption.
-// With "next_step" only the next step is projected (more rows at once; growth past the
-// budget is then met by preemption).
+//   weights + sum over models of the batch's KV cache + the largest step working set
+// where a model's rows are packed into one sequence (python/memscale/serving/batch.py:
+// no padding, each row attends to its own columns), so its KV cache is
+//   kv_bytes_per_token x the sum of its rows' lengths
+// and a step feeds every running row its next token and every joining row its whole
+// prefill (the prompt, plus what it generated when it was dropped) in one forward: the
+// step's working set is the activation reservation of the fed tokens, one layer's copy
+// of the batch's cache (DynamicLayer.update and a join concatenate one layer at a time),
+// the attending layer's K and V at every query head (grouped-query attention repeats
+// them) and the attention of the fed tokens over the cache's columns. With projection
+// "max_length" this is projected over every step until the last row reaches its maximum
+// (prompt + max_new_tokens - 1), rows leaving as they finish: admission never needs a
+// preemption. With "next_step" only the next step is projected (more rows at once;
+// growth past the budget is then met by preemption).
 #pragma once
 
 #include <algorithm>
@@ -38,6 +42,8 @@ struct ServingModel {
   std::uint64_t decode_reservation_per_row = 0;    ///< activation reservation of one row of a decode step
   std::uint64_t prefill_reservation_per_token = 0; ///< activation reservation of a prefill, per token
   double flops_per_token = 0.0;                    ///< forward FLOPs of one token (recompute cost)
+  std::uint64_t attention_bytes_per_pair = 0;      ///< one fed token x one cached column: scores of every head + mask
+  std::uint64_t attention_bytes_per_column = 0;    ///< one cached column of the layer attending: K and V at every query head
 };
 
 /// One request as the scheduler holds it.
@@ -45,7 +51,7 @@ struct ServingRequest {
   std::int64_t id = 0;
   std::size_t model = 0;            ///< index into ServingState::models
   std::uint64_t tokens = 0;         ///< tokens in its KV cache now (running or swapped; 0 otherwise)
-  std::uint64_t prefill_tokens = 0; ///< tokens a (re)start prefills: the prompt, plus what it generated when dropped
+  std::uint64_t prefill_tokens = 0; ///< tokens a (re)start feeds: the prompt, plus every token it generated when dropped
   std::uint64_t max_tokens = 0;     ///< the longest its KV cache gets: prompt + max_new_tokens - 1
   bool swapped = false;             ///< its KV cache lies on the next tier
   bool dropped = false;             ///< preempted by dropping its KV cache: resuming prefills prefill_tokens
@@ -85,76 +91,61 @@ inline std::string ms(double seconds) {
   return b;
 }
 
-/// Tokens a row holds in its cache once it has joined: its length, or its prefill.
-inline std::uint64_t cached_tokens(const ServingRequest& r) { return r.tokens ? r.tokens : r.prefill_tokens; }
-
-/// Whether `a` and `b` are prefilled together: same model, same prefill length, neither swapped.
-inline bool same_prefill(const ServingRequest& a, const ServingRequest& b) {
-  return !a.swapped && !b.swapped && a.model == b.model && a.prefill_tokens == b.prefill_tokens;
+/// Tokens in `r`'s cache after the k-th step from now (k >= 1): a row that joins this
+/// iteration (tokens == 0) holds its prefill after the first.
+inline std::uint64_t cached_after(const ServingRequest& r, std::uint64_t k) {
+  return r.tokens ? r.tokens + k : r.prefill_tokens + k - 1;
 }
 
-/// Projected peak of one iteration over `rows` (running, then those joining this iteration)
-/// and, when given, the `joining` row, which is also checked at its prefill: the rows
-/// joining before it with the same model and prefill length are prefilled in one batch
-/// with it (or, when it was swapped, its cache is read back alone), beside every other
-/// row's cache as it is then.
-inline std::uint64_t projected_peak(const ServingState& s, const std::vector<ServingRequest>& rows,
-                                    const ServingRequest* joining) {
-  std::vector<const ServingRequest*> all;
-  for (const auto& r : rows) all.push_back(&r);
-  if (joining) all.push_back(joining);
-  // Rows are right-aligned and all grow one token a step, so at the k-th step from now the
-  // padded width of a model's batch is its longest row still running then; a row runs its
-  // k-th step while its cache stays within max_tokens.
+/// Whether `r` runs the k-th step from now: every row runs the next one, then while its
+/// cache stays within max_tokens.
+inline bool runs(const ServingRequest& r, std::uint64_t k) { return k == 1 || cached_after(r, k) <= r.max_tokens; }
+
+/// Tokens the k-th step feeds `r`: its prefill when it joins, else its next token.
+inline std::uint64_t fed(const ServingRequest& r, std::uint64_t k) { return k == 1 && !r.tokens ? r.prefill_tokens : 1; }
+
+/// Projected peak of the iteration and, with "max_length", every later one, over `rows`
+/// (running, then those joining this iteration).
+inline std::uint64_t projected_peak(const ServingState& s, const std::vector<ServingRequest>& rows) {
   std::uint64_t horizon = 1;
   if (s.projection == "max_length")
-    for (const auto* r : all) horizon = std::max(horizon, r->max_tokens - std::min(r->max_tokens, cached_tokens(*r)));
+    for (const auto& r : rows) horizon = std::max(horizon, r.max_tokens - std::min(r.max_tokens, cached_after(r, 0)));
   std::uint64_t peak = s.weight_bytes;
-  std::vector<std::uint64_t> count(s.models.size()), width(s.models.size());
+  // a swapped row's read-back: its cache is staged whole on the device before it joins
+  std::uint64_t read_back = 0;
+  for (const auto& r : rows)
+    if (r.swapped) read_back = std::max(read_back, s.models[r.model].kv_bytes_per_token * r.tokens);
+  std::vector<std::uint64_t> columns(s.models.size()), decodes(s.models.size()), prefills(s.models.size());
   for (std::uint64_t k = 1; k <= horizon; ++k) {
-    std::fill(count.begin(), count.end(), 0);
-    std::fill(width.begin(), width.end(), 0);
-    for (const auto* r : all) {
-      const std::uint64_t t = cached_tokens(*r) + k;
-      if (t > r->max_tokens) continue;
-      ++count[r->model];
-      width[r->model] = std::max(width[r->model], t);
+    std::fill(columns.begin(), columns.end(), 0);
+    std::fill(decodes.begin(), decodes.end(), 0);
+    std::fill(prefills.begin(), prefills.end(), 0);
+    for (const auto& r : rows) {
+      if (!runs(r, k)) continue;
+      columns[r.model] += cached_after(r, k);
+      (k == 1 && !r.tokens ? prefills : decodes)[r.model] += fed(r, k);
     }
     std::uint64_t kv = 0, step = 0;
     for (std::size_t m = 0; m < s.models.size(); ++m) {
+      const std::uint64_t feeds = decodes[m] + prefills[m];
+      if (!feeds) continue;
       const auto& model = s.models[m];
-      const std::uint64_t bytes = model.kv_bytes_per_token * count[m] * width[m];
+      const std::uint64_t bytes = model.kv_bytes_per_token * columns[m];
       kv += bytes;
-      if (count[m])
-        step = std::max(step, model.decode_reservation_per_row * count[m] + bytes / std::max<std::uint64_t>(1, model.layers));
+      step = std::max(step, model.decode_reservation_per_row * decodes[m] +
+                                model.prefill_reservation_per_token * prefills[m] +
+                                bytes / std::max<std::uint64_t>(1, model.layers) +
+                                model.attention_bytes_per_column * columns[m] +
+                                model.attention_bytes_per_pair * feeds * columns[m]);
     }
-    peak = std::max(peak, s.weight_bytes + kv + step);
-  }
-  if (joining) {
-    std::vector<std::uint64_t> now_count(s.models.size(), 0), now_width(s.models.size(), 0);
-    std::uint64_t group = 1;
-    for (const auto& r : rows) {
-      if (same_prefill(r, *joining) && r.tokens == 0) {
-        ++group;
-        continue;
-      }
-      ++now_count[r.model];
-      now_width[r.model] = std::max(now_width[r.model], cached_tokens(r));
-    }
-    std::uint64_t now = 0;
-    for (std::size_t m = 0; m < s.models.size(); ++m) now += s.models[m].kv_bytes_per_token * now_count[m] * now_width[m];
-    const auto& model = s.models[joining->model];
-    const std::uint64_t prefill = joining->swapped ? model.kv_bytes_per_token * joining->tokens
-                                                   : group * (model.kv_bytes_per_token + model.prefill_reservation_per_token) *
-                                                         joining->prefill_tokens;
-    peak = std::max(peak, s.weight_bytes + now + prefill);
+    peak = std::max(peak, s.weight_bytes + kv + step + (k == 1 ? read_back : 0));
   }
   return peak;
 }
 
 inline std::string breakdown(const ServingState& s, std::uint64_t peak) {
   return format_bytes(peak) + " of the budget " + format_bytes(s.budget_bytes) + " (weights " +
-         format_bytes(s.weight_bytes) + ", padded KV caches and the step's working set the rest)";
+         format_bytes(s.weight_bytes) + ", packed KV caches and the step's working set the rest)";
 }
 
 inline void check(const ServingState& s) {
@@ -183,7 +174,9 @@ inline double recompute_seconds(std::uint64_t tokens, const ServingModel& model,
   return static_cast<double>(tokens) * model.flops_per_token / rates.flops_per_s;
 }
 
-/// The preemption of `r`: swap or drop-and-recompute, whichever the cost model says is cheaper.
+/// The preemption of `r`: swap or drop-and-recompute, whichever the cost model says is
+/// cheaper; a swap whenever the recompute's prefill (its prompt and every token it
+/// generated, fed at once) would not fit the budget even alone, so it could never resume.
 inline ServingAction preempt(const ServingState& s, const ServingRequest& r, const cost::Rates& rates,
                              std::uint64_t peak) {
   const auto& model = s.models[r.model];
@@ -191,11 +184,20 @@ inline ServingAction preempt(const ServingState& s, const ServingRequest& r, con
   const double swap = swap_seconds(bytes, rates), recompute = recompute_seconds(r.tokens, model, rates);
   const std::string tier = rates.gpu ? "pinned host memory" : "disk";
   const std::string why = "the next step would peak at " + serving_detail::breakdown(s, peak) + "; ";
-  if (recompute < swap)
+  ServingRequest dropped = r;
+  dropped.tokens = 0, dropped.prefill_tokens = r.tokens + 1, dropped.dropped = true;
+  const std::uint64_t refill = serving_detail::projected_peak(s, {dropped});
+  if (recompute < swap && refill <= s.budget_bytes)
     return {"preempt_recompute", r.id, "serving.preempt_recompute",
             why + "drop its " + std::to_string(r.tokens) + "-token KV cache and recompute it (" +
                 serving_detail::ms(recompute) + ") rather than swap " + format_bytes(bytes) + " to " + tier +
                 " and back (" + serving_detail::ms(swap) + ")",
+            peak};
+  if (recompute < swap)
+    return {"preempt_swap", r.id, "serving.preempt_swap",
+            why + "swap its KV cache (" + format_bytes(bytes) + ") to " + tier + " and back (" +
+                serving_detail::ms(swap) + "): recomputing it would be cheaper (" + serving_detail::ms(recompute) +
+                ") but its prefill alone would peak at " + format_bytes(refill) + ", over the budget",
             peak};
   return {"preempt_swap", r.id, "serving.preempt_swap",
           why + "swap its KV cache (" + format_bytes(bytes) + ") to " + tier + " and back (" +
@@ -206,8 +208,8 @@ inline ServingAction preempt(const ServingState& s, const ServingRequest& r, con
 
 /// Decides one iteration. While the running rows' projection is over the budget the last
 /// admitted row is preempted (it has done the least work), down to one row; otherwise
-/// queued requests join in order (preempted ones first) as long as each one's projection,
-/// its prefill included, fits. The first that does not fit waits, and so do all behind
+/// queued requests join in order (preempted ones first) as long as the projection with
+/// each one, its prefill in the step included, fits. The first that does not fit waits, and so do all behind
 /// it (no request overtakes an older one).
 inline ServingDecision decide_iteration(const ServingState& s, const Hardware& hw) {
   using namespace serving_detail;
@@ -215,12 +217,12 @@ inline ServingDecision decide_iteration(const ServingState& s, const Hardware& h
   const cost::Rates rates = cost::rates_of(hw);
   ServingDecision d;
   std::vector<ServingRequest> rows = s.running;
-  std::uint64_t peak = projected_peak(s, rows, nullptr);
+  std::uint64_t peak = projected_peak(s, rows);
   bool preempted = false;
   while (peak > s.budget_bytes && rows.size() > 1) {
     d.actions.push_back(preempt(s, rows.back(), rates, peak));
     rows.pop_back();
-    peak = projected_peak(s, rows, nullptr);
+    peak = projected_peak(s, rows);
     preempted = true;
   }
   if (!preempted) {
@@ -228,29 +230,28 @@ inline ServingDecision decide_iteration(const ServingState& s, const Hardware& h
     for (const auto& r : rows) ++per_model[r.model];
     for (std::size_t i = 0; i < s.queued.size(); ++i) {
       const auto& q = s.queued[i];
-      const std::uint64_t with = projected_peak(s, rows, &q);
+      rows.push_back(q);
+      const std::uint64_t with = projected_peak(s, rows);
       const bool full = per_model[q.model] >= s.max_batch;
       if (full || with > s.budget_bytes) {
         d.actions.push_back({"wait", q.id, full ? "serving.batch_full" : "serving.wait_memory",
                              full ? "its model's batch already has max_batch = " + std::to_string(s.max_batch) + " rows"
                                   : "joining would peak at " + breakdown(s, with) + "; it waits for rows to finish",
                              with});
+        rows.pop_back();
         break;
       }
       std::string action = "admit", rule = "serving.admit";
       if (q.swapped) action = "resume_swap", rule = "serving.resume_swap";
       else if (q.dropped) action = "resume_recompute", rule = "serving.resume_recompute";
       d.actions.push_back({action, q.id, rule, "the iteration with it peaks at " + breakdown(s, with), with});
-      rows.push_back(q);
       ++per_model[q.model];
       peak = with;
     }
   }
-  // the iteration's projection: its steps, and every admission's prefill or read-back
-  d.projected_bytes = projected_peak(s, rows, nullptr);
-  for (const auto& a : d.actions)
-    if (a.action == "admit" || a.action == "resume_swap" || a.action == "resume_recompute")
-      d.projected_bytes = std::max(d.projected_bytes, a.projected_bytes);
+  // the iteration's projection: its step (prefills and read-backs included) and, with
+  // "max_length", every later one
+  d.projected_bytes = projected_peak(s, rows);
   return d;
 }
 
@@ -260,7 +261,7 @@ inline std::uint64_t alone_bytes(const ServingState& s, const ServingRequest& r)
   serving_detail::check(s);
   ServingState max_state = s;
   max_state.projection = "max_length";
-  return serving_detail::projected_peak(max_state, {}, &r);
+  return serving_detail::projected_peak(max_state, {r});
 }
 
 }  // namespace memscale::serving
