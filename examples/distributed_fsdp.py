@@ -4,7 +4,7 @@
     python examples/distributed_fsdp.py                        # spawns 2 ranks itself
 
 Each rank shards the blocks and then the root with ``fully_shard``, wraps the root with
-memscale at 60% of its per-rank unoptimized peak and runs a few AdamW steps; rank 0 prints
+memscale at 70% of its per-rank unoptimized peak and runs a few AdamW steps; rank 0 prints
 the plan and each rank its measured peak against the budget. docs/distributed.md.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ from memscale.testing import models
 def train(rank: int, world: int) -> str:
     torch.manual_seed(0)
     with memscale.track_memory("cpu"):  # FSDP2 re-allocates its storages: count them from the start
-        model = models.build("gpt", n_layers=4, seed=0)
-        ids, labels = models.example_inputs("gpt", model, batch=2 * world, seq=64, seed=1)
+        model = models.build("gpt", n_layers=4, d_model=64, d_ff=256, vocab=256, seed=0)
+        ids, labels = models.example_inputs("gpt", model, batch=4 * world, seq=64, seed=1)
         batch = (ids.chunk(world)[rank].contiguous(), labels.chunk(world)[rank].contiguous())  # this rank's share
         for block in model.blocks:
             fully_shard(block)
@@ -31,7 +31,7 @@ def train(rank: int, world: int) -> str:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         unoptimized = memscale.plan(memscale.profile(model, batch), mode="off",
                                     memory_budget=1 << 40).unoptimized_peak_bytes
-        memscale.wrap(model, memory_budget=int(0.6 * unoptimized), example_inputs=batch, optimizer=opt)
+        memscale.wrap(model, memory_budget=int(0.7 * unoptimized), example_inputs=batch, optimizer=opt)
         plan = memscale.plan_of(model)
         if rank == 0:
             print(plan.summary())

@@ -98,3 +98,10 @@ def test_wrap_refuses_a_root_that_is_not_sharded_before_anything_changes():
             memscale.wrap(model, memory_budget="1MiB", example_inputs=batch)
         assert memscale.plan_of(model) is None
         assert not any("forward" in vars(m) for m in model.modules())  # no layer was patched
+
+
+def test_example_script_compiles():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "distributed_fsdp.py"
+    compile(path.read_text(), str(path), "exec")  # run by hand or torchrun (docs/distributed.md)
