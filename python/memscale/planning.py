@@ -130,7 +130,9 @@ def plan_model(model: nn.Module, example_inputs: Any, cfg: Config, *, training: 
     autocast dtype (None: the one active at the call); ``optimizer_offloadable``: the caller
     steps the OffloadedOptimizer the plan asks for, so the engine may keep the optimizer
     state and gradients on the next tier (rules/optimizer_offload.hpp)."""
+    from .distributed import check_same_plan, common_hardware
     from .hardware import detect_hardware, model_device
+    from .profiler.distributed import is_distributed
     from .profiler.profile import profile
 
     if graph is None:
@@ -139,7 +141,12 @@ def plan_model(model: nn.Module, example_inputs: Any, cfg: Config, *, training: 
     if optimizer_offloadable and not graph.optimizer_offloadable:
         graph = offloadable_graph(graph, model)
     hardware = detect_hardware(offload_dir or None, device=model_device(model))
-    return plan(graph, cfg, hardware=hardware, calibration=calibration), graph, hardware
+    if not is_distributed(model):
+        return plan(graph, cfg, hardware=hardware, calibration=calibration), graph, hardware
+    # One rank of DDP / FSDP2: every rank plans for the smallest memory any rank detected,
+    # and the ranks' plans are checked to be the same before the first step.
+    hardware = common_hardware(hardware)
+    return check_same_plan(lambda: plan(graph, cfg, hardware=hardware, calibration=calibration)), graph, hardware
 
 
 def offloadable_graph(graph: Any, model: nn.Module | None = None) -> Any:

@@ -90,6 +90,8 @@ Plan run_engine(const ModelGraph& graph, const Hardware& hw, const Config& confi
     log.trace.push_back(gpus > 0 ? std::to_string(gpus) + " GPU(s), planning one data-parallel replica against " +
                                        format_bytes(setup.device_bytes) + " (the smallest GPU)"
                                  : "CPU-only: host RAM (" + format_bytes(setup.device_bytes) + ") is the device; offload goes to disk");
+    if (graph.distributed.active())
+      log.trace.push_back(rules::per_rank_note(graph, setup.device_bytes, gpus > 0));
     log.trace.push_back("unoptimized peak " + describe_peak(graph, unoptimized));
     log.trace.push_back(line);
   }
@@ -328,7 +330,7 @@ inline double plan_cost_seconds(const ModelGraph& graph, const Hardware& hardwar
   model::StepContext step;
   step.training = true;
   step.element_bytes = cost::dtype_bytes(graph.dtype);
-  step.data_parallel = hardware.gpu_count() > 1;
+  step.data_parallel = hardware.gpu_count() > 1 || rules::ddp_buckets(graph);
   const cost::Rates rates = cost::rates_of(hardware);
   return engine_detail::plan_cost_seconds(graph, engine_detail::plan_states(plan), rules::RuleContext{graph, step, rates});
 }

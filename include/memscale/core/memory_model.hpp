@@ -204,7 +204,19 @@ inline TrainTerms train_terms(const Layer& layer, const LayerState& state, const
   // and then runs backward (its recompute makes the retained tensors again beside the
   // ones still held).
   terms.backward_local = (layer.receives_grad ? out : 0) + (recomputed ? in + retained : 0) + body;
-  const std::int64_t weights = s64(layer.param_bytes) + s64(layer.buffer_bytes);
+  // FSDP2 (distributed.hpp). Forward: the group's unsharded copy while it computes; before
+  // that, while gathering, the all-gather's input (a copy of the shard) and output beside
+  // the copy. Backward: its gathered copy and the group prefetched ahead; the
+  // reduce-scatter's full-size input is made once its backward has freed what it saved.
+  const LayerSharding& shard = layer.sharding;
+  if (shard.gathered_bytes > 0) {
+    const std::int64_t gathered = s64(shard.gathered_bytes);
+    terms.forward_local =
+        std::max(terms.forward_local + gathered, in + 2 * gathered + s64(layer.param_bytes));
+  }
+  terms.backward_local += s64(shard.gathered_bytes) + s64(shard.prefetch_bytes) +
+                          std::max<std::int64_t>(0, s64(shard.reduce_scatter_bytes) - a);
+  const std::int64_t weights = s64(layer.param_bytes) + s64(layer.buffer_bytes) + s64(shard.kept_gathered_bytes);
   const std::int64_t grad = s64(layer.grad_bytes);
   if (state.offload_weights) {
     terms.weight_window = weights;

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "memscale/core/distributed.hpp"
 #include "memscale/core/json_fields.hpp"
 
 namespace memscale {
@@ -44,6 +45,8 @@ struct Layer {
   /// by plan name (checkpoint|offload_activations|offload_weights|tile) -> why; the engine
   /// never plans them. Empty (or absent in JSON) = every technique is capable.
   std::map<std::string, std::string> cannot;
+  /// FSDP2: unsharded bytes around its compute on one rank (distributed.hpp); all 0 otherwise.
+  LayerSharding sharding;
   bool operator==(const Layer&) const = default;
 };
 
@@ -71,6 +74,9 @@ struct ModelGraph {
   /// window (the user handed wrap the optimizer object): the engine may then plan it
   /// (rules/optimizer_offload.hpp). False keeps the state and gradients on the device.
   bool optimizer_offloadable = false;
+  /// The torch.distributed engine the model runs under (none: one process); layer figures
+  /// are then one rank's (distributed.hpp).
+  Distributed distributed;
   std::vector<Layer> layers;
   bool operator==(const ModelGraph&) const = default;
 
@@ -152,6 +158,7 @@ inline void to_json(nlohmann::json& j, const Layer& l) {
        {"measured_peak_bytes", l.measured_peak_bytes},
        {"measured_activation_bytes", l.measured_activation_bytes}};
   if (!l.cannot.empty()) j["cannot"] = l.cannot;
+  if (l.sharding.any()) j["sharding"] = l.sharding;
 }
 
 inline const std::vector<std::string>& technique_names() {
@@ -191,6 +198,7 @@ inline Layer layer_from_json(const nlohmann::json& j, const std::string& path) {
       l.cannot[technique] = reason.get<std::string>();
     }
   }
+  if (j.contains("sharding")) l.sharding = sharding_from_json(j.at("sharding"), path + ".sharding");
   return l;
 }
 
@@ -203,6 +211,7 @@ inline void to_json(nlohmann::json& j, const ModelGraph& g) {
        {"layers", g.layers}};
   // Written only when set: graphs (and their golden files) without it stay byte-identical.
   if (g.optimizer_offloadable) j["optimizer_offloadable"] = true;
+  if (g.distributed.active()) j["distributed"] = g.distributed;
 }
 
 inline ModelGraph graph_from_json(const nlohmann::json& j) {
@@ -230,6 +239,7 @@ inline ModelGraph graph_from_json(const nlohmann::json& j) {
       g.trainable_param_bytes.push_back(f::as_u64(sizes[i], "graph.trainable_param_bytes[" + std::to_string(i) + "]"));
   }
   g.optimizer_offloadable = f::optional<bool>(j, "optimizer_offloadable", path, false, f::as_bool);
+  if (j.contains("distributed")) g.distributed = distributed_from_json(j.at("distributed"), "graph.distributed");
   const auto& layers = f::require(j, "layers", path);
   if (!layers.is_array()) f::wrong_type("graph.layers", layers, "an array of layers");
   for (std::size_t i = 0; i < layers.size(); ++i) {

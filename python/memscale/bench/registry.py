@@ -23,6 +23,9 @@ SCENARIOS: dict[str, tuple[str, str]] = {
                           "GPT AdamW training with memscale.optim.offloaded (state, state + gradients, with "
                           "checkpoint-every-block) vs the resident optimizer: peaks below the static floor, equality, "
                           "time, hidden tier I/O"),
+    "distributed": ("memscale.bench.scenarios.distributed",
+                    "GPT training under FSDP2 and DDP in 2 gloo processes at 60/40% of the per-rank peak vs "
+                    "checkpoint-every-block: per-rank peak, step time"),
     "scheduler": ("memscale.bench.scenarios.scheduler",
                   "memory-aware scheduler vs fixed worst-case batch on a request stream, two models"),
     "continuous_batching": ("memscale.bench.scenarios.continuous_batching",

@@ -62,7 +62,9 @@ import torch
 from torch import nn
 
 from .discovery import discover_layers
+from .distributed import fsdp_hooks_held, per_rank_graph, read_setting
 from .. import _C
+from ..errors import MemScaleError
 from .estimate import estimate_step, target_device
 from .graph import build_graph
 from .optimizer import optimizer_spec
@@ -138,6 +140,21 @@ def profile_dict(model: nn.Module, example_inputs: Any, training: bool = True, o
     (:mod:`memscale.runtime.training.capabilities`).
     """
     _check_args(model, training, optimizer, measure, mixed_precision)
+    setting = read_setting(model)
+    if setting.active:  # one rank of DDP / FSDP2: profile the local step, then per-rank figures
+        if measure:
+            raise MemScaleError("profile: measure=True is not supported under torch.distributed (the measured step "
+                                "would run the collectives); profile with measure=False")
+        with fsdp_hooks_held(setting):
+            graph = _profile_local(setting.module, example_inputs, training, optimizer, False, mixed_precision,
+                                   autocast, loss_fn)
+        return per_rank_graph(graph, setting, setting.module, training)
+    return _profile_local(model, example_inputs, training, optimizer, measure, mixed_precision, autocast, loss_fn)
+
+
+def _profile_local(model: nn.Module, example_inputs: Any, training: bool, optimizer: Any, measure: bool,
+                   mixed_precision: bool, autocast: torch.dtype | None, loss_fn: Any) -> dict[str, Any]:
+    """The step of this process as profile_dict documents it."""
     optimizer, optimizer_impl = optimizer_spec(optimizer)
     args, kwargs = _split_inputs(example_inputs)
     autocast = resolve_autocast(target_device(model, (args, kwargs)).type, autocast)

@@ -21,6 +21,12 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This process's part of a tensor: a DTensor's local shard (FSDP2), else ``t`` itself.
+    A DTensor's own storage is not this rank's memory."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def storage_key(t: torch.Tensor) -> int:
     """Identity of a tensor's storage while it is alive (address of the StorageImpl)."""
     return t.untyped_storage()._cdata

@@ -18,6 +18,7 @@
 #include "memscale/core/model_graph.hpp"
 #include "memscale/core/plan.hpp"
 #include "memscale/core/reservation.hpp"
+#include "memscale/core/rules/distributed.hpp"
 #include "memscale/core/rules/offload.hpp"
 #include "memscale/core/rules/overrides.hpp"
 
@@ -66,7 +67,7 @@ inline void validate_graph(const ModelGraph& graph) {
 inline Setup make_setup(const ModelGraph& graph, const Hardware& hw, const Config& config, const PlanOptions& options) {
   validate_graph(graph);
   Setup s;
-  s.device_bytes = planning_device_bytes(hw);
+  s.device_bytes = rules::rank_device_bytes(graph.distributed, planning_device_bytes(hw), hw.gpu_count() > 0);
   s.device_count = std::max<std::int64_t>(1, static_cast<std::int64_t>(hw.gpu_count()));
   if (config.memory_budget.kind != MemoryBudget::Kind::bytes && s.device_bytes == 0)
     throw ConfigError(std::string("memory_budget: ") +
@@ -91,7 +92,7 @@ inline Setup make_setup(const ModelGraph& graph, const Hardware& hw, const Confi
     s.step.optimizer_workspace_bytes = model::per_tensor_optimizer_workspace(graph.optimizer, graph.largest_param_bytes,
                                                                              graph.trainable_param_bytes);
   }
-  s.step.data_parallel = graph.training && s.device_count > 1;
+  s.step.data_parallel = (graph.training && s.device_count > 1) || rules::ddp_buckets(graph);
   // The BLAS workspace is resident like the inputs once the first product ran (the peak
   // report's "input" term carries both). cuBLAS keeps one per thread and stream: training
   // pays it twice, for the caller's thread and autograd's device thread running backward.

@@ -60,6 +60,7 @@ from memscale.runtime import hooks
 from memscale.runtime.hooks import ForwardPatch, is_patched
 from memscale.runtime.training.offload_activations import DEFAULT_MIN_OFFLOAD_BYTES, ActivationStore
 from memscale.runtime.offload_dir import check_offload_dir
+from memscale.profiler.storage import local_tensor
 from memscale.runtime.training.plan_view import LayerSpec, plan_is_skipped, plan_skip_reason, read_plan
 from memscale.runtime.training.weight_paging import TrainingPager
 
@@ -307,7 +308,8 @@ def install_plan(model: torch.nn.Module, plan: Any, *, offload_dir: str | os.Pat
     handle = PlanHandle(model=model, plan=plan, layers=specs, offload_dir=directory)
     if any("offload_activations" in w.spec.techniques for w in work):
         def protected() -> set[int]:
-            return {t.untyped_storage().data_ptr() for t in chain(model.parameters(), model.buffers())}
+            # FSDP2: the shards, and the unsharded parameters of the modules gathered now
+            return {local_tensor(t).untyped_storage().data_ptr() for t in chain(model.parameters(), model.buffers())}
         handle.store = ActivationStore(directory, min_offload_bytes, protected)
     try:
         per_module: dict[int, tuple[torch.nn.Module, str, list[Wrapper]]] = {}

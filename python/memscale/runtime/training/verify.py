@@ -27,8 +27,9 @@ from ...errors import InfeasibleBudgetError
 from ...hardware import model_device
 from ...memory import track_memory
 from ...planning import plan_model
+from ...profiler.distributed import is_distributed
 from ...profiler.profile import profile
-from ...profiler.storage import storage_bytes
+from ...profiler.storage import local_tensor, storage_bytes
 from ..hooks import ForwardPatch
 from .plan_view import has_techniques, summary
 
@@ -69,8 +70,8 @@ def first_grad_tensor(out: Any) -> torch.Tensor | None:
 
 
 def _resident_bytes(model: nn.Module) -> int:
-    return storage_bytes([*model.parameters(), *model.buffers(),
-                          *(p.grad for p in model.parameters() if p.grad is not None)])
+    return storage_bytes(local_tensor(t) for t in [*model.parameters(), *model.buffers(),
+                                              *(p.grad for p in model.parameters() if p.grad is not None)])
 
 
 def _graph_dict(graph: Any) -> dict[str, Any]:
@@ -151,7 +152,14 @@ class FirstStepMonitor:
         budget = int(getattr(self.state.plan, "budget_bytes", 0) or 0)
         predicted = int(getattr(self.state.plan, "predicted_peak_bytes", 0) or 0)
         self.state.measured_peak_bytes = self.measured
-        if budget and self.measured > REPLAN_TOLERANCE * budget and not self.state.replanned:
+        if budget and self.measured > REPLAN_TOLERANCE * budget and is_distributed(self.model):
+            # A re-plan profiles a measured step, which would run the collectives on one rank
+            # alone (and ranks may measure differently): reported, never re-planned.
+            log.warning("memscale: first step of %s peaked at %d bytes on this rank, over %.2f x the per-rank "
+                        "budget %d (predicted %d); under torch.distributed the plan is not re-made from a "
+                        "measured step: raise memory_budget or report the model", type(self.model).__name__,
+                        self.measured, REPLAN_TOLERANCE, budget, predicted)
+        elif budget and self.measured > REPLAN_TOLERANCE * budget and not self.state.replanned:
             log.warning("memscale: first step of %s peaked at %d bytes, over %.2f x the budget "
                         "%d (predicted %d); re-planning with measured figures before the next "
                         "step", type(self.model).__name__, self.measured, REPLAN_TOLERANCE,

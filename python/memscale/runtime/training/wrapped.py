@@ -18,6 +18,7 @@ from torch import nn
 from ...config import Config
 from ...errors import ConfigError, ExecutorError, MemScaleError
 from ...planning import plan_model
+from ...profiler.distributed import local_module
 from .. import hooks
 from .apply import PlanHandle, install_plan
 from .offload_optimizer import OffloadedOptimizer
@@ -97,7 +98,8 @@ class TrainingHandle:
         self.unapply()
         self.plan, self.graph = plan, graph
         if model is not None and has_techniques(plan):
-            self.applied = install_plan(model, plan, offload_dir=self.offload_dir,
+            # under DDP the plan names the layers of the module it wraps (what was profiled)
+            self.applied = install_plan(local_module(model), plan, offload_dir=self.offload_dir,
                                         page_weights=self.offload_optimizer)
         self.sync_optimizer()
 
