@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from .records import ratio_text
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def check(records: list[dict[str, Any]], goals: list[dict[str, Any]], scenarios:
             limit = g["goal"] * (1 + tolerance) if g["op"] == "<=" else g["goal"] * (1 - tolerance)
             ok = value <= limit if g["op"] == "<=" else value >= limit
             kind = "quick-run tolerance" if r.get("quick") and "quick_tolerance" in g else "tolerance"
-            message = f"{label}: {g['ratio']} = {value:.3f}, goal {g['op']} {g['goal']} ({kind} {tolerance:.0%})"
+            message = f"{label}: {g['ratio']} = {ratio_text(value)}, goal {g['op']} {g['goal']} ({kind} {tolerance:.0%})"
             if not ok and g.get("known_miss") and _matches(r, g.get("known_miss_where", {})):
                 ok, message = True, f"KNOWN MISS {message}; {g['known_miss']}"
             results.append(GoalResult(g["id"], g["scenario"], ok, message))

@@ -6,6 +6,14 @@ from pathlib import Path
 from typing import Any
 
 
+def ratio_text(value: float) -> str:
+    """A ratio as the table and the goal check print it: three decimals, or two significant
+    digits when it is smaller than 0.01 (a difference of 3.1e-4 must not read as 0.000)."""
+    if value != 0 and abs(value) < 0.01:
+        return f"{value:.2g}"
+    return f"{value:.3f}"
+
+
 def write_records(path: str | Path, records: list[dict[str, Any]]) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps({"records": records}, indent=2, sort_keys=True) + "\n")
