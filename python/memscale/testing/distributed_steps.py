@@ -6,8 +6,8 @@
 (``fully_shard`` per block then the root, or ``DistributedDataParallel``), optionally wraps
 it with memscale (or checkpoints every block with ``torch.utils.checkpoint``, the baseline),
 and runs AdamW steps on this rank's slice of one global batch. It returns the per-rank
-prediction, the measured per-rank peak (everything resident at the step's start plus the
-counting allocator's peak during it), step times and, on request, the full gradients after
+prediction, the measured per-rank peak (the counting allocator's peak over a scope opened
+before the model was built: everything the run holds, DDP's buckets included, plus the step), step times and, on request, the full gradients after
 the first backward.
 
 The counting allocator is installed before the model is built: FSDP2 frees and
@@ -18,10 +18,12 @@ counting allocator are seen when they are gathered again.
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -30,7 +32,6 @@ from ..api import plan_of, unwrap, wrap
 from ..memory import track_memory
 from ..planning import plan
 from ..profiler.profile import profile
-from ..profiler.storage import local_tensor, storage_bytes
 from . import models
 
 
@@ -79,22 +80,16 @@ def checkpoint_every_block(model: nn.Module) -> None:
         block.forward = lambda *a, _f=forward, **k: checkpoint(_f, *a, use_reentrant=False, **k)
 
 
-def resident_bytes(model: nn.Module, opt: torch.optim.Optimizer, inputs: Any) -> int:
-    """Bytes of the distinct storages of this rank's parameters, buffers, gradients,
-    optimizer state and inputs (FSDP2: the shards' storages)."""
-    tensors = list(model.parameters()) + list(model.buffers()) + list(inputs)
-    tensors += [p.grad for p in model.parameters() if p.grad is not None]
-    tensors += [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0]
-    return storage_bytes(local_tensor(t) for t in tensors)
-
-
-def full_grads(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter's gradient at full size (FSDP2 shards all-gathered by DTensor)."""
+def full_grads(model: nn.Module) -> dict[str, np.ndarray]:
+    """Every parameter's gradient at full size (FSDP2 shards all-gathered by DTensor), as
+    numpy copies: kept outside the counting allocator, the harness's copies are not counted
+    in the peak of the run's later steps."""
     out = {}
     for name, p in model.named_parameters():
         if p.grad is not None:
             g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
-            out[name.removeprefix("module.")] = g.detach().clone()
+            out[name.removeprefix("module.")] = g.detach().numpy().copy()
+            del g
     return out
 
 
@@ -106,11 +101,11 @@ def global_batch(spec: RankSpec, model: nn.Module, world: int) -> tuple[torch.Te
 def rank_step(rank: int, world: int, spec: RankSpec) -> dict[str, Any]:
     """One rank of ``spec`` (see the module docstring); ``world == 1`` with no process
     group runs the single-process reference on the whole global batch."""
-    with track_memory("cpu"):  # storages created under the counting allocator (module docstring)
-        return _rank_step(rank, world, spec)
+    with track_memory("cpu") as held:  # storages created under the counting allocator (module docstring)
+        return _rank_step(rank, world, spec, held)
 
 
-def _rank_step(rank: int, world: int, spec: RankSpec) -> dict[str, Any]:
+def _rank_step(rank: int, world: int, spec: RankSpec, held: Any) -> dict[str, Any]:
     model = models.build(spec.model, seed=0, **spec.overrides)
     ids, labels = global_batch(spec, model, world)
     distributed = torch.distributed.is_initialized()
@@ -148,10 +143,13 @@ def _rank_step(rank: int, world: int, spec: RankSpec) -> dict[str, Any]:
     for i in range(spec.steps - 1):
         step(i)
     opt.zero_grad(set_to_none=True)
-    base = resident_bytes(model, opt, inputs)
-    with track_memory("cpu") as tracked:
-        step(spec.steps - 1)
-    out["measured"] = base + tracked.peak_bytes
+    gc.collect()
+    # `held` opened before the model was built: its current bytes are everything this run
+    # holds (shards or replica, DDP's gradient buckets, optimizer state, batch, what
+    # memscale keeps), and its peak from here adds the step's.
+    held.reset_peak()
+    step(spec.steps - 1)
+    out["measured"] = held.peak_bytes
     times = []
     for i in range(spec.timed_steps):
         if distributed:
